@@ -1,0 +1,141 @@
+"""Conversions for the policy's own messages: embeddings and action chunks.
+
+Contract (../DESIGN.md):
+- embedding: sensor_msgs/Image, encoding 32FC1, height 1, width D;
+  header.stamp = observation time; header.frame_id = checkpoint fingerprint.
+- action chunk: trajectory_msgs/JointTrajectory; header.stamp = observation time;
+  point k has time_from_start = (k + 1) * dt; joint_names = action dimension names.
+
+Every ``*_from_msg`` either returns valid finite arrays or raises
+:class:`MessageError` with a reason; never another exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from sensor_msgs.msg import Image
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from l1flow_ros.spec import Chunk
+
+
+class MessageError(ValueError):
+    """A message that cannot be turned into valid model data; the text says why."""
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    ns = int(ns)
+    if ns < 0:
+        raise MessageError(f"negative time {ns} ns")
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def ns_to_duration(ns: int) -> Duration:
+    ns = int(ns)
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def duration_to_ns(d: Duration) -> int:
+    return int(d.sec) * 1_000_000_000 + int(d.nanosec)
+
+
+def embedding_to_msg(embedding: np.ndarray, stamp_ns: int, fingerprint: str) -> Image:
+    """(D,) or (1, D) float embedding -> 32FC1 Image 1 x D."""
+    e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    msg = Image()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = fingerprint
+    msg.height = 1
+    msg.width = int(e.shape[0])
+    msg.encoding = "32FC1"
+    msg.is_bigendian = 0
+    msg.step = 4 * msg.width
+    msg.data = e.astype("<f4").tobytes()
+    return msg
+
+
+def embedding_from_msg(msg: Image, expected_dim: int | None = None) -> tuple[np.ndarray, int, str]:
+    """Image -> (embedding (D,) float32, stamp_ns, fingerprint)."""
+    if msg.encoding != "32FC1":
+        raise MessageError(f"embedding encoding is {msg.encoding!r}, expected '32FC1'")
+    if msg.height != 1 or msg.width < 1:
+        raise MessageError(f"embedding must be 1 x D, got {msg.height} x {msg.width}")
+    if msg.step != 4 * msg.width or len(msg.data) != msg.step:
+        raise MessageError(f"embedding data is {len(msg.data)} bytes, step {msg.step}, width {msg.width}")
+    if expected_dim is not None and msg.width != expected_dim:
+        raise MessageError(f"embedding dimension {msg.width} != expected {expected_dim}")
+    if not msg.header.frame_id:
+        raise MessageError("embedding carries no checkpoint fingerprint in header.frame_id")
+    dtype = ">f4" if msg.is_bigendian else "<f4"
+    e = np.frombuffer(bytes(msg.data), dtype=dtype).astype(np.float32)
+    if not np.all(np.isfinite(e)):
+        raise MessageError("embedding has NaN or inf")
+    return e, stamp_to_ns(msg.header.stamp), msg.header.frame_id
+
+
+def chunk_to_msg(chunk: Chunk) -> JointTrajectory:
+    """Chunk (actions (H, A)) -> JointTrajectory with point k at (k + 1) * dt."""
+    a = np.asarray(chunk.actions, dtype=np.float64)
+    msg = JointTrajectory()
+    msg.header.stamp = ns_to_stamp(chunk.t_obs_ns)
+    msg.header.frame_id = chunk.fingerprint
+    msg.joint_names = list(chunk.names)
+    dt_ns = int(round(chunk.dt * 1e9))
+    for k in range(a.shape[0]):
+        p = JointTrajectoryPoint()
+        p.positions = a[k].tolist()
+        p.time_from_start = ns_to_duration((k + 1) * dt_ns)
+        msg.points.append(p)
+    return msg
+
+
+def chunk_from_msg(msg: JointTrajectory, expected_names: tuple[str, ...] | None = None) -> Chunk:
+    """JointTrajectory -> Chunk; checks names, shape, finiteness and even spacing.
+
+    If ``expected_names`` is given, columns are reordered to it; a missing or
+    extra name is an error.
+    """
+    names = tuple(msg.joint_names)
+    n = len(msg.points)
+    if n == 0:
+        raise MessageError("action chunk has no points")
+    if len(names) == 0:
+        raise MessageError("action chunk has no joint_names")
+    if len(set(names)) != len(names):
+        raise MessageError(f"action chunk has repeated joint names {names}")
+    rows = []
+    for k, p in enumerate(msg.points):
+        if len(p.positions) != len(names):
+            raise MessageError(f"point {k} has {len(p.positions)} positions for {len(names)} joint names")
+        rows.append(p.positions)
+    a = np.asarray(rows, dtype=np.float64).reshape(n, len(names))
+    if not np.all(np.isfinite(a)):
+        raise MessageError("action chunk has NaN or inf")
+    t = np.array([duration_to_ns(p.time_from_start) for p in msg.points], dtype=np.int64)
+    dt_ns = int(t[0])
+    if dt_ns <= 0:
+        raise MessageError(f"first point time_from_start {dt_ns} ns must be > 0 (point k at (k+1)*dt)")
+    expect = dt_ns * np.arange(1, n + 1, dtype=np.int64)
+    if np.any(np.abs(t - expect) > max(1000, dt_ns // 1000)):
+        raise MessageError("action chunk points are not evenly spaced at (k + 1) * dt")
+    if expected_names is not None:
+        expected_names = tuple(expected_names)
+        if set(expected_names) != set(names):
+            missing = sorted(set(expected_names) - set(names))
+            extra = sorted(set(names) - set(expected_names))
+            raise MessageError(f"action chunk names mismatch: missing {missing}, unexpected {extra}")
+        order = [names.index(x) for x in expected_names]
+        a = a[:, order]
+        names = expected_names
+    return Chunk(
+        t_obs_ns=stamp_to_ns(msg.header.stamp),
+        dt=dt_ns * 1e-9,
+        actions=a,
+        names=names,
+        fingerprint=msg.header.frame_id,
+    )
