@@ -1,5 +1,6 @@
 """ament_python setup for l1flow_ros (also installable with pip for development)."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -18,7 +19,16 @@ NODES = [
 
 
 def _files(pattern: str) -> list[str]:
-    return sorted(p for p in glob(pattern, recursive=True) if "." in p.rsplit("/", 1)[-1])
+    return sorted(p for p in glob(pattern) if os.path.isfile(p))
+
+
+def _model_bundles() -> list[tuple[str, list[str]]]:
+    """Each bundled checkpoint is a directory models/<name>/ installed as is."""
+    out = []
+    for d in sorted(glob("models/*/")):
+        name = os.path.basename(os.path.normpath(d))
+        out.append((f"share/{PACKAGE}/models/{name}", _files(f"models/{name}/*")))
+    return out
 
 
 setup(
@@ -30,8 +40,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", _files("config/*.yaml")),
-        (f"share/{PACKAGE}/models", _files("models/*.tar") + _files("models/*.json")),
-    ],
+        (f"share/{PACKAGE}/models", _files("models/*.md")),
+    ]
+    + _model_bundles(),
     install_requires=["setuptools"],
     zip_safe=False,
     maintainer="l1flow_ros maintainers",

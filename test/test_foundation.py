@@ -75,10 +75,10 @@ def test_colcon_build_installs_share_files(tmp_path):
     share = ws / "install" / "l1flow_ros" / "share" / "l1flow_ros"
     assert (share / "package.xml").is_file()
     assert (ws / "install" / "l1flow_ros" / "share" / "ament_index" / "resource_index" / "packages" / "l1flow_ros").is_file()
-    for sub, pattern in (("launch", "*.launch.py"), ("config", "*.yaml"), ("models", "*.tar")):
-        src = sorted(p.name for p in (ROOT / sub).glob(pattern))
+    for sub, pattern in (("launch", "*.launch.py"), ("config", "*.yaml"), ("models", "*/manifest.json")):
+        src = sorted(str(p.relative_to(ROOT / sub)) for p in (ROOT / sub).glob(pattern))
         assert src, f"{sub}/ has no {pattern}"
-        inst = sorted(p.name for p in (share / sub).glob(pattern)) if (share / sub).is_dir() else []
+        inst = sorted(str(p.relative_to(share / sub)) for p in (share / sub).glob(pattern)) if (share / sub).is_dir() else []
         assert inst == src
     libdir = ws / "install" / "l1flow_ros" / "lib" / "l1flow_ros"
     for exe in ("perception_node", "inference_node", "executor_node", "l1flow"):
