@@ -1,0 +1,84 @@
+"""Which nodes make up each deployment graph, and where their parameter files are.
+
+One description serves both ways of starting the graph:
+- ``launch/*.launch.py`` (launch_ros, on a full ROS 2 install) start one process per node
+  with ``parameters=[<config file>]``;
+- ``l1flow run <config>`` starts the same nodes in one process (composition) with the
+  same parameter file, for machines without the ``ros2`` command line.
+
+A graph is its parameter file: the nodes are the file's top-level keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+PACKAGE = "l1flow_ros"
+
+# node name -> "module:Class"; the node name is also the console script.
+NODE_CLASSES: dict[str, str] = {
+    "sim_robot_node": "l1flow_ros.nodes.sim_robot_node:SimRobotNode",
+    "teleop_node": "l1flow_ros.nodes.teleop_node:TeleopNode",
+    "recorder_node": "l1flow_ros.nodes.recorder_node:RecorderNode",
+    "perception_node": "l1flow_ros.nodes.perception_node:PerceptionNode",
+    "inference_node": "l1flow_ros.nodes.inference_node:InferenceNode",
+    "executor_node": "l1flow_ros.nodes.executor_node:ExecutorNode",
+}
+
+# The graphs the package ships: name -> parameter file in config/.
+GRAPHS: dict[str, str] = {
+    "policy": "policy.yaml",
+    "sim": "sim.yaml",
+    "teleop": "teleop.yaml",
+}
+
+
+def share_dir() -> Path:
+    """The package's share directory (colcon install) or the source tree (pip -e)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            return Path(get_package_share_directory(PACKAGE))
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    return Path(__file__).resolve().parents[1]
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A graph name ("policy", "sim", ...) or a path to a parameter file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"parameter file {p} does not exist")
+        return p
+    if str(name_or_path) not in GRAPHS:
+        raise ValueError(f"unknown graph {name_or_path!r}; known: {sorted(GRAPHS)} or a .yaml path")
+    return share_dir() / "config" / GRAPHS[str(name_or_path)]
+
+
+def nodes_in_config(path: str | Path) -> list[str]:
+    """The node names a parameter file configures, in file order (unknown keys are an error)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a ROS 2 parameter file (top level must be a mapping)")
+    nodes = []
+    for key, body in data.items():
+        name = str(key).lstrip("/")
+        if name not in NODE_CLASSES:
+            raise ValueError(f"{path}: unknown node {key!r}; known: {sorted(NODE_CLASSES)}")
+        if not isinstance(body, dict) or "ros__parameters" not in body:
+            raise ValueError(f"{path}: node {key!r} has no ros__parameters")
+        nodes.append(name)
+    return nodes
+
+
+def node_class(name: str):
+    """Import and return the node class for a node name."""
+    module, cls = NODE_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)

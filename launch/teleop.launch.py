@@ -1,0 +1,42 @@
+"""Teleoperate the arm and record demonstrations: teleop -> arm controller, recorder -> MCAP.
+
+    ros2 launch l1flow_ros teleop.launch.py
+    ros2 service call /recorder/start std_srvs/srv/Trigger   # start an episode
+    ros2 service call /recorder/stop std_srvs/srv/Trigger    # keep it (or /recorder/discard)
+
+All parameters come from one file (default: share/l1flow_ros/config/teleop.yaml), the same
+file `l1flow run teleop` uses. Bring up your joy driver (or leader arm) beside it.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    params_file = LaunchConfiguration("params_file")
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "config", "teleop.yaml"]),
+                description="ROS 2 parameter file for all nodes",
+            ),
+            Node(
+                package="l1flow_ros",
+                executable="teleop_node",
+                name="teleop_node",
+                parameters=[params_file],
+                output="screen",
+            ),
+            Node(
+                package="l1flow_ros",
+                executable="recorder_node",
+                name="recorder_node",
+                parameters=[params_file],
+                output="screen",
+            ),
+        ]
+    )
