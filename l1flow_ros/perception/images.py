@@ -75,4 +75,5 @@ def to_chw(img: np.ndarray) -> np.ndarray:
 
 def rgb_to_float(rgb_u8: np.ndarray) -> np.ndarray:
     """uint8 (..., 3, H, W) -> float32 in [0, 1]; the single conversion used in training and the node."""
-    return rgb_u8.astype(np.float32) * np.float32(1.0 / 255.0)
+    # Division (not * 1/255) so the result is bit-identical to the usual `x.float() / 255`.
+    return rgb_u8.astype(np.float32) / np.float32(255.0)

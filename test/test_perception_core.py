@@ -1,0 +1,312 @@
+"""Perception core without ROS: geometry, images, time sync, the one preprocessing path."""
+
+import numpy as np
+import pytest
+
+from l1flow_ros.perception.geometry import (
+    CameraIntrinsics,
+    CloudConfig,
+    PerceptionError,
+    backproject,
+    crop_mask,
+    depth_to_metres,
+    farthest_point_sample,
+    fuse_views,
+    load_calibration,
+    make_transform,
+    parse_calibration,
+    transform_points,
+    voxel_downsample,
+)
+from l1flow_ros.perception.images import resize_rgb, rgb_to_float, to_rgb
+from l1flow_ros.perception.preprocess import (
+    CameraFrame,
+    ObservationHistory,
+    RawFrames,
+    frame_step,
+    preprocess_frames,
+)
+from l1flow_ros.perception.sync import ApproximateTimeSync
+from l1flow_ros.spec import ObservationSpec
+
+INTR = CameraIntrinsics(fx=50.0, fy=50.0, cx=15.5, cy=11.5, width=32, height=24)
+
+
+def plane_depth(z: float = 1.0, h: int = 24, w: int = 32) -> np.ndarray:
+    return np.full((h, w), z, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def test_backprojection_reprojects_to_its_pixel():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 2.0, (24, 32)).astype(np.float32)
+    pts, _ = backproject(depth, INTR, (0.05, 3.0))
+    assert pts.shape == (24 * 32, 3)
+    u = pts[:, 0] * INTR.fx / pts[:, 2] + INTR.cx
+    v = pts[:, 1] * INTR.fy / pts[:, 2] + INTR.cy
+    vv, uu = np.mgrid[0:24, 0:32]
+    np.testing.assert_allclose(u, uu.reshape(-1), atol=1e-3)
+    np.testing.assert_allclose(v, vv.reshape(-1), atol=1e-3)
+    np.testing.assert_allclose(pts[:, 2], depth.reshape(-1))
+
+
+def test_invalid_depth_dropped():
+    depth = plane_depth(1.0)
+    depth[0, :4] = [0.0, np.nan, np.inf, 5.0]  # zero, NaN, inf, beyond range
+    depth[1, 0] = 0.01  # nearer than the range
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    rgb[2, 0] = [255, 0, 0]
+    pts, cols = backproject(depth, INTR, (0.05, 3.0), rgb)
+    assert pts.shape[0] == 24 * 32 - 5
+    assert np.isfinite(pts).all() and cols.shape == pts.shape
+    assert np.isclose(cols.sum(axis=1), 1.0).sum() == 1  # the one red pixel kept its colour
+
+
+def test_mm_depth_and_size_mismatch():
+    np.testing.assert_allclose(depth_to_metres(np.array([[1500]], np.uint16)), [[1.5]])
+    with pytest.raises(PerceptionError):
+        backproject(plane_depth(h=10), INTR, (0.05, 3.0))
+    with pytest.raises(PerceptionError):
+        depth_to_metres(np.zeros((2, 2), np.int8))
+
+
+def test_quaternion_transform():
+    # 90 degrees about z: x -> y.
+    T = make_transform([1, 2, 3], [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
+    out = transform_points(np.array([[1.0, 0, 0]], np.float32), T)
+    np.testing.assert_allclose(out, [[1, 3, 3]], atol=1e-6)
+
+
+def test_calibration_yaml(tmp_path):
+    f = tmp_path / "calib.yaml"
+    f.write_text(
+        "cameras:\n"
+        "  front:\n    matrix: [[1,0,0,0.5],[0,1,0,0],[0,0,1,0.8],[0,0,0,1]]\n"
+        "  wrist:\n    translation: [0.1, 0.0, 0.4]\n    rotation: [0, 0, 0, 2]\n"
+    )
+    cal = load_calibration(f)
+    assert set(cal) == {"front", "wrist"}
+    np.testing.assert_allclose(cal["front"][:3, 3], [0.5, 0, 0.8])
+    np.testing.assert_allclose(cal["wrist"][:3, :3], np.eye(3))  # quaternion normalised
+    for bad in (
+        {"cameras": {"a": {"matrix": [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}},  # scale
+        {"cameras": {"a": {"translation": [0, 0], "rotation": [0, 0, 0, 1]}}},
+        {"cameras": {"a": {"translation": [0, 0, 0], "rotation": [0, 0, 0, 0]}}},
+        {"cameras": {"a": {}}},
+        {"nothing": 1},
+    ):
+        with pytest.raises(PerceptionError):
+            parse_calibration(bad)
+    f.write_text("cameras: [unclosed")
+    with pytest.raises(PerceptionError):
+        load_calibration(f)
+    with pytest.raises(PerceptionError):
+        load_calibration(tmp_path / "missing.yaml")
+
+
+def test_crop_and_voxel():
+    pts = np.array([[0, 0, 0], [2, 0, 0], [0.001, 0, 0], [0.5, 0.5, 0.5]], np.float32)
+    assert crop_mask(pts, (-1, 1, -1, 1, -1, 1)).tolist() == [True, False, True, True]
+    down, _ = voxel_downsample(pts[[0, 2, 3]], None, 0.01)
+    assert down.shape[0] == 2  # the two points 1 mm apart merged
+
+
+def test_fps_deterministic_and_spread():
+    rng = np.random.default_rng(3)
+    # Dense blob plus 4 far corners: FPS must pick the corners early.
+    blob = rng.normal(0, 0.01, (500, 3)).astype(np.float32)
+    corners = np.array([[1, 1, 1], [-1, -1, 1], [1, -1, -1], [-1, 1, -1]], np.float32)
+    pts = np.concatenate([blob, corners])
+    idx = farthest_point_sample(pts, 8)
+    assert len(set(idx.tolist())) == 8
+    assert set(range(500, 504)) <= set(idx[:6].tolist())
+    np.testing.assert_array_equal(idx, farthest_point_sample(pts, 8))
+    np.testing.assert_array_equal(farthest_point_sample(pts[:3], 7), [0, 1, 2, 0, 1, 2, 0])
+    with pytest.raises(PerceptionError):
+        farthest_point_sample(pts[:0], 4)
+
+
+def test_fusion_two_views_in_base_frame():
+    # Two cameras looking at the same plane from different poses; fused points lie on it.
+    cfg = CloudConfig(num_points=64, workspace=(-2, 2, -2, 2, -2, 2), voxel_size=0.01, depth_range=(0.05, 3.0))
+    T_a = make_transform([0, 0, 1.0], [1, 0, 0, 0])  # looks down -z (180 deg about x)
+    T_b = make_transform([0.2, 0, 1.0], [1, 0, 0, 0])
+    views = [backproject(plane_depth(1.0), INTR, (0.05, 3.0)), backproject(plane_depth(1.0), INTR, (0.05, 3.0))]
+    cloud = fuse_views(views, [T_a, T_b], cfg)
+    assert cloud.shape == (64, 3) and cloud.dtype == np.float32
+    np.testing.assert_allclose(cloud[:, 2], 0.0, atol=1e-5)  # the table plane z = 0
+    assert cloud[:, 0].max() > 0.3  # includes points only camera b sees
+    # Crop box excludes everything -> error, not an empty cloud.
+    with pytest.raises(PerceptionError):
+        fuse_views(views, [T_a, T_b], CloudConfig(16, (5, 6, 5, 6, 5, 6), 0.01, (0.05, 3.0)))
+
+
+def test_fusion_with_colour():
+    cfg = CloudConfig(32, (-2, 2, -2, 2, -2, 2), 0.0, (0.05, 3.0), point_color=True)
+    rgb = np.full((24, 32, 3), 255, np.uint8)
+    cloud = fuse_views([backproject(plane_depth(), INTR, (0.05, 3.0), rgb)], [np.eye(4)], cfg)
+    assert cloud.shape == (32, 6)
+    np.testing.assert_allclose(cloud[:, 3:], 1.0)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_resize_crops_to_aspect():
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, 20:60] = 255  # the centred square
+    out = resize_rgb(img, (10, 10))
+    assert out.shape == (10, 10, 3)
+    assert out.min() == 255  # only the centre square survives the crop
+    np.testing.assert_array_equal(to_rgb(np.array([[[1, 2, 3]]], np.uint8), "bgr8"), [[[3, 2, 1]]])
+    with pytest.raises(PerceptionError):
+        to_rgb(np.zeros((1, 1, 3), np.uint8), "mono8")
+    assert rgb_to_float(np.array([255], np.uint8))[0] == 1.0
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def ms(x: float) -> int:
+    return int(x * 1e6)
+
+
+def test_sync_matches_within_slop_keep_newest():
+    s = ApproximateTimeSync(["cam", "js"], slop_s=0.010)
+    assert s.add("js", ms(100), "j100") is None
+    out = s.add("cam", ms(105), "c105")
+    assert out is not None and out.stamp_ns == ms(105) and out.items == {"cam": "c105", "js": "j100"}
+    assert s.add("cam", ms(120), "c120") is None  # nearest js is 20 ms away
+    out = s.add("js", ms(118), "j118")
+    assert out.items["js"] == "j118" and out.stamp_ns == ms(120)
+
+
+def test_sync_out_of_order_and_missing():
+    s = ApproximateTimeSync(["a", "b", "js"], slop_s=0.005)
+    for t in range(0, 200, 2):
+        s.add("js", ms(t), t)
+    assert s.add("a", ms(33), "a33") is None
+    assert s.add("b", ms(66), "b66") is None  # frame at 33 ms of b is lost
+    assert s.add("a", ms(66), "a66").items["a"] == "a66"
+    # b's frame of 99 arrives before a's; then a late, older b frame must not go back in time.
+    assert s.add("b", ms(99), "b99") is None
+    assert s.add("b", ms(32), "b32") is None
+    out = s.add("a", ms(100), "a100")
+    assert out.stamp_ns == ms(100) and out.items["b"] == "b99"
+    assert out.spread_ns <= ms(1)
+
+
+def test_sync_keep_newest_skips_older_sets():
+    s = ApproximateTimeSync(["a", "b"], slop_s=0.005)
+    s.add("a", ms(10), 10)
+    s.add("a", ms(20), 20)
+    out = s.add("b", ms(21), 21)  # completes both 10? no: only 20 within slop
+    assert out.stamp_ns == ms(20)
+    s.add("a", ms(30), 30)
+    s.add("a", ms(40), 40)
+    out = s.add("b", ms(31), 31)
+    assert out.stamp_ns == ms(30)
+    s.add("b", ms(41), 41)  # completes 40 (newest), never 30 again
+    assert s.add("b", ms(29), 29) is None
+
+
+def test_sync_invalidate_and_window():
+    s = ApproximateTimeSync(["a", "b"], slop_s=0.005, window_s=0.1)
+    s.add("b", ms(10), "b10")
+    s.invalidate("b")
+    assert s.last_stamp("b") is None
+    assert s.add("a", ms(10), "a10") is None  # b's data was forgotten
+    s.add("b", ms(500), "b500")
+    assert s.queue_len("a") == 0  # older than the window behind the newest stamp
+
+
+# ----------------------------------------------------------------------------- preprocess
+
+
+def spec(**kw) -> ObservationSpec:
+    d = dict(
+        cameras=("front", "side"),
+        image_size=(16, 20),
+        num_points=32,
+        workspace=(-2, 2, -2, 2, -2, 2),
+        voxel_size=0.01,
+        proprio_names=("ee_x", "ee_y"),
+        n_obs_steps=2,
+    )
+    d.update(kw)
+    return ObservationSpec(**d)
+
+
+def raw_frames(seed: int = 0, stamp: int = 0) -> RawFrames:
+    rng = np.random.default_rng(seed)
+    cams = {
+        c: CameraFrame(
+            color=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+            depth=(rng.uniform(0.5, 1.5, (24, 32)) * 1000).astype(np.uint16),
+            intrinsics=INTR,
+            stamp_ns=stamp,
+        )
+        for c in ("front", "side")
+    }
+    return RawFrames(cameras=cams, proprio=rng.normal(size=2), stamp_ns=stamp)
+
+
+CALIB = {"front": np.eye(4), "side": make_transform([0.1, 0, 0], [0, 0, 0, 1])}
+
+
+def test_preprocess_shapes_and_dtypes():
+    sp = spec(point_color=True)
+    step = frame_step(sp, raw_frames(), CALIB)
+    assert step["rgb"].shape == (2, 3, 16, 20) and step["rgb"].dtype == np.uint8
+    assert step["points"].shape == (32, 6) and step["points"].dtype == np.float32
+    assert step["proprio"].shape == (2,) and step["proprio"].dtype == np.float32
+    m = preprocess_frames(sp, raw_frames(), CALIB)
+    np.testing.assert_array_equal(m["rgb"], step["rgb"].astype(np.float32) / 255)
+    assert 0.0 <= m["rgb"].min() and m["rgb"].max() <= 1.0
+    # A cloud in place of depth for one camera.
+    fr = raw_frames()
+    pts, _ = backproject(depth_to_metres(fr.cameras["side"].depth), INTR, (0.05, 3.0))
+    fr.cameras["side"] = CameraFrame(color=fr.cameras["side"].color, cloud=pts)
+    np.testing.assert_allclose(frame_step(spec(), fr, CALIB)["points"], frame_step(spec(), raw_frames(), CALIB)["points"])
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["no_camera", "all_nan_depth", "all_zero_depth", "no_intrinsics", "no_calib", "nan_proprio", "no_proprio"],
+)
+def test_preprocess_rejects_bad_frames(breakage):
+    fr = raw_frames()
+    calib = dict(CALIB)
+    if breakage == "no_camera":
+        del fr.cameras["side"]
+    elif breakage == "all_nan_depth":
+        fr.cameras["front"].depth = np.full((24, 32), np.nan, np.float32)
+    elif breakage == "all_zero_depth":
+        fr.cameras["front"].depth = np.zeros((24, 32), np.uint16)
+    elif breakage == "no_intrinsics":
+        fr.cameras["front"].intrinsics = None
+    elif breakage == "no_calib":
+        del calib["side"]
+    elif breakage == "nan_proprio":
+        fr.proprio = np.array([np.nan, 0.0])
+    elif breakage == "no_proprio":
+        fr.proprio = None
+    with pytest.raises(PerceptionError):
+        frame_step(spec(), fr, calib)
+
+
+def test_history_spacing_and_padding():
+    h = ObservationHistory(3, period_s=0.1)
+    h.push(ms(0), {"proprio": np.array([0.0])})
+    np.testing.assert_array_equal(h.get()["proprio"][:, 0], [0, 0, 0])  # padded by repetition
+    for t in range(10, 301, 10):  # frames every 10 ms, history every 100 ms
+        h.push(ms(t), {"proprio": np.array([float(t)])})
+    np.testing.assert_array_equal(h.get()["proprio"][:, 0], [100, 200, 300])
+    with pytest.raises(PerceptionError):
+        h.push(ms(300), {"proprio": np.array([1.0])})
+    h1 = ObservationHistory(1)
+    h1.push(1, {"x": np.zeros(2)})
+    h1.push(2, {"x": np.ones(2)})
+    assert h1.get()["x"].shape == (1, 2) and h1.get()["x"][0, 0] == 1
