@@ -1,0 +1,168 @@
+"""Export a bundle's networks to ONNX: ``encoder.onnx`` and ``policy.onnx``.
+
+- ``encoder.onnx``: the observation modalities (positional, in the encoder's
+  ``input_names`` order) -> ``embedding`` (B, D).
+- ``policy.onnx``: ``cond`` (B, D), ``noise`` (B, H, A) (DDPM: (B, K, H, A)) -> ``actions``
+  (B, H, A), normalised, with the whole sampler unrolled into one graph (the sampler
+  loops run over Python constants, so tracing unrolls them).
+- ``policy.warm.onnx``: the same with a third input ``warm`` (B, H, A), when the
+  bundle's sampler supports a warm start.
+- ``policy.<tag>.onnx``: the same network drawn by another sampler, for comparisons
+  (``--samplers fm:10 ddim:10 ...``); only samplers the network's prediction supports.
+
+Normalisation stays outside the graphs (stats in the manifest). The batch axis is
+dynamic. Every exported graph is checked against torch on the same inputs with
+onnxruntime on CPU: max abs error <= ``atol`` (1e-4) or the export fails. The files are
+then recorded in the manifest, whose fingerprint the bundle API recomputes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l1flow_ros.runtime.backends import (
+    ENCODER_ONNX,
+    ENCODER_OUTPUT,
+    POLICY_INPUTS,
+    POLICY_OUTPUT,
+    WARM_INPUT,
+    noise_shape,
+    parse_sampler,
+    policy_onnx_name,
+    sampler_tag,
+)
+from l1flow_ros.spec import SamplerSpec
+
+DEFAULT_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An export that failed or does not match torch; the text says why."""
+
+
+@dataclass
+class ExportReport:
+    files: dict[str, float] = field(default_factory=dict)  # file name -> max abs error vs torch
+    fingerprint: str = ""
+
+    def lines(self) -> list[str]:
+        return [f"{name}: max |onnx - torch| = {err:.2e}" for name, err in self.files.items()]
+
+
+def export_bundle(bundle_dir: str | Path, samplers: Sequence[SamplerSpec | str] = (), opset: int = DEFAULT_OPSET,
+                  atol: float = 1e-4, encoder: bool = True) -> ExportReport:
+    """Write the ONNX graphs into ``bundle_dir``, check parity, record them in the manifest."""
+    import torch
+
+    from l1flow_ros.policy.bundle import load_bundle
+
+    bundle_dir = Path(bundle_dir)
+    manifest, model = load_bundle(bundle_dir, device="cpu")
+    model = model.eval()
+    report = ExportReport()
+    gen = torch.Generator().manual_seed(0)
+
+    if encoder:
+        names = tuple(model.encoder.input_names)
+        shapes = model.encoder.input_shapes(2)
+        args = tuple(_rand(shapes[n], gen, unit=(n == "rgb")) for n in names)
+        report.files[ENCODER_ONNX] = _export_and_check(
+            model.encoder_graph(), args, names, ENCODER_OUTPUT, bundle_dir / ENCODER_ONNX, opset, atol)
+
+    cond_dim = model.encoder.out_dim
+    h, a = manifest.action.horizon, manifest.action.dim
+    specs: list[tuple[SamplerSpec | None, bool]] = [(None, False)]
+    if manifest.sampler.warm_start:
+        specs.append((None, True))
+    seen = {sampler_tag(manifest.sampler)}
+    for s in samplers:
+        spec = parse_sampler(s, manifest.sampler) if isinstance(s, str) else s
+        if sampler_tag(spec) in seen:
+            continue
+        seen.add(sampler_tag(spec))
+        specs.append((spec, False))
+
+    for spec, warm in specs:
+        try:
+            m = model if spec is None else model.with_sampler(spec)
+        except ValueError as e:
+            raise ExportError(f"sampler {sampler_tag(spec)}: {e}") from e
+        sampler = spec or manifest.sampler
+        cond = torch.randn(2, cond_dim, generator=gen)
+        noise = torch.randn(*noise_shape(sampler, h, a, 2), generator=gen)
+        args: tuple[torch.Tensor, ...] = (cond, noise)
+        names = POLICY_INPUTS
+        if warm:
+            args = (*args, torch.rand(2, h, a, generator=gen) * 2 - 1)
+            names = (*POLICY_INPUTS, WARM_INPUT)
+        name = policy_onnx_name(spec, warm)
+        report.files[name] = _export_and_check(m.policy_graph(), args, names, POLICY_OUTPUT, bundle_dir / name,
+                                               opset, atol)
+
+    report.fingerprint = record_files(bundle_dir, list(report.files))
+    return report
+
+
+def _rand(shape: Sequence[int], gen: Any, unit: bool = False):
+    import torch
+
+    return torch.rand(*shape, generator=gen) if unit else torch.randn(*shape, generator=gen)
+
+
+def _export_and_check(module: Any, args: tuple, input_names: Sequence[str], output_name: str, path: Path,
+                      opset: int, atol: float) -> float:
+    """Trace ``module`` to ``path`` (batch axis dynamic); return max abs error vs torch."""
+    import onnxruntime as ort
+    import torch
+
+    dyn = {n: {0: "batch"} for n in (*input_names, output_name)}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # The TorchScript exporter: the loops are Python constants, tracing unrolls them.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, dynamo=False, input_names=list(input_names),
+                          output_names=[output_name], dynamic_axes=dyn, opset_version=opset,
+                          do_constant_folding=True)
+        expected = module(*args).numpy()
+    data = buf.getvalue()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    feed = {n: x.numpy() for n, x in zip(input_names, args)}
+    got = sess.run([output_name], feed)[0]
+    if got.shape != expected.shape:
+        raise ExportError(f"{path.name}: onnx output shape {got.shape} != torch {expected.shape}")
+    err = float(np.max(np.abs(got - expected)))
+    if not np.isfinite(err) or err > atol:
+        raise ExportError(f"{path.name}: onnxruntime differs from torch by {err:.3g} > {atol:g}")
+    _atomic_write(path, data)
+    return err
+
+
+def record_files(bundle_dir: Path, names: list[str]) -> str:
+    """List exported files in the manifest; the bundle API recomputes the fingerprint."""
+    from l1flow_ros.policy.bundle import add_files
+
+    return add_files(bundle_dir, names)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; bundles are shared read-only files
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
