@@ -1,0 +1,216 @@
+"""The policy: observation encoder + a chunk network + the sampler its SamplerSpec names.
+
+A policy is: normalise (numpy, outside) -> ``encode`` -> ``sample`` ->
+unnormalise (numpy, outside). ``policy_graph()`` and ``encoder_graph()`` are
+the two modules exported to ONNX; the runtime feeds them numpy arrays.
+
+What the chunk network predicts depends on how it was trained
+(``ModelConfig.prediction``), and only some samplers can use each kind:
+
+=============  ===================================  =====================
+prediction     trained by                           sampler kinds
+=============  ===================================  =====================
+sample         L1 Flow (clean chunk), IMLE student  l1flow, imle
+velocity       flow matching                        fm
+epsilon        DDPM                                 ddim, ddpm
+flow_map       One-Step Flow Policy                 ofp
+regression     L1 regression                        regression
+=============  ===================================  =====================
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from l1flow_ros.perception.encoders import EncoderConfig, ObservationEncoder
+from l1flow_ros.policy import samplers
+from l1flow_ros.policy.unet import ConditionalUnet1D, UnetConfig
+from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
+
+if TYPE_CHECKING:
+    from l1flow_ros.policy.bundle import Manifest
+
+PREDICTION_SAMPLERS = {
+    "sample": ("l1flow", "imle"),
+    "velocity": ("fm",),
+    "epsilon": ("ddim", "ddpm"),
+    "flow_map": ("ofp",),
+    "regression": ("regression",),
+}
+# Samplers that accept a warm start from the previous chunk's tail.
+WARM_START_KINDS = ("l1flow", "fm", "ofp")
+
+
+def prediction_for(kind: str) -> str:
+    """The network output a sampler kind needs."""
+    for pred, kinds in PREDICTION_SAMPLERS.items():
+        if kind in kinds:
+            return pred
+    raise ValueError(f"unknown sampler kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    prediction: str = "sample"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    num_train_steps: int = 100  # diffusion training steps (epsilon prediction)
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTION_SAMPLERS:
+            raise ValueError(f"prediction {self.prediction!r} not in {sorted(PREDICTION_SAMPLERS)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}")
+        if "encoder" in d:
+            d["encoder"] = EncoderConfig.from_dict(d["encoder"])
+        if "unet" in d:
+            d["unet"] = UnetConfig.from_dict(d["unet"])
+        return cls(**d)
+
+
+class PolicyGraph(nn.Module):
+    """forward(cond (B, D), noise[, warm (B, H, A)]) -> normalised chunk (B, H, A)."""
+
+    def __init__(self, model: PolicyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.sample(cond, noise, warm)
+
+
+class EncoderGraph(nn.Module):
+    """forward(*inputs in ``model.encoder.input_names`` order) -> (B, D)."""
+
+    def __init__(self, model: PolicyModel) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_tensors(*inputs)
+
+
+class PolicyModel(nn.Module):
+    """Holds ``.encoder`` (ObservationEncoder) and ``.head`` (ConditionalUnet1D)."""
+
+    def __init__(
+        self,
+        obs_spec: ObservationSpec,
+        action_spec: ActionSpec,
+        sampler: SamplerSpec,
+        cfg: ModelConfig | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = cfg or ModelConfig(prediction=prediction_for(sampler.kind))
+        if action_spec.dim < 1:
+            raise ValueError("action spec has no dimensions (names is empty)")
+        if cfg.prediction == "flow_map" and not cfg.unet.two_times:
+            cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, two_times=True))
+        self.obs_spec = obs_spec
+        self.action_spec = action_spec
+        self.cfg = cfg
+        self.encoder = ObservationEncoder(obs_spec, cfg.encoder)
+        self.head = ConditionalUnet1D(action_spec.dim, self.encoder.out_dim, cfg.unet)
+        if action_spec.horizon % self.head.min_horizon:
+            raise ValueError(
+                f"horizon {action_spec.horizon} must be a multiple of {self.head.min_horizon} "
+                f"for a U-Net with down_dims {cfg.unet.down_dims}"
+            )
+        self.sampler = sampler
+        self._check_sampler(sampler)
+
+    def _check_sampler(self, sampler: SamplerSpec) -> None:
+        allowed = PREDICTION_SAMPLERS[self.cfg.prediction]
+        if sampler.kind not in allowed:
+            raise ValueError(
+                f"a {self.cfg.prediction!r} network cannot be sampled with {sampler.kind!r}; use {allowed}"
+            )
+        if sampler.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
+        if sampler.kind == "ddpm" and sampler.steps != self.cfg.num_train_steps:
+            raise ValueError(
+                f"ddpm samples all {self.cfg.num_train_steps} training steps; steps={sampler.steps}"
+            )
+        if sampler.kind == "ddim" and self.cfg.num_train_steps % sampler.steps:
+            raise ValueError(f"ddim steps {sampler.steps} must divide {self.cfg.num_train_steps}")
+        if sampler.kind == "l1flow" and sampler.steps == 2 and not (0.0 < sampler.t_values[0] < 1.0):
+            raise ValueError(f"l1flow two-step needs 0 < t_values[0] < 1, got {sampler.t_values}")
+        if sampler.warm_start and (
+            sampler.kind not in WARM_START_KINDS or not 0.0 <= sampler.warm_start_t < 1.0
+        ):
+            raise ValueError(f"warm start needs a sampler in {WARM_START_KINDS} and 0 <= warm_start_t < 1")
+
+    def with_sampler(self, sampler: SamplerSpec) -> PolicyModel:
+        """The same weights sampled another way (e.g. DDPM 100 instead of DDIM 10)."""
+        other = copy.copy(self)  # shares the modules
+        other._check_sampler(sampler)
+        other.sampler = sampler
+        return other
+
+    def noise_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of the noise ``sample`` takes: (B, H, A); DDPM: (B, K, H, A), one per step."""
+        h, a = self.action_spec.horizon, self.action_spec.dim
+        if self.sampler.kind == "ddpm":
+            return (batch, self.cfg.num_train_steps, h, a)
+        return (batch, h, a)
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(obs)  # (B, D)
+
+    def sample(
+        self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalised chunk (B, H, A); the same (cond, noise, warm) gives the same chunk."""
+        s = self.sampler
+        if warm is not None and s.kind not in WARM_START_KINDS:
+            raise ValueError(f"sampler {s.kind!r} takes no warm start")
+        if s.kind == "l1flow":
+            if s.steps == 2:
+                return samplers.l1flow_two_step(self.head, cond, noise, s.t_values[0], warm, s.warm_start_t)
+            return samplers.l1flow_euler(self.head, cond, noise, s.steps, warm, s.warm_start_t)
+        if s.kind == "fm":
+            return samplers.fm_euler(self.head, cond, noise, s.steps, warm, s.warm_start_t)
+        if s.kind == "ddim":
+            return samplers.ddim(self.head, cond, noise, s.steps, self.cfg.num_train_steps)
+        if s.kind == "ddpm":
+            return samplers.ddpm(self.head, cond, noise, self.cfg.num_train_steps)
+        if s.kind == "imle":
+            return samplers.one_step(self.head, cond, noise)
+        if s.kind == "ofp":
+            if s.steps == 1:
+                return samplers.flow_map_one_step(self.head, cond, noise, warm, s.warm_start_t)
+            if warm is not None:
+                raise ValueError("ofp warm start is one step (steps=1)")
+            return samplers.flow_map_steps(self.head, cond, noise, s.steps)
+        return samplers.regression(self.head, cond, noise)
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], noise: torch.Tensor, warm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.sample(self.encode(obs), noise, warm)
+
+    def policy_graph(self) -> PolicyGraph:
+        """Module for export: forward(cond, noise[, warm]) with the sampler unrolled."""
+        return PolicyGraph(self)
+
+    def encoder_graph(self) -> EncoderGraph:
+        """Module for export: positional inputs in ``self.encoder.input_names`` order."""
+        return EncoderGraph(self)
+
+
+def build_model(manifest: Manifest) -> PolicyModel:
+    """A freshly initialised model with the architecture a manifest describes."""
+    return PolicyModel(manifest.observation, manifest.action, manifest.sampler, manifest.model)
