@@ -17,6 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointFie
 
 from l1flow_ros.nodes.chunk_conv import MessageError, ns_to_stamp, stamp_to_ns
 from l1flow_ros.perception.geometry import CameraIntrinsics, PerceptionError
+from l1flow_ros.perception.preprocess import CameraFrame
 
 COLOR_ENCODINGS = ("rgb8", "bgr8")
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
@@ -291,3 +292,39 @@ def joint_state_to_msg(names: Sequence[str], positions: Sequence[float], stamp_n
     msg.name = list(names)
     msg.position = [float(x) for x in positions]
     return msg
+
+
+# --------------------------------------------------------------------------- one camera
+
+
+def camera_frame_from_msgs(
+    color: Image | None = None,
+    depth: Image | None = None,
+    info: CameraInfo | CameraIntrinsics | None = None,
+    cloud: PointCloud2 | None = None,
+) -> CameraFrame:
+    """The messages of one camera at one instant -> CameraFrame (dataset building and the node).
+
+    Sizes are checked against the CameraInfo when there is one: the colour image
+    and the depth aligned to it must both have the CameraInfo's size.
+    """
+    intr = camera_info_from_msg(info) if isinstance(info, CameraInfo) else info
+    size = (intr.width, intr.height) if intr is not None else None
+    frame = CameraFrame(intrinsics=intr)
+    stamps = []
+    if color is not None:
+        frame.color = color_from_msg(color, size)
+        stamps.append(stamp_to_ns(color.header.stamp))
+    if depth is not None:
+        frame.depth = depth_from_msg(depth, size)
+        if frame.color is not None and frame.color.shape[:2] != frame.depth.shape:
+            raise MessageError(
+                f"depth {frame.depth.shape[1]}x{frame.depth.shape[0]} is not aligned to colour "
+                f"{frame.color.shape[1]}x{frame.color.shape[0]}"
+            )
+        stamps.append(stamp_to_ns(depth.header.stamp))
+    if cloud is not None:
+        frame.cloud, frame.cloud_colors = pointcloud_from_msg(cloud)
+        stamps.append(stamp_to_ns(cloud.header.stamp))
+    frame.stamp_ns = min(stamps) if stamps else 0
+    return frame
