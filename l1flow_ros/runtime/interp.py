@@ -6,9 +6,9 @@ waypoints of the running chunk, ending at rest on the last one. Because every pl
 from the state the previous plan left, position and velocity (cubic) or position, velocity
 and acceleration (quintic) are continuous across splices.
 
-Knot velocities are the derivative of the parabola through three neighbouring waypoints
-(exact for quadratic motion, works with uneven spacing); quintic knot accelerations are
-the same derivative taken over the knot velocities.
+Knot velocities are PCHIP's (monotone: no overshoot between waypoints, exact for motion at
+constant velocity, uneven spacing allowed); quintic knot accelerations are the same
+derivative taken over the knot velocities.
 """
 
 from __future__ import annotations
@@ -33,19 +33,28 @@ def hermite_coeffs(
         c[2] = 0.5 * a0
         c[3] = (20 * d - (8 * v1 + 12 * v0) * h - (3 * a0 - a1) * h * h) / (2 * h**3)
         c[4] = (-30 * d + (14 * v1 + 16 * v0) * h + (3 * a0 - 2 * a1) * h * h) / (2 * h**4)
-        c[5] = (12 * d - 6 * (v1 + v0) * h - (a1 - a0) * h * h) / (2 * h**5)
+        c[5] = (12 * d - 6 * (v1 + v0) * h + (a1 - a0) * h * h) / (2 * h**5)
     else:
         c[2] = (3 * d / h - 2 * v0 - v1) / h
         c[3] = (-2 * d / h + v0 + v1) / (h * h)
     return c
 
 
-def _three_point_derivative(x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """(K, A) derivative at interior knots 1..K-2 of samples x (K, A) with spacings h (K-1,)."""
+def _monotone_derivative(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """(K, A) knot derivatives at interior knots 1..K-2 (ends left 0) of samples x (K, A) with
+    spacings h (K-1,): PCHIP (Fritsch-Butland weighted harmonic mean of neighbouring slopes),
+    zero at local extrema, so the spline never overshoots a waypoint; exact for linear motion."""
     slope = np.diff(x, axis=0) / h[:, None]  # (K-1, A)
-    hl, hr = h[:-1, None], h[1:, None]
     out = np.zeros_like(x)
-    out[1:-1] = (hr * slope[:-1] + hl * slope[1:]) / (hl + hr)
+    if slope.shape[0] < 2:
+        return out
+    s0, s1 = slope[:-1], slope[1:]
+    hl, hr = h[:-1, None], h[1:, None]
+    w1, w2 = 2 * hr + hl, hr + 2 * hl
+    same = s0 * s1 > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (w1 + w2) / (w1 / s0 + w2 / s1)
+    out[1:-1] = np.where(same, d, 0.0)
     return out
 
 
@@ -94,10 +103,10 @@ class Plan:
         if h.size == 0 or np.any(h <= 0):
             raise ValueError("waypoint times must increase and come after the start time")
         x = np.concatenate([p0[None], points], axis=0)  # (K+1, A)
-        v = _three_point_derivative(x, h)
+        v = _monotone_derivative(x, h)
         v[0], v[-1] = v0, 0.0
         if quintic:
-            acc = _three_point_derivative(v, h)
+            acc = _monotone_derivative(v, h)
             acc[0], acc[-1] = a0, 0.0
         else:
             acc = np.zeros_like(x)

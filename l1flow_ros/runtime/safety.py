@@ -154,15 +154,29 @@ class Limits:
 def stopping_speed(distance: float, accel: float, h: float) -> float:
     """Largest speed (>= 0) from which a discrete-time stop within ``distance`` is possible.
 
-    Moving ``v*h`` this tick and then decelerating by ``accel*h`` per tick covers about
-    ``v^2 / (2 accel) + v h / 2``; solving for v gives the bound. inf where accel is inf.
+    Moving at v this tick and then slowing by ``accel*h`` per tick covers
+    ``D(v) = h * ((n + 1) v - accel h n (n + 1) / 2)`` with ``n = floor(v / (accel h))``; D is
+    increasing and piecewise linear, and this returns its exact inverse. Following it tick by
+    tick lands exactly on the stopping point with no more than ``accel`` of deceleration.
+    inf where accel is inf.
     """
-    if accel == math.inf:
+    if accel == math.inf or distance == math.inf:
         return math.inf
     if distance <= 0.0:
         return 0.0
     ah = accel * h
-    return -0.5 * ah + math.sqrt(0.25 * ah * ah + 2.0 * accel * distance)
+    # Continuous-time estimate v^2 / (2 a) + v h / 2 = d picks the piece; then correct n.
+    vc = -0.5 * ah + math.sqrt(0.25 * ah * ah + 2.0 * accel * distance)
+    n = max(int(vc / ah), 0)
+    for _ in range(4):
+        v = distance / (h * (n + 1)) + 0.5 * ah * n
+        if v < n * ah and n > 0:
+            n -= 1
+        elif v >= (n + 1) * ah:
+            n += 1
+        else:
+            break
+    return v
 
 
 def limit_step(

@@ -260,9 +260,13 @@ class ChunkScheduler:
 
         # The plan starts from the state of the last command, so position and velocity are
         # continuous whatever the new waypoints are.
+        # If the control thread has not ticked since (now > last tick), start at now from the
+        # last state moved on at its velocity (zero when holding).
+        t0 = max(self._t_last, now)
+        v0 = np.array(self._v)
+        p0 = np.array(self._p) + v0 * ((t0 - self._t_last) * 1e-9)
         self._plan = Plan.through(
-            self._t_last, np.array(self._p), np.array(self._v), np.array(self._a_ref),
-            new_t[executable], q[executable], cfg.interpolation,
+            t0, p0, v0, np.array(self._a_ref), new_t[executable], q[executable], cfg.interpolation,
         )
         self._wp_t, self._wp_q, self._wp_n = new_t, q, n
         self._chunk_dt_ns = dt_ns
