@@ -165,9 +165,11 @@ class Policy:
 class TorchGraph:
     """An ``nn.Module`` taking positional tensors, run eagerly under inference mode."""
 
-    def __init__(self, module: Any, input_names: Sequence[str], device: str = "cpu") -> None:
+    def __init__(self, module: Any, input_names: Sequence[str], device: str = "cpu", threads: int = 0) -> None:
         import torch
 
+        if threads > 0:
+            torch.set_num_threads(int(threads))  # process-wide: torch has no per-module setting
         self._torch = torch
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
@@ -268,7 +270,8 @@ _TORCH_LOCK = threading.Lock()
 def open_encoder(bundle_dir: str | Path, backend: str = "torch", **opts: Any) -> Encoder:
     """The bundle's observation encoder on ``backend``.
 
-    opts: ``device`` (torch: "cpu"/"cuda"), ``providers``, ``threads`` (onnxruntime),
+    opts: ``device`` (torch: "cpu"/"cuda"), ``threads`` (torch / onnxruntime intra-op threads, 0 = default),
+    ``providers`` (onnxruntime),
     ``fp16``, ``engine_cache_dir``, ``allow_build`` (tensorrt).
     """
     from l1flow_ros.policy.bundle import read_manifest
@@ -325,7 +328,7 @@ def _open_graph(bundle_dir: Path, backend: str, onnx_name: str, torch_module, sa
         with _TORCH_LOCK:
             _, model = _load_torch(bundle_dir, device, sampler)
             module, names = torch_module(model)
-        return TorchGraph(module, names, device)
+        return TorchGraph(module, names, device, threads=int(opts.get("threads", 0)))
     if backend == "onnxruntime":
         return OrtGraph(bundle_dir / onnx_name, providers=opts.get("providers"), threads=int(opts.get("threads", 0)),
                         fp16=bool(opts.get("fp16", False)), engine_cache_dir=opts.get("engine_cache_dir"))

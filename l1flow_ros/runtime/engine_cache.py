@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +194,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def get_or_build(cache: EngineCache, stem: str, key: EngineKey, build: Callable[[], bytes],
+                 allow_build: bool = True) -> tuple[Path, bool]:
+    """(engine path, built now?): the cached engine for ``key``, else ``build()`` stored.
+
+    A valid cached engine is always used as is: ``build`` is not called.
+    """
+    hit = cache.check_usable(stem, key, allow_build)
+    if hit is not None:
+        return hit, False
+    t0 = time.monotonic()
+    blob = build()
+    return cache.store(stem, key, blob, time.monotonic() - t0), True
