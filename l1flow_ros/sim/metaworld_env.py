@@ -7,8 +7,11 @@ Conventions stated once:
   = (ee_x, ee_y, ee_z, gripper); positions in metres in the MuJoCo world frame
   (= robot base frame); gripper in [-1, 1], -1 open, +1 closed;
 - a command is an absolute target. Each physics step turns it into Meta-World's delta
-  action ``clip((target - hand_pos) / action_scale, -1, 1)`` (gripper passed through),
-  so the hand moves at most ``action_scale`` metres per step (1 cm per 12.5 ms);
+  action ``clip(servo_gain * (target - hand_pos) / action_scale, -1, 1)`` (gripper passed
+  through): a rate-limited first-order position servo (time constant dt / servo_gain =
+  50 ms, at most ``action_scale`` = 1 cm per 12.5 ms step). A gain of 1 (dead-beat)
+  oscillates by ~3 cm around a held target because the hand lags Meta-World's mocap body;
+  0.25 holds within 0.3 mm and equals the gain Meta-World's experts use (p = 25);
 - cameras follow the OpenCV optical convention: z forward, x right, y down. MuJoCo
   cameras look down their -z axis with y up, so ``R_cv = R_mujoco @ diag(1, -1, -1)``;
 - depth images are float32 metres along the optical axis; 0 = no return (nothing
@@ -17,6 +20,7 @@ Conventions stated once:
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -59,6 +63,7 @@ class SimConfig:
     # cameras do) by 180 degrees about the optical axis; extrinsics follow.
     upright: bool = True
     max_episode_steps: int = 0  # 0 = Meta-World's task horizon (500 steps)
+    servo_gain: float = 0.25  # fraction of the target error corrected per physics step
 
     def validate(self) -> None:
         names = task_names()
@@ -72,6 +77,8 @@ class SimConfig:
         h, w = self.image_size
         if not (8 <= h <= 2048 and 8 <= w <= 2048):
             raise SimError(f"image_size {self.image_size} out of range [8, 2048]")
+        if not (0.0 < self.servo_gain <= 1.0):
+            raise SimError(f"servo_gain must be in (0, 1], got {self.servo_gain}")
         if self.max_episode_steps < 0:
             raise SimError(f"max_episode_steps must be >= 0, got {self.max_episode_steps}")
 
@@ -225,7 +232,7 @@ class MetaWorldSim:
         """(4,) Meta-World action that moves the hand toward ``target`` (default: current)."""
         t = self.target if target is None else self.check_target(target)
         a = np.empty(4)
-        a[:3] = np.clip((t[:3] - self.hand_pos) / self.action_scale, -1.0, 1.0)
+        a[:3] = np.clip(self.cfg.servo_gain * (t[:3] - self.hand_pos) / self.action_scale, -1.0, 1.0)
         a[3] = t[3]
         return a
 
@@ -312,17 +319,18 @@ class MetaWorldSim:
             depth = np.ascontiguousarray(depth[::-1, ::-1])
         return rgb, depth
 
-    def snapshot(self, out: mujoco.MjData | None = None) -> mujoco.MjData:
-        """Copy of the physics state for rendering elsewhere (cheap: no simulation)."""
-        if out is None:
-            out = mujoco.MjData(self.model)
-        mujoco.mj_copyData(out, self.model, self.data)
-        return out
+    def snapshot(self) -> mujoco.MjData:
+        """Copy of the physics state for rendering elsewhere (~1 ms; no simulation)."""
+        return copy.copy(self.data)
 
-    def close(self) -> None:
+    def close_renderer(self) -> None:
+        """Free the GL context; call from the thread that rendered."""
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+    def close(self) -> None:
+        self.close_renderer()
         self.env.close()
 
 
@@ -330,18 +338,20 @@ class ScriptedExpert:
     """Meta-World's hand-written expert for a task, speaking absolute targets.
 
     The expert outputs a delta action from the state; the target it means is
-    ``hand_pos + clip(delta, -1, 1) * action_scale``, which :meth:`MetaWorldSim.step`
-    turns back into the same delta, so through the absolute interface the expert acts
-    exactly as in Meta-World.
+    ``hand_pos + clip(delta, -1, 1) * action_scale / servo_gain``, which
+    :meth:`MetaWorldSim.step` turns back into the same delta, so through the absolute
+    interface the expert acts exactly as in Meta-World. (For the experts with gain
+    p = 25 the target is then exactly the point the expert steers to.)
     """
 
-    def __init__(self, task: str, action_scale: float = 0.01) -> None:
+    def __init__(self, task: str, action_scale: float = 0.01, servo_gain: float = 0.25) -> None:
         from metaworld.policies import ENV_POLICY_MAP
 
         if task not in ENV_POLICY_MAP:
             raise SimError(f"no scripted expert for task {task!r}")
         self.task = task
         self.action_scale = float(action_scale)
+        self.servo_gain = float(servo_gain)
         self.policy = ENV_POLICY_MAP[task]()
 
     def target(self, state: np.ndarray) -> np.ndarray:
@@ -353,14 +363,14 @@ class ScriptedExpert:
             warnings.simplefilter("ignore")  # Meta-World warns when its gains saturate
             a = np.asarray(self.policy.get_action(s), dtype=np.float64)
         out = np.empty(4)
-        out[:3] = s[:3] + np.clip(a[:3], -1.0, 1.0) * self.action_scale
+        out[:3] = s[:3] + np.clip(a[:3], -1.0, 1.0) * (self.action_scale / self.servo_gain)
         out[3] = np.clip(a[3], -1.0, 1.0)
         return out
 
 
 def run_expert_episode(sim: MetaWorldSim, seed: int, max_steps: int | None = None) -> tuple[bool, int]:
     """Reset to ``seed`` and let the scripted expert drive; -> (success, steps taken)."""
-    expert = ScriptedExpert(sim.cfg.task, sim.action_scale)
+    expert = ScriptedExpert(sim.cfg.task, sim.action_scale, sim.cfg.servo_gain)
     state = sim.reset(seed)
     limit = sim.max_episode_steps if max_steps is None else int(max_steps)
     for k in range(limit):
@@ -372,14 +382,14 @@ def run_expert_episode(sim: MetaWorldSim, seed: int, max_steps: int | None = Non
 
 
 def calibration_dict(models: list[CameraModel], parent_frame: str = "world") -> dict[str, Any]:
-    """Camera -> base extrinsics (and intrinsics) in the calibration file layout."""
+    """Camera -> base extrinsics (and intrinsics) in perception.geometry's calibration layout."""
     cams: dict[str, Any] = {}
     for m in models:
         T = np.asarray(m.T_world_cam)
         cams[m.name] = {
             "parent_frame": parent_frame,
             "translation": [float(x) for x in T[:3, 3]],
-            "rotation_xyzw": [float(x) for x in rotation_to_quat_xyzw(T[:3, :3])],
+            "rotation": [float(x) for x in rotation_to_quat_xyzw(T[:3, :3])],  # x y z w
             "width": int(m.width),
             "height": int(m.height),
             "fx": float(m.fx),

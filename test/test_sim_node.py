@@ -1,0 +1,160 @@
+"""Simulated arm node over real rclpy / Fast DDS on loopback."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import Trigger
+
+from l1flow_ros.nodes.sim_robot_node import SimRobotNode
+from l1flow_ros.sim.metaworld_env import JOINT_NAMES
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def wait_for(pred, timeout=20.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+class Graph:
+    """Sim node + a probe node spun by one executor on a background thread."""
+
+    def __init__(self, ctx, **params):
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.sim = SimRobotNode(context=ctx, parameter_overrides=overrides)
+        self.probe = __import__("rclpy").create_node("sim_probe", context=ctx)
+        self.got = {k: [] for k in ("js", "rgb", "depth", "info", "success", "diag", "state")}
+        p = self.probe
+        r10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        p.create_subscription(JointState, "/joint_states", self.got["js"].append, r10)
+        p.create_subscription(Float64MultiArray, "/sim/state", self.got["state"].append, r10)
+        p.create_subscription(Image, "/corner/color/image_raw", self.got["rgb"].append, qos_profile_sensor_data)
+        p.create_subscription(
+            Image, "/corner/aligned_depth_to_color/image_raw", self.got["depth"].append, qos_profile_sensor_data
+        )
+        p.create_subscription(CameraInfo, "/corner/color/camera_info", self.got["info"].append, qos_profile_sensor_data)
+        p.create_subscription(Bool, "/sim/success", self.got["success"].append, LATCHED)
+        p.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, 10)
+        self.cmd = p.create_publisher(Float64MultiArray, "/forward_position_controller/commands", r10)
+        self.delta = p.create_publisher(Float64MultiArray, "/ee_delta_controller/commands", r10)
+        self.reset = p.create_client(Trigger, "/sim/reset")
+        self.ex = MultiThreadedExecutor(num_threads=2, context=ctx)
+        self.ex.add_node(self.sim)
+        self.ex.add_node(p)
+        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self.thread.start()
+
+    def ee(self):
+        return np.array(self.got["js"][-1].position[:4])
+
+    def call_reset(self):
+        assert self.reset.wait_for_service(timeout_sec=10.0)
+        fut = self.reset.call_async(Trigger.Request())
+        assert wait_for(fut.done)
+        return fut.result()
+
+    def close(self):
+        self.ex.shutdown()
+        self.thread.join(timeout=5)
+        self.sim.destroy_node()
+        self.probe.destroy_node()
+
+
+@pytest.fixture
+def graph(ros_context):
+    g = Graph(ros_context, cameras=["corner"], image_height=32, image_width=40, camera_rate_hz=10.0,
+              diagnostics_rate_hz=5.0, seed=3)
+    yield g
+    g.close()
+
+
+def test_publishes_joint_states_and_stamped_rgbd(graph):
+    g = graph.got
+    assert wait_for(lambda: len(g["js"]) > 20 and len(g["rgb"]) >= 2 and len(g["depth"]) >= 2 and g["info"])
+    js = g["js"][-1]
+    assert list(js.name) == list(JOINT_NAMES) and len(js.position) == len(JOINT_NAMES)
+    assert np.all(np.isfinite(js.position))
+    rgb, depth = g["rgb"][-1], g["depth"][-1]
+    assert (rgb.encoding, rgb.height, rgb.width, rgb.step) == ("rgb8", 32, 40, 120)
+    assert (depth.encoding, depth.height, depth.width) == ("32FC1", 32, 40)
+    d = np.frombuffer(bytes(depth.data), "<f4")
+    assert np.all(np.isfinite(d)) and (d > 0.3).mean() > 0.3 and d.max() < 5.0
+    # RGB, depth and camera info of one frame carry the same stamp (the physics state shown).
+    stamps = lambda k: {(m.header.stamp.sec, m.header.stamp.nanosec) for m in g[k]}  # noqa: E731
+    assert stamps("rgb") & stamps("depth") & stamps("info")
+    info = g["info"][-1]
+    assert info.width == 40 and info.height == 32 and info.k[0] > 0 and info.k[2] == pytest.approx(19.5)
+    assert info.header.frame_id == rgb.header.frame_id == depth.header.frame_id != ""
+    # Physics runs near real time: joint states come at ~80 Hz (generous bound).
+    n0, t0 = len(g["js"]), time.monotonic()
+    time.sleep(1.0)
+    rate = (len(g["js"]) - n0) / (time.monotonic() - t0)
+    assert rate > 20, f"joint states at {rate:.1f} Hz"
+    assert len(g["state"][-1].data) == 39
+    assert g["success"] and g["success"][-1].data is False
+
+
+def test_position_and_delta_commands_move_the_arm(graph):
+    g = graph
+    assert wait_for(lambda: len(g.got["js"]) > 5)
+    start = g.ee()
+    target = [start[0] + 0.05, start[1] + 0.05, start[2] - 0.03, 1.0]
+    assert wait_for(lambda: (g.cmd.publish(Float64MultiArray(data=target)), np.linalg.norm(g.ee()[:3] - target[:3]) < 0.01)[1])
+    assert wait_for(lambda: g.ee()[3] > 0.0), "gripper did not close"
+    g.delta.publish(Float64MultiArray(data=[0.0, 0.0, 0.04, -1.0]))
+    assert wait_for(lambda: abs(g.ee()[2] - (target[2] + 0.04)) < 0.01)
+
+
+def test_bad_commands_are_rejected_with_error_diagnostic_and_arm_holds(graph):
+    g = graph
+    assert wait_for(lambda: len(g.got["js"]) > 5)
+    hold = g.ee()
+    g.got["diag"].clear()
+    for bad in ([0.0, 0.6], [float("nan"), 0.6, 0.2, 0.0]):
+        g.cmd.publish(Float64MultiArray(data=bad))
+    g.delta.publish(Float64MultiArray(data=[0.0, float("inf"), 0.0, 0.0]))
+
+    def error_seen():
+        return any(s.level == DiagnosticStatus.ERROR and s.name == "sim_robot_node"
+                   for a in g.got["diag"] for s in a.status)
+
+    assert wait_for(error_seen)
+    time.sleep(0.3)
+    np.testing.assert_allclose(g.ee()[:3], hold[:3], atol=0.005)
+    vals = {kv.key: kv.value for kv in g.got["diag"][-1].status[0].values}
+    assert int(vals["bad_commands"]) == 3
+    assert g.sim.context.ok()  # still running
+
+
+def test_reset_starts_next_seeded_episode(graph):
+    g = graph
+    assert wait_for(lambda: len(g.got["state"]) > 2)
+    goal0 = np.array(g.got["state"][-1].data[-3:])
+    res = g.call_reset()
+    assert res.success and "seed 4" in res.message
+    assert wait_for(lambda: not np.allclose(g.got["state"][-1].data[-3:], goal0))
+    # Static parameters are refused live; the seed is accepted.
+    r = g.sim.set_parameters([Parameter("task", value="reach-v3")])[0]
+    assert not r.successful and r.reason
+    r = g.sim.set_parameters([Parameter("camera_rate_hz", value=-1.0)])[0]
+    assert not r.successful
+    assert g.sim.set_parameters([Parameter("seed", value=3)])[0].successful
+    g.call_reset()
+    assert wait_for(lambda: np.allclose(g.got["state"][-1].data[-3:], goal0))
+
+
+def test_bad_task_parameter_raises(ros_context):
+    with pytest.raises(ValueError, match="task"):
+        SimRobotNode(context=ros_context, parameter_overrides=[Parameter("task", value="no-task-v3")])
