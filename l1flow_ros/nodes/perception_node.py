@@ -60,6 +60,7 @@ from l1flow_ros.nodes.sensor_conv import (
     pointcloud_to_msg,
 )
 from l1flow_ros.perception.geometry import PerceptionError, load_calibration
+from l1flow_ros.perception.geometry import warmup as geometry_warmup
 from l1flow_ros.perception.preprocess import (
     CameraFrame,
     ObservationHistory,
@@ -383,6 +384,8 @@ class PerceptionNode(Node):
                         continue
                 emb = Embedder(path, self.cfg.encoder_backend, device=self.cfg.encoder_device)
                 self._check_bundle(emb.obs_spec)
+                if emb.obs_spec.num_points > 0:
+                    geometry_warmup()
             except Exception as e:  # a bad bundle never stops the node; the old encoder keeps running
                 self._set_ckpt_error(f"checkpoint {path} not loaded: {e}")
                 continue
@@ -585,6 +588,7 @@ class PerceptionNode(Node):
                 dict(zip(self.cfg.cameras, self.cfg.realsense_serials)),
                 self.cfg.realsense_width, self.cfg.realsense_height, self.cfg.realsense_fps,
                 on_frame=self._on_frame,
+                on_error=lambda cam, why: self._set_error(f"RealSense camera {cam}: {why}"),
             )
             self._rs_source.start()
         except Exception as e:

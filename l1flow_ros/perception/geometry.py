@@ -263,6 +263,11 @@ def voxel_downsample(
     return p[order], (c[order] if c is not None else None)
 
 
+def warmup() -> None:
+    """Import open3d and run one voxel downsample (the first import takes seconds: do it off the hot path)."""
+    voxel_downsample(np.zeros((8, 3), np.float32), None, 0.01)
+
+
 def farthest_point_sample(points: np.ndarray, n: int, max_candidates: int | None = None) -> np.ndarray:
     """Indices (n,) of a deterministic farthest-point sample, starting at point 0.
 
