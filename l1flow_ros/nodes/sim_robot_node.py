@@ -92,7 +92,10 @@ class SimRobotNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self.declare_parameter("task", "button-press-v3", _desc("Meta-World v3 task name"))
         self.declare_parameter("seed", 0, _desc("seed of the first episode; each /sim/reset uses the next"))
-        self.declare_parameter("cameras", ["corner"], _desc("Meta-World cameras to publish"))
+        # dynamic_typing: an empty list (no cameras) has no element type in ROS parameters.
+        self.declare_parameter(
+            "cameras", ["corner"], ParameterDescriptor(description="Meta-World cameras to publish", dynamic_typing=True)
+        )
         self.declare_parameter("image_height", 96, _desc("rendered image height, pixels"))
         self.declare_parameter("image_width", 96, _desc("rendered image width, pixels"))
         self.declare_parameter("camera_rate_hz", 15.0, _desc("camera frame rate (all cameras together)"))
@@ -171,7 +174,7 @@ class SimRobotNode(Node):
         return SimNodeConfig(
             task=str(g("task").value),
             seed=int(g("seed").value),
-            cameras=tuple(str(c) for c in (g("cameras").value or ())),
+            cameras=tuple(str(c) for c in (g("cameras").value or ()) if str(c)),
             image_height=int(g("image_height").value),
             image_width=int(g("image_width").value),
             camera_rate_hz=float(g("camera_rate_hz").value),
@@ -369,6 +372,8 @@ class SimRobotNode(Node):
 
     def close(self) -> None:
         """Stop the physics and render threads (idempotent)."""
+        if not hasattr(self, "_physics"):  # construction failed before the threads existed
+            return
         self._stop.set()
         with self._frame_cv:
             self._frame_cv.notify_all()
@@ -378,7 +383,8 @@ class SimRobotNode(Node):
         self.sim.close()
 
     def destroy_node(self) -> None:
-        if not self._stop.is_set():
+        stop = getattr(self, "_stop", None)
+        if stop is not None and not stop.is_set():
             self.close()
         super().destroy_node()
 
