@@ -1,0 +1,278 @@
+"""Records demonstrations: one MCAP file (a valid ROS 2 bag) per episode.
+
+Records, while an episode is open, every message of: per camera ``<cam>``
+/<cam>/color/image_raw, /<cam>/aligned_depth_to_color/image_raw, /<cam>/color/camera_info;
+/joint_states; the commanded actions (``action_topic``, default
+/forward_position_controller/commands); and ``extra_topics`` ("topic:pkg/msg/Type").
+Messages are stored as received (CDR bytes of a raw subscription: no decode, no copy
+through Python objects), log time = receive time.
+
+Services (std_srvs/Trigger): /recorder/start opens an episode, /recorder/stop closes it
+(the response message is the file path), /recorder/discard drops it. Episode metadata
+(task, success from ``success_topic``, seed, topics, times) goes into the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type
+
+NODE_NAME = "recorder_node"
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    output_dir: str
+    cameras: tuple[str, ...]
+    joint_states_topic: str
+    action_topic: str
+    action_type: str
+    extra_topics: tuple[tuple[str, str], ...]  # (topic, type)
+    success_topic: str
+    task: str
+    max_episode_s: float
+
+    def topics(self) -> list[tuple[str, str, QoSProfile]]:
+        """(topic, type, QoS) of everything recorded."""
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        sensor = QoSProfile(depth=30, reliability=qos_profile_sensor_data.reliability)
+        out = []
+        for cam in self.cameras:
+            out.append((f"/{cam}/color/image_raw", "sensor_msgs/msg/Image", sensor))
+            out.append((f"/{cam}/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image", sensor))
+            out.append((f"/{cam}/color/camera_info", "sensor_msgs/msg/CameraInfo", sensor))
+        out.append((self.joint_states_topic, "sensor_msgs/msg/JointState", reliable))
+        out.append((self.action_topic, self.action_type, reliable))
+        out.extend((t, ty, reliable) for t, ty in self.extra_topics)
+        return out
+
+
+def _parse_extra(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        if not item:
+            continue
+        topic, sep, type_name = item.rpartition(":")
+        if not sep or not topic.startswith("/"):
+            raise EpisodeError(f"extra topic {item!r} is not '/topic:pkg/msg/Type'")
+        out.append((topic, normalise_type(type_name)))
+    return tuple(out)
+
+
+def _msg_class(type_name: str):
+    pkg, sub, name = normalise_type(type_name).split("/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.{sub}"), name)
+    except (ImportError, AttributeError):
+        raise EpisodeError(f"message type {type_name} is not installed") from None
+
+
+class RecorderNode(Node):
+    """Episode recorder with start / stop / discard services."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        d = lambda s: ParameterDescriptor(description=s, read_only=True)  # noqa: E731
+        self.declare_parameter("output_dir", "episodes", d("folder of episode files (created)"))
+        self.declare_parameter(
+            "cameras", ["corner"], ParameterDescriptor(description="cameras to record", dynamic_typing=True,
+                                                       read_only=True)
+        )
+        self.declare_parameter("joint_states_topic", "/joint_states", d("proprioception topic"))
+        self.declare_parameter("action_topic", "/forward_position_controller/commands", d("commanded actions"))
+        self.declare_parameter("action_type", "std_msgs/msg/Float64MultiArray", d("type of action_topic"))
+        self.declare_parameter(
+            "extra_topics", [""], d("more topics to record, each '/topic:pkg/msg/Type'")
+        )
+        self.declare_parameter("success_topic", "/sim/success", d("std_msgs/Bool task success ('' = none)"))
+        self.declare_parameter("task", "", d("task name stored in each episode's metadata"))
+        self.declare_parameter("max_episode_s", 0.0, d("stop an episode automatically after this long; 0 = never"))
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        self.cfg = RecorderConfig(
+            output_dir=str(g("output_dir")),
+            cameras=tuple(str(c) for c in (g("cameras") or ()) if str(c)),
+            joint_states_topic=str(g("joint_states_topic")),
+            action_topic=str(g("action_topic")),
+            action_type=normalise_type(str(g("action_type"))),
+            extra_topics=_parse_extra(list(g("extra_topics"))),
+            success_topic=str(g("success_topic")),
+            task=str(g("task")),
+            max_episode_s=float(g("max_episode_s")),
+        )
+        if self.cfg.max_episode_s < 0:
+            raise EpisodeError(f"max_episode_s must be >= 0, got {self.cfg.max_episode_s}")
+        self.out_dir = Path(self.cfg.output_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        self._lock = threading.Lock()  # guards the writer (callbacks vs services)
+        self._writer: EpisodeWriter | None = None
+        self._episode_start = 0.0
+        self._success = False
+        self._n_saved = len(list(self.out_dir.glob("*.mcap")))
+        self._n_discarded = 0
+        self._last_error = ""
+        self._last_error_time = -1e9
+        self._last_file = ""
+        for topic, type_name, qos in self.cfg.topics():
+            cls = _msg_class(type_name)
+            self.create_subscription(
+                cls, topic, lambda data, t=topic, ty=type_name: self._on_raw(t, ty, data), qos, raw=True
+            )
+        if self.cfg.success_topic:
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(Bool, self.cfg.success_topic, self._on_success, latched)
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "/recorder/start", self._on_start)
+        self.create_service(Trigger, "/recorder/stop", self._on_stop)
+        self.create_service(Trigger, "/recorder/discard", self._on_discard)
+        self.create_timer(1.0, self._on_timer)
+        self.get_logger().info(f"recording {len(self.cfg.topics())} topics into {self.out_dir}")
+
+    # ------------------------------------------------------------------ recording
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_raw(self, topic: str, type_name: str, data: bytes) -> None:
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._writer.write_raw(topic, type_name, data, self._now_ns())
+            except Exception as e:  # disk full, ...: report, keep the node alive
+                self._error(f"writing {topic}: {e}")
+
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._success = self._success or bool(msg.data)
+
+    def _error(self, why: str) -> None:
+        self._last_error = why
+        self._last_error_time = time.monotonic()
+        self.get_logger().error(why, throttle_duration_sec=1.0)
+
+    def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if self._writer is not None:
+                response.success, response.message = False, f"already recording {self._writer.path}"
+                return response
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            path = self.out_dir / f"episode_{self._n_saved:05d}_{stamp}.mcap"
+            try:
+                self._writer = EpisodeWriter(path)
+            except (OSError, EpisodeError) as e:
+                self._error(f"cannot open episode: {e}")
+                response.success, response.message = False, str(e)
+                return response
+            self._episode_start = time.monotonic()
+            self._success = False
+            self._writer.metadata.update(
+                task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
+                joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras),
+            )
+        response.success, response.message = True, str(path)
+        self.get_logger().info(f"episode started: {path}")
+        return response
+
+    def _finish(self) -> str:
+        """Close the open episode (lock held); -> its path."""
+        w = self._writer
+        self._writer = None
+        path = w.close(success=self._success, end_ns=self._now_ns(), messages=w.count)
+        self._n_saved += 1
+        self._last_file = str(path)
+        return str(path)
+
+    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if self._writer is None:
+                response.success, response.message = False, "not recording"
+                return response
+            try:
+                response.message = self._finish()
+                response.success = True
+            except Exception as e:
+                self._error(f"cannot finish episode: {e}")
+                response.success, response.message = False, str(e)
+                return response
+        self.get_logger().info(f"episode saved: {response.message} (success {self._success})")
+        return response
+
+    def _on_discard(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if self._writer is None:
+                response.success, response.message = False, "not recording"
+                return response
+            path = self._writer.path
+            self._writer.discard()
+            self._writer = None
+            self._n_discarded += 1
+        response.success, response.message = True, f"discarded {path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            w = self._writer
+            if w is not None and self.cfg.max_episode_s > 0 and time.monotonic() - self._episode_start > self.cfg.max_episode_s:
+                self.get_logger().info(f"episode reached max_episode_s: saved {self._finish()}")
+                w = None
+            recording, count = w is not None, (w.count if w is not None else 0)
+            current = str(w.path) if w is not None else ""
+        st = DiagnosticStatus(name=NODE_NAME, hardware_id="recorder")
+        if time.monotonic() - self._last_error_time < 5.0:
+            st.level, st.message = DiagnosticStatus.ERROR, self._last_error
+        else:
+            st.level, st.message = DiagnosticStatus.OK, "recording" if recording else "idle"
+        vals = {"recording": recording, "file": current, "messages": count, "episodes_saved": self._n_saved,
+                "episodes_discarded": self._n_discarded, "last_file": self._last_file}
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._pub_diag.publish(arr)
+
+    def close(self) -> None:
+        """Finish an open episode on shutdown so no recording is lost."""
+        with self._lock:
+            if self._writer is not None:
+                try:
+                    self._finish()
+                except Exception as e:
+                    self.get_logger().error(f"cannot finish episode on shutdown: {e}")
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "_lock"):
+            self.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            node = RecorderNode()
+            try:
+                rclpy.spin(node)
+            finally:
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()
