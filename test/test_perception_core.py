@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from l1flow_ros.perception.geometry import (
     CameraIntrinsics,
@@ -310,3 +312,28 @@ def test_history_spacing_and_padding():
     h1.push(1, {"x": np.zeros(2)})
     h1.push(2, {"x": np.ones(2)})
     assert h1.get()["x"].shape == (1, 2) and h1.get()["x"][0, 0] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "js"]), st.integers(0, 400)),  # (stream, stamp in ms)
+        max_size=60,
+    ),
+    slop_ms=st.integers(0, 20),
+)
+def test_sync_invariants_any_arrival_order(events, slop_ms):
+    """Whatever arrives in whatever order: sets are complete, within slop, forward in time, never repeated."""
+    s = ApproximateTimeSync(["a", "b", "js"], slop_s=slop_ms / 1000, window_s=10.0)
+    last = None
+    for stream, t in events:
+        out = s.add(stream, ms(t), (stream, t))
+        if out is None:
+            continue
+        assert set(out.items) == {"a", "b", "js"}
+        for k, (name, tk) in out.items.items():
+            assert name == k and ms(tk) == out.stamps[k]
+            assert abs(out.stamps[k] - out.stamp_ns) <= ms(slop_ms)
+        assert out.stamps["a"] == out.stamp_ns  # anchored on the reference stream
+        assert last is None or out.stamp_ns > last
+        last = out.stamp_ns
