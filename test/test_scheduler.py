@@ -414,3 +414,16 @@ def test_limit_step_passes_feasible_references_unchanged():
     lim = Limits.build(2, **{k: v[:2] for k, v in LIM.items()})
     p, v, limited = limit_step(lim, [0.0, 0.1], [0.1, 0.0], [0.0002, 0.1], [0.1, 0.0], 0.002)
     assert p == pytest.approx([0.0002, 0.1]) and not limited
+
+
+def test_a_stalled_tick_does_not_leap():
+    lim = Limits.build(3, max_velocity=[0.5] * 3, max_acceleration=[5.0] * 3)
+    s = make(lim, max_tick_s=0.004)
+    s.add_chunk(chunk(0, ramp(10, 0.0, 0.025)), 0)
+    _, ps, _, _ = run(s, 0, 300 * MS)
+    p_stall, _, _ = s.command(350 * MS)  # 50 ms without a tick
+    assert np.abs(p_stall - ps[-1]).max() <= 0.5 * 0.004 + 1e-12
+    # ... and it catches up with the plan within the limits afterwards.
+    _, ps2, _, _ = run(s, 350 * MS, 600 * MS)
+    ref, _ = s.sample(np.array([600 * MS]))
+    np.testing.assert_allclose(ps2[-1], ref[0], atol=1e-6)

@@ -65,7 +65,8 @@ class Plan:
     holds the last position at rest.
     """
 
-    def __init__(self, base_ns: int, knots_s: np.ndarray, coeffs: np.ndarray) -> None:
+    def __init__(self, base_ns: int, knots_s: np.ndarray, coeffs: np.ndarray,
+                 stops: np.ndarray | None = None) -> None:
         self.base_ns = int(base_ns)
         self.knots = knots_s  # (S + 1,) seconds from base_ns, increasing
         self.coeffs = coeffs  # (S, 6, A)
@@ -73,6 +74,11 @@ class Plan:
         self._coeff_list = coeffs.transpose(0, 2, 1).tolist()  # [S][A][6]
         self.p_end = self._poly(len(knots_s) - 2, float(knots_s[-1] - knots_s[-2]))[0]
         self.end_ns = self.base_ns + int(round(float(knots_s[-1]) * 1e9))
+        # (S, A) per segment: where each joint next comes to rest (a knot with zero velocity).
+        # The limiter brakes for these, so a reference it lags behind is not overshot.
+        if stops is None:
+            stops = np.broadcast_to(np.asarray(self.p_end), coeffs[:, 0].shape)
+        self._stop_list = np.asarray(stops, dtype=np.float64).tolist()
 
     @classmethod
     def hold(cls, t_ns: int, position: np.ndarray) -> Plan:
@@ -110,11 +116,17 @@ class Plan:
             acc[0], acc[-1] = a0, 0.0
         else:
             acc = np.zeros_like(x)
+        stops = np.empty((h.size, x.shape[1]))  # (S, A)
+        nxt = x[-1].copy()
+        for m in range(h.size, 0, -1):
+            rest = v[m] == 0.0
+            nxt[rest] = x[m][rest]
+            stops[m - 1] = nxt
         coeffs = np.stack(
             [hermite_coeffs(x[i], v[i], acc[i], x[i + 1], v[i + 1], acc[i + 1], float(h[i]), quintic)
              for i in range(h.size)]
         )  # (S, 6, A)
-        return cls(t0_ns, t, coeffs)
+        return cls(t0_ns, t, coeffs, stops)
 
     def _poly(self, i: int, s: float) -> tuple[list[float], list[float], list[float]]:
         # Plain Python floats: far cheaper than numpy for a handful of joints at control rate.
@@ -134,3 +146,12 @@ class Plan:
             return list(self.p_end), z, list(z)
         i = min(max(bisect_right(knots, s) - 1, 0), len(knots) - 2)
         return self._poly(i, s - knots[i])
+
+    def next_stop(self, t_ns: int) -> list[float]:
+        """(A,) for each joint, the position where the plan next comes to rest after ``t_ns``."""
+        s = (int(t_ns) - self.base_ns) * 1e-9
+        knots = self._knot_list
+        if s >= knots[-1]:
+            return list(self.p_end)
+        i = min(max(bisect_right(knots, s) - 1, 0), len(knots) - 2)
+        return self._stop_list[i]

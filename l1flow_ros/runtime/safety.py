@@ -186,9 +186,13 @@ def limit_step(
     p_ref: Sequence[float],
     v_ref: Sequence[float],
     h: float,
+    p_stop: Sequence[float] | None = None,
 ) -> tuple[list[float], list[float], bool]:
     """One control tick of length ``h`` s: command (positions, velocities) as (A,) lists and
     whether the limits acted (the command differs from the reference).
+
+    ``p_stop`` (A,), optional: where the reference next comes to rest; the command brakes in
+    time to stop there too, so catching up with a reference does not overshoot its stops.
 
     Plain Python floats on purpose: for a handful of joints this is ~10x faster than numpy
     on tiny arrays, and it runs at control rate.
@@ -209,13 +213,24 @@ def limit_step(
         goal = min(max(ref, lo), hi)
         e = goal - pp
         v = e / h  # reaches the reference exactly this tick when allowed
-        # Approach a reference we cannot follow with a braking profile (no overshoot).
+        # Approach a reference we cannot follow with a braking profile (no overshoot): relative
+        # to the reference moving at vt, the gap left after this tick's reference motion must
+        # still be closable at max_acceleration.
         vt = min(max(float(v_ref[j]), -vmax), vmax)
-        brake = stopping_speed(abs(e), amax, h)
-        v = min(max(v, vt - brake), vt + brake)
+        gap = e - vt * h
+        if gap >= 0:
+            v = min(v, vt + stopping_speed(gap, amax, h))
+        else:
+            v = max(v, vt - stopping_speed(-gap, amax, h))
         # Velocity limit and braking before the position bounds.
         v_hi = min(vmax, stopping_speed(hi - pp, amax, h))
         v_lo = max(-vmax, -stopping_speed(pp - lo, amax, h))
+        if p_stop is not None:
+            d = float(p_stop[j]) - pp
+            if d >= 0:
+                v_hi = min(v_hi, stopping_speed(d, amax, h))
+            if d <= 0:
+                v_lo = max(v_lo, -stopping_speed(-d, amax, h))
         v = min(max(v, v_lo), max(v_lo, v_hi))
         # Acceleration limit last: it always holds, given a feasible previous command.
         dv = amax * h

@@ -79,6 +79,10 @@ class SchedulerConfig:
     max_age_s: float = 1.0  # reject chunks whose observation is older than this
     starvation_timeout_s: float = 0.0  # stop when no chunk for this long; 0 = when the plan ends
     expected_dt: float = 0.0  # reject chunks with another dt; 0 = accept any dt > 0
+    # Longest tick the limiter integrates (s); 0 = no cap. After a stalled tick (the control
+    # thread was preempted) the command then moves as if one normal tick had passed and
+    # catches up within the limits, instead of leaping by max_velocity * stall.
+    max_tick_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.names) == 0 or len(set(self.names)) != len(self.names):
@@ -88,7 +92,7 @@ class SchedulerConfig:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
         for name in ("latency_margin_s", "crossfade_s", "ensemble_k", "max_future_s", "max_age_s",
-                     "starvation_timeout_s", "expected_dt"):
+                     "starvation_timeout_s", "expected_dt", "max_tick_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -133,6 +137,7 @@ class ChunkScheduler:
         self._a_ref: list[float] = []  # (A,) reference acceleration at the last tick
         self._t_last = 0
         self._chunk_dt_ns = 0
+        self._version = 0  # bumped whenever the plan is replaced
         self._plan: Plan | None = None
         self._mode = Mode.HOLD
         # Waypoints of the running chunk after splicing (kept for blending and the tail).
@@ -175,6 +180,7 @@ class ChunkScheduler:
             self._p, self._v, self._a_ref = p.tolist(), v.tolist(), [0.0] * p.shape[0]
             self._t_last = int(t_ns)
             self._plan = Plan.hold(int(t_ns), p)
+            self._version += 1
             self._mode = Mode.HOLD
             self._wp_t = np.zeros(0, dtype=np.int64)
             self._wp_q = np.zeros((0, p.shape[0]))
@@ -191,6 +197,17 @@ class ChunkScheduler:
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    @property
+    def plan_version(self) -> int:
+        """Changes whenever the plan is replaced (chunk accepted, stop, reset)."""
+        return self._version
+
+    @property
+    def plan_end_ns(self) -> int:
+        """When the current plan comes to rest (ns); 0 before reset()."""
+        with self._lock:
+            return self._plan.end_ns if self._plan is not None else 0
 
     def stats(self) -> SchedulerStats:
         with self._lock:
@@ -269,6 +286,7 @@ class ChunkScheduler:
             t0, p0, v0, np.array(self._a_ref), new_t[executable], q[executable], cfg.interpolation,
         )
         self._wp_t, self._wp_q, self._wp_n = new_t, q, n
+        self._version += 1
         self._chunk_dt_ns = dt_ns
         self._mode = Mode.TRACK
         st = self._stats
@@ -325,6 +343,7 @@ class ChunkScheduler:
         self._wp_t = np.zeros(0, dtype=np.int64)
         self._wp_q = np.zeros((0, self._cfg.dim))
         self._wp_n = np.zeros(0)
+        self._version += 1
 
     def command(self, t_ns: int) -> tuple[np.ndarray, np.ndarray, Mode]:
         """The command for the control tick at ``t_ns``: (A,) positions, (A,) velocities, mode."""
@@ -346,7 +365,10 @@ class ChunkScheduler:
                     self._mode = Mode.STARVED
                     st.starvation_events += 1
             p_ref, v_ref, a_ref = self._plan.eval(t)
-            p, v, limited = limit_step(self._limits, self._p, self._v, p_ref, v_ref, h)
+            if 0 < self._cfg.max_tick_s < h:
+                h = self._cfg.max_tick_s
+            p, v, limited = limit_step(self._limits, self._p, self._v, p_ref, v_ref, h,
+                                       self._plan.next_stop(t))
             self._p, self._v, self._a_ref, self._t_last = p, v, a_ref, t
             st.ticks += 1
             st.limited_ticks += int(limited)

@@ -1,0 +1,556 @@
+"""executor_node: streams the policy's action chunks to the arm controller at control rate.
+
+Subscribes ``/l1flow/action_chunk`` (JointTrajectory, reliable depth 1) and ``/joint_states``;
+a dedicated control thread wakes on absolute deadlines (``rate_hz``, default 500 Hz), asks the
+ROS-free :class:`~l1flow_ros.runtime.scheduler.ChunkScheduler` for the command of that tick
+and publishes it on the configured controller interface:
+
+- ``forward_position``: Float64MultiArray of absolute targets (action order) on
+  ``/forward_position_controller/commands``, every tick;
+- ``joint_trajectory``: JointTrajectory with positions and velocities sampled from the plan at
+  the chunk's dt on ``/arm_controller/joint_trajectory``, once per accepted chunk (and when
+  the plan changes to a stop); header.stamp = the plan's start time;
+- ``ee_delta``: Float64MultiArray of the per-tick displacement on
+  ``/ee_delta_controller/commands`` (gripper dimensions stay absolute).
+
+``/l1flow/executor/enable`` (std_srvs/SetBool) hands the arm between teleop and the policy:
+disabled, the node publishes nothing; enabling starts from the measured joint positions (no
+jump). ``/l1flow/executor/tail`` carries the unexecuted planned tail for warm starts
+(header.stamp = time base, point k due at stamp + time_from_start). ``/diagnostics`` reports
+period error p50 / p99 / max, missed ticks, starvation events, chunk age and rejected chunks.
+
+The control thread is not a timer of the shared executor: a busy executor (inference in the
+same process) cannot delay it beyond the GIL hand-over, which this node shortens with
+``python_switch_interval``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
+from l1flow_ros.runtime.safety import Limits
+from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
+
+NODE_NAME = "executor_node"
+OUTPUTS = ("forward_position", "joint_trajectory", "ee_delta")
+OUTPUT_TOPICS = {
+    "forward_position": "/forward_position_controller/commands",
+    "joint_trajectory": "/arm_controller/joint_trajectory",
+    "ee_delta": "/ee_delta_controller/commands",
+}
+TIMING_WINDOW = 8192  # periods kept for the p50 / p99 / max statistics
+
+_D, _DA, _I, _IA, _S, _SA, _B = (
+    Parameter.Type.DOUBLE, Parameter.Type.DOUBLE_ARRAY, Parameter.Type.INTEGER,
+    Parameter.Type.INTEGER_ARRAY, Parameter.Type.STRING, Parameter.Type.STRING_ARRAY, Parameter.Type.BOOL,
+)
+
+# name -> (type, default, description, read_only)
+PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
+    "joint_names": (_SA, ["ee_x", "ee_y", "ee_z", "gripper"], "action dimension names, in command order", True),
+    "rate_hz": (_D, 500.0, "control rate of the command stream (Hz)", True),
+    "output": (_S, "forward_position", f"controller interface: one of {OUTPUTS}", True),
+    "latency_margin": (_D, 0.01, "actions due before now + this (s) are never sent", False),
+    "splice": (_S, "crossfade", "how a new chunk joins the running one: replace | crossfade | ensemble", False),
+    "crossfade_duration": (_D, 0.0, "crossfade length (s); 0 = the whole overlap", False),
+    "ensemble_k": (_D, 0.01, "temporal ensemble weight exp(-k i), i = 0 for the oldest prediction", False),
+    "interpolation": (_S, "cubic", "chunk rate -> control rate: cubic | quintic", False),
+    "execute_steps": (_I, 0, "execution horizon: actions of a chunk executed at most (0 = all)", False),
+    "n_action_steps": (_I, 8, "replanning cadence reported on /diagnostics (actions per chunk)", False),
+    "max_future": (_D, 0.1, "reject chunks stamped further ahead of now than this (s)", False),
+    "max_age": (_D, 1.0, "reject chunks whose observation is older than this (s)", False),
+    "starvation_timeout": (_D, 0.0, "decelerate and hold when no chunk came for this long (s); 0 = at plan end",
+                           False),
+    "lower": (_DA, [], "per-joint lower position limits (empty = none)", False),
+    "upper": (_DA, [], "per-joint upper position limits (empty = none)", False),
+    "max_velocity": (_DA, [], "per-joint velocity limits, units/s (empty = none)", False),
+    "max_acceleration": (_DA, [], "per-joint acceleration limits, units/s^2 (empty = none)", False),
+    "gripper_joints": (_SA, ["gripper"], "joints treated as grippers (subset of joint_names)", False),
+    "gripper_binary": (_B, True, "command grippers as open / closed only", False),
+    "gripper_open": (_D, -1.0, "gripper command when open", False),
+    "gripper_closed": (_D, 1.0, "gripper command when closed", False),
+    "start_enabled": (_B, False, "enable on the first complete /joint_states (else wait for the service)", True),
+    "tail_rate_hz": (_D, 20.0, "rate of /l1flow/executor/tail (Hz); 0 = off", False),
+    "diagnostics_period": (_D, 1.0, "period of /diagnostics (s)", True),
+    "spin_us": (_I, 200, "busy-wait this long before each deadline (us) instead of sleeping", False),
+    "realtime_priority": (_I, 0, "SCHED_FIFO priority of the control thread (0 = normal scheduling)", True),
+    "cpu_affinity": (_IA, [], "CPUs the control thread may run on (empty = any)", True),
+    "python_switch_interval": (_D, 0.0005, "sys.setswitchinterval for this process (s); 0 = leave as is", True),
+}
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """All parameters of the node, validated."""
+
+    joint_names: tuple[str, ...]
+    rate_hz: float
+    output: str
+    latency_margin: float
+    splice: str
+    crossfade_duration: float
+    ensemble_k: float
+    interpolation: str
+    execute_steps: int
+    n_action_steps: int
+    max_future: float
+    max_age: float
+    starvation_timeout: float
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    max_velocity: tuple[float, ...]
+    max_acceleration: tuple[float, ...]
+    gripper_joints: tuple[str, ...]
+    gripper_binary: bool
+    gripper_open: float
+    gripper_closed: float
+    start_enabled: bool
+    tail_rate_hz: float
+    diagnostics_period: float
+    spin_us: int
+    realtime_priority: int
+    cpu_affinity: tuple[int, ...]
+    python_switch_interval: float
+
+    @classmethod
+    def from_values(cls, values: dict[str, object]) -> ExecutorConfig:
+        """Build and validate; raises ValueError with the reason."""
+        kw = {}
+        for name, (ptype, _, _, _) in PARAMETERS.items():
+            v = values[name]
+            if ptype in (_SA, _DA, _IA):
+                v = tuple(v)
+            kw[name] = v
+        cfg = cls(**kw)
+        cfg.scheduler_config()  # validates names, splice, interpolation, times
+        cfg.limits()  # validates limits and gripper names
+        if not (math.isfinite(cfg.rate_hz) and 1.0 <= cfg.rate_hz <= 10000.0):
+            raise ValueError(f"rate_hz {cfg.rate_hz} must be in [1, 10000]")
+        if cfg.output not in OUTPUTS:
+            raise ValueError(f"output {cfg.output!r} not in {OUTPUTS}")
+        if not (math.isfinite(cfg.tail_rate_hz) and 0 <= cfg.tail_rate_hz <= cfg.rate_hz):
+            raise ValueError("tail_rate_hz must be in [0, rate_hz]")
+        if not cfg.diagnostics_period > 0:
+            raise ValueError("diagnostics_period must be > 0")
+        if cfg.spin_us < 0 or cfg.spin_us * 1000 > 1e9 / cfg.rate_hz:
+            raise ValueError("spin_us must be >= 0 and shorter than the period")
+        if not 0 <= cfg.realtime_priority <= 99:
+            raise ValueError("realtime_priority must be in [0, 99]")
+        if not cfg.python_switch_interval >= 0:
+            raise ValueError("python_switch_interval must be >= 0")
+        return cfg
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            names=self.joint_names,
+            latency_margin_s=self.latency_margin,
+            splice=self.splice,
+            crossfade_s=self.crossfade_duration,
+            ensemble_k=self.ensemble_k,
+            interpolation=self.interpolation,
+            execute_steps=self.execute_steps,
+            n_action_steps=self.n_action_steps,
+            max_future_s=self.max_future,
+            max_age_s=self.max_age,
+            starvation_timeout_s=self.starvation_timeout,
+            max_tick_s=2.0 / self.rate_hz,  # a stalled tick never leaps (see SchedulerConfig)
+        )
+
+    def limits(self) -> Limits:
+        unknown = set(self.gripper_joints) - set(self.joint_names)
+        if unknown:
+            raise ValueError(f"gripper_joints {sorted(unknown)} are not in joint_names")
+        return Limits.build(
+            len(self.joint_names), self.lower, self.upper, self.max_velocity, self.max_acceleration,
+            [self.joint_names.index(g) for g in self.gripper_joints],
+            gripper_binary=self.gripper_binary, gripper_open=self.gripper_open,
+            gripper_closed=self.gripper_closed,
+        )
+
+
+def _sleep_until(deadline_ns: int, spin_ns: int) -> None:
+    """Sleep to an absolute monotonic deadline; the last ``spin_ns`` are busy-waited, because
+    waking from sleep costs tens to hundreds of microseconds of scheduler latency."""
+    remaining = deadline_ns - time.monotonic_ns()
+    if remaining > spin_ns:
+        time.sleep((remaining - spin_ns) * 1e-9)
+    while time.monotonic_ns() < deadline_ns:
+        pass
+
+
+class ExecutorNode(Node):
+    """Receding-horizon executor (see the module docstring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (ptype, default, text, read_only) in PARAMETERS.items():
+            if default != []:
+                desc = ParameterDescriptor(description=text, read_only=read_only)
+                self.declare_parameter(name, Parameter(name, ptype, default).value, desc)
+                continue
+            # An empty list has no element type: declare by type and fill the default (read-only
+            # ones are then enforced in _validate_parameters).
+            p = self.declare_parameter(name, ptype, ParameterDescriptor(description=text))
+            if p.value is None:
+                self.set_parameters([Parameter(name, ptype, default)])
+        self._cfg = ExecutorConfig.from_values(self._values())
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        cfg = self._cfg
+        if cfg.python_switch_interval > 0 and sys.getswitchinterval() > cfg.python_switch_interval:
+            # Default 5 ms: a woken control thread could wait that long for the GIL.
+            sys.setswitchinterval(cfg.python_switch_interval)
+
+        self._scheduler = ChunkScheduler(cfg.scheduler_config(), cfg.limits())
+        self._lock = threading.Lock()  # guards the fields below shared with the control thread
+        self._enabled = False
+        self._auto_enabled = False
+        self._measured: np.ndarray | None = None  # (A,) latest /joint_states in joint_names order
+        self._joint_index: dict[str, int] | None = None
+        self._last_published: np.ndarray | None = None  # for ee_delta
+        self._published_version = -1
+        self._rejections = 0
+        self._rejections_reported = 0
+        self._last_rejection = ""
+        self._ignored_disabled = 0
+        self._chunk_dt_ns = 0
+        # Timing, written by the control thread only.
+        self._periods = np.zeros(TIMING_WINDOW, dtype=np.int64)  # period error, ns
+        self._n_periods = 0
+        self._missed = 0
+        self._missed_reported = 0
+        self._ticks = 0  # commands computed
+        self._wakes = 0  # control-loop wake-ups (one per deadline not skipped)
+        self._thread_note = ""
+
+        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        out_type = JointTrajectory if cfg.output == "joint_trajectory" else Float64MultiArray
+        # Every delta matters (a lost one is a position error): a deeper queue for ee_delta.
+        depth = 100 if cfg.output == "ee_delta" else 10
+        out_qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+        self._out_pub = self.create_publisher(out_type, OUTPUT_TOPICS[cfg.output], out_qos)
+        self._tail_pub = self.create_publisher(JointTrajectory, "/l1flow/executor/tail", reliable1)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, reliable1)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self.create_service(SetBool, "/l1flow/executor/enable", self._on_enable)
+        self.create_timer(cfg.diagnostics_period, self._publish_diagnostics)
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._control_loop, name="l1flow_executor", daemon=True)
+        self._thread.start()
+
+    # -- parameters --------------------------------------------------------------------------------
+
+    def _values(self, changes: list[Parameter] = ()) -> dict[str, object]:
+        values = {name: self.get_parameter(name).value for name in PARAMETERS}
+        for p in changes:
+            values[p.name] = p.value
+        return values
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            if PARAMETERS.get(p.name, (None, None, None, False))[3]:
+                return SetParametersResult(successful=False, reason=f"{p.name} is read-only at runtime")
+        try:
+            ExecutorConfig.from_values(self._values(params))
+        except (ValueError, TypeError) as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        if not hasattr(self, "_scheduler"):
+            return  # declarations during __init__
+        self._cfg = ExecutorConfig.from_values(self._values())
+        self._scheduler.configure(self._cfg.scheduler_config(), self._cfg.limits())
+
+    @property
+    def config(self) -> ExecutorConfig:
+        return self._cfg
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _reject(self, reason: str) -> None:
+        with self._lock:
+            self._rejections += 1
+            self._last_rejection = reason
+        self.get_logger().warning(f"rejected action chunk: {reason}", throttle_duration_sec=1.0)
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        now = self._now_ns()
+        try:
+            chunk = chunk_from_msg(msg, expected_names=self._cfg.joint_names)
+        except MessageError as e:
+            self._reject(f"malformed: {e}")
+            return
+        except Exception as e:  # a conversion bug must not kill the executor
+            self._reject(f"malformed: unexpected {type(e).__name__}: {e}")
+            return
+        with self._lock:
+            if not self._enabled:
+                self._ignored_disabled += 1
+                return
+            try:
+                self._scheduler.add_chunk(chunk, now)
+            except ChunkRejected as e:
+                reason = str(e)
+            else:
+                self._chunk_dt_ns = int(round(chunk.dt * 1e9))
+                return
+        self._reject(reason)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        names = self._cfg.joint_names
+        if len(msg.position) != len(msg.name):
+            return
+        index = {n: i for i, n in enumerate(msg.name)}
+        if not all(n in index for n in names):
+            return
+        q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+        if not np.all(np.isfinite(q)):
+            return
+        with self._lock:
+            self._measured = q
+        if self._cfg.start_enabled and not self._auto_enabled:
+            self._auto_enabled = True
+            self._enable(True)
+
+    def _enable(self, on: bool) -> tuple[bool, str]:
+        with self._lock:
+            if not on:
+                was = self._enabled
+                self._enabled = False
+                return True, "disabled" if was else "already disabled"
+            if self._enabled:
+                return True, "already enabled"
+            if self._measured is None:
+                return False, f"no /joint_states with all of {list(self._cfg.joint_names)} yet"
+            # Start from the measured position, at rest: no jump when the policy takes over.
+            self._scheduler.reset(self._measured, self._now_ns())
+            self._last_published = self._measured.copy()
+            self._published_version = -1
+            self._enabled = True
+        self.get_logger().info("enabled: streaming from the measured position")
+        return True, "enabled"
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        response.success, response.message = self._enable(bool(request.data))
+        return response
+
+    # -- control thread --------------------------------------------------------------------------
+
+    def _setup_thread(self) -> None:
+        notes = []
+        cfg = self._cfg
+        if cfg.cpu_affinity:
+            try:
+                os.sched_setaffinity(0, set(cfg.cpu_affinity))  # 0 = this thread on Linux
+                notes.append(f"affinity {sorted(cfg.cpu_affinity)}")
+            except (OSError, AttributeError, ValueError) as e:
+                notes.append(f"affinity not set ({e})")
+        if cfg.realtime_priority > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.realtime_priority))
+                notes.append(f"SCHED_FIFO {cfg.realtime_priority}")
+            except (OSError, AttributeError) as e:
+                notes.append(f"SCHED_FIFO not permitted ({e}); normal scheduling")
+        self._thread_note = ", ".join(notes) or "normal scheduling"
+        if notes:
+            self.get_logger().info(f"control thread: {self._thread_note}")
+
+    def _control_loop(self) -> None:
+        self._setup_thread()
+        period = int(round(1e9 / self._cfg.rate_hz))
+        next_t = time.monotonic_ns() + period
+        last_wake = 0
+        while not self._stop.is_set():
+            _sleep_until(next_t, self._cfg.spin_us * 1000)
+            wake = time.monotonic_ns()
+            self._wakes += 1
+            if last_wake:
+                self._periods[self._n_periods % TIMING_WINDOW] = wake - last_wake - period
+                self._n_periods += 1
+            last_wake = wake
+            late = wake - next_t
+            if late >= period:  # skip the deadlines we slept through; never burst to catch up
+                skipped = late // period
+                self._missed += int(skipped)
+                next_t += skipped * period
+            try:
+                self._tick()
+            except Exception as e:  # keep streaming; the reason goes to the log
+                self.get_logger().error(f"control tick failed: {type(e).__name__}: {e}",
+                                        throttle_duration_sec=1.0)
+            next_t += period
+
+    def _tick(self) -> None:
+        if not self._enabled or not self._scheduler.ready:
+            return
+        now = self._now_ns()
+        p, v, mode = self._scheduler.command(now)
+        self._ticks += 1
+        if not self._enabled:  # disabled while computing: publish nothing
+            return
+        out = self._cfg.output
+        if out == "forward_position":
+            self._out_pub.publish(Float64MultiArray(data=p.tolist()))
+        elif out == "ee_delta":
+            last = self._last_published if self._last_published is not None else p
+            delta = p - last
+            grip = self._scheduler.limits.gripper_indices
+            delta[list(grip)] = p[list(grip)]  # grippers stay absolute
+            self._last_published = p
+            self._out_pub.publish(Float64MultiArray(data=delta.tolist()))
+        else:
+            version = self._scheduler.plan_version
+            if version != self._published_version:
+                self._published_version = version
+                self._out_pub.publish(self._trajectory_msg(now, mode))
+        rate = self._cfg.tail_rate_hz
+        if rate > 0 and self._ticks % max(1, int(round(self._cfg.rate_hz / rate))) == 0:
+            self._publish_tail(now)
+
+    def _trajectory_msg(self, now: int, mode: Mode) -> JointTrajectory:
+        """The plan from ``now`` to its end, sampled at the chunk dt, for a JTC."""
+        end = self._scheduler.plan_end_ns
+        step = self._chunk_dt_ns or int(1e8)
+        times = list(range(now + step, end, step)) + [max(end, now + 1)]
+        p, v = self._scheduler.sample(np.array(times, dtype=np.int64))
+        msg = JointTrajectory()
+        msg.header.stamp = ns_to_stamp(now)
+        msg.joint_names = list(self._cfg.joint_names)
+        for k, t in enumerate(times):
+            pt = JointTrajectoryPoint()
+            pt.positions = p[k].tolist()
+            pt.velocities = v[k].tolist()
+            pt.time_from_start = ns_to_duration(t - now)
+            msg.points.append(pt)
+        return msg
+
+    def _publish_tail(self, now: int) -> None:
+        times, actions = self._scheduler.tail(now)
+        if times.size == 0:
+            return
+        msg = JointTrajectory()
+        msg.header.stamp = ns_to_stamp(now)
+        msg.header.frame_id = ""
+        msg.joint_names = list(self._cfg.joint_names)
+        for t, a in zip(times.tolist(), actions):
+            pt = JointTrajectoryPoint()
+            pt.positions = a.tolist()
+            pt.time_from_start = ns_to_duration(t - now)
+            msg.points.append(pt)
+        self._tail_pub.publish(msg)
+
+    # -- diagnostics -----------------------------------------------------------------------------
+
+    def timing_stats(self) -> dict[str, float]:
+        """Period error (|actual - nominal|) p50 / p99 / max in microseconds over the last
+        TIMING_WINDOW periods, and the missed-tick count."""
+        n = min(self._n_periods, TIMING_WINDOW)
+        err = np.abs(self._periods[:n]) * 1e-3 if n else np.zeros(1)
+        return {
+            "periods": float(n),
+            "period_error_p50_us": float(np.percentile(err, 50)),
+            "period_error_p99_us": float(np.percentile(err, 99)),
+            "period_error_max_us": float(err.max()),
+            "missed_ticks": float(self._missed),
+            "deadlines": float(self._wakes + self._missed),  # wake-ups + skipped deadlines
+        }
+
+    def _publish_diagnostics(self) -> None:
+        st = self._scheduler.stats()
+        timing = self.timing_stats()
+        now = self._now_ns()
+        with self._lock:
+            new_rejections = self._rejections - self._rejections_reported
+            self._rejections_reported = self._rejections
+            rejections, last_rejection, enabled = self._rejections, self._last_rejection, self._enabled
+            measured = self._measured is not None
+        new_missed = self._missed - self._missed_reported
+        self._missed_reported = self._missed
+        level, message = DiagnosticStatus.OK, "streaming" if enabled else "disabled"
+        if enabled and st.mode == Mode.STARVED:
+            level, message = DiagnosticStatus.WARN, "starved: holding position, no fresh chunk"
+        if new_missed:
+            level, message = DiagnosticStatus.WARN, f"{new_missed} control ticks missed"
+        if not measured:
+            level, message = DiagnosticStatus.WARN, "no /joint_states for the configured joint_names"
+        if new_rejections:
+            level, message = DiagnosticStatus.ERROR, f"rejected {new_rejections} chunk(s): {last_rejection}"
+        age = (now - st.chunk_t_obs_ns) * 1e-6 if st.chunk_t_obs_ns is not None else float("nan")
+        values = {
+            "enabled": enabled,
+            "mode": st.mode.value,
+            "output": self._cfg.output,
+            "rate_hz": self._cfg.rate_hz,
+            "period_error_p50_us": round(timing["period_error_p50_us"], 1),
+            "period_error_p99_us": round(timing["period_error_p99_us"], 1),
+            "period_error_max_us": round(timing["period_error_max_us"], 1),
+            "missed_ticks": self._missed,
+            "starvation_events": st.starvation_events,
+            "chunk_age_ms": round(age, 1),
+            "chunks_accepted": st.accepted,
+            "chunks_rejected": rejections,
+            "last_rejection": last_rejection,
+            "dropped_stale_actions": st.dropped_stale_actions,
+            "limited_ticks": st.limited_ticks,
+            "replan_due": self._scheduler.replan_due(now) if self._scheduler.ready else True,
+            "control_thread": self._thread_note,
+        }
+        status = DiagnosticStatus(level=level, name=NODE_NAME, message=message, hardware_id="")
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = ns_to_stamp(now)
+        self._diag_pub.publish(msg)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the control thread (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    try:
+        with rclpy.init(args=args):
+            node = ExecutorNode()
+            try:
+                rclpy.spin(node)
+            finally:
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()
