@@ -208,10 +208,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The episode metadata record of an episode file ({} if none)."""
     from mcap.reader import make_reader
 
-    with open(path, "rb") as f:
-        for m in make_reader(f).iter_metadata():
-            if m.name == EPISODE_METADATA:
-                return {k: json.loads(v) for k, v in m.metadata.items()}
+    try:
+        with open(path, "rb") as f:
+            for m in make_reader(f).iter_metadata():
+                if m.name == EPISODE_METADATA:
+                    return {k: json.loads(v) for k, v in m.metadata.items()}
+    except Exception as e:  # truncated / corrupt file, bad JSON: one clear error type
+        raise EpisodeError(f"cannot read metadata of {path}: {type(e).__name__}: {e}") from None
     return {}
 
 
@@ -219,8 +222,11 @@ def topics(path: str | os.PathLike) -> dict[str, tuple[str, int]]:
     """{topic: (type, message count)} of an episode file."""
     from mcap.reader import make_reader
 
-    with open(path, "rb") as f:
-        summary = make_reader(f).get_summary()
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+    except Exception as e:
+        raise EpisodeError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if summary is None:
         raise EpisodeError(f"{path}: no MCAP summary (file not finished?)")
     counts = summary.statistics.channel_message_counts if summary.statistics else {}
