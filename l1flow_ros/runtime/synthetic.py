@@ -89,3 +89,20 @@ def variant_bundle(src_dir: str | Path, out_dir: str | Path, sampler: SamplerSpe
 
     save_bundle(out_dir, model, make_manifest(model, Normalizer.from_dict(manifest.normalizer), manifest.train))
     return same
+
+
+def default_bench_bundle(out_dir: str | Path, size: str = "default") -> str:
+    """An untrained L1 Flow bundle for latency: one 96 x 96 camera + 4-d proprio, horizon 16.
+
+    ``size="default"``: the package's default encoder and U-Net (what ``l1flow train``
+    builds by default); ``"tiny"``: the test size.
+    """
+    from l1flow_ros.policy.model import ModelConfig
+
+    obs = ObservationSpec(cameras=("cam",), image_size=(96, 96), proprio_names=TINY_OBS.proprio_names)
+    act = dataclasses.replace(TINY_ACTION, horizon=16, n_action_steps=8, dt=0.1)
+    cfg = ModelConfig(prediction="sample") if size == "default" else tiny_model_config("sample")
+    if size not in ("default", "tiny"):
+        raise ValueError(f"size {size!r} must be 'default' or 'tiny'")
+    return make_bundle(out_dir, SamplerSpec(kind="l1flow", steps=2, t_values=(0.5,)), obs=obs, action=act,
+                       model_cfg=cfg)
