@@ -107,9 +107,13 @@ def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, tmp_path):
     teleop = TeleopNode(context=ros_context, parameter_overrides=[
         Parameter("mode", value="expert"), Parameter("task", value="reach-v3"), Parameter("enabled", value=False),
     ])
+    calib = tmp_path / "calib.yaml"
+    from l1flow_ros.sim.metaworld_env import write_calibration_yaml
+
+    write_calibration_yaml(calib, [sim.sim.camera_model("corner")])
     rec = RecorderNode(context=ros_context, parameter_overrides=[
         Parameter("output_dir", value=str(out)), Parameter("cameras", value=["corner"]),
-        Parameter("task", value="reach-v3"),
+        Parameter("task", value="reach-v3"), Parameter("calibration_file", value=str(calib)),
     ])
     g = Graph(ros_context, [sim, teleop, rec])
     try:
@@ -154,3 +158,11 @@ def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, tmp_path):
     assert depth.encoding == "32FC1" and np.frombuffer(depth.data.tobytes(), "<f4").max() > 0
     assert list(seen["/joint_states"].name[:4]) == ["ee_x", "ee_y", "ee_z", "gripper"]
     assert len(seen["/forward_position_controller/commands"].data) == 4
+
+    # The recorded episode builds into a training store (points from the recorded calibration).
+    from l1flow_ros.data.dataset_build import load_episode, sim_dataset_config
+
+    assert "corner" in meta["calibration"]["cameras"]
+    ep = load_episode(files[0], sim_dataset_config(cameras=("corner",), image_size=(16, 16), num_points=32))
+    assert ep.actions.shape[0] >= 3 and ep.obs["points"].shape[1:] == (32, 3)
+    assert np.linalg.norm(ep.actions[-1, :3] - ep.actions[0, :3]) > 0.02  # the expert moved the target

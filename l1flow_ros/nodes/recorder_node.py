@@ -46,6 +46,7 @@ class RecorderConfig:
     success_topic: str
     task: str
     max_episode_s: float
+    calibration_file: str = ""
 
     def topics(self) -> list[tuple[str, str, QoSProfile]]:
         """(topic, type, QoS) of everything recorded."""
@@ -102,6 +103,9 @@ class RecorderNode(Node):
         self.declare_parameter("success_topic", "/sim/success", d("std_msgs/Bool task success ('' = none)"))
         self.declare_parameter("task", "", d("task name stored in each episode's metadata"))
         self.declare_parameter("max_episode_s", 0.0, d("stop an episode automatically after this long; 0 = never"))
+        self.declare_parameter(
+            "calibration_file", "", d("camera extrinsics YAML copied into each episode's metadata ('' = none)")
+        )
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         self.cfg = RecorderConfig(
             output_dir=str(g("output_dir")),
@@ -113,6 +117,7 @@ class RecorderNode(Node):
             success_topic=str(g("success_topic")),
             task=str(g("task")),
             max_episode_s=float(g("max_episode_s")),
+            calibration_file=str(g("calibration_file")),
         )
         if self.cfg.max_episode_s < 0:
             raise EpisodeError(f"max_episode_s must be >= 0, got {self.cfg.max_episode_s}")
@@ -186,9 +191,25 @@ class RecorderNode(Node):
                 task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
                 joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras),
             )
+            calib = self._read_calibration()
+            if calib:
+                self._writer.metadata["calibration"] = calib
         response.success, response.message = True, str(path)
         self.get_logger().info(f"episode started: {path}")
         return response
+
+    def _read_calibration(self) -> dict:
+        """The calibration file's content (read at each start: the sim may write it late)."""
+        if not self.cfg.calibration_file:
+            return {}
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(self.cfg.calibration_file).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            self._error(f"calibration_file {self.cfg.calibration_file}: {e}")
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def _finish(self) -> str:
         """Close the open episode (lock held); -> its path."""
