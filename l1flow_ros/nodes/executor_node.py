@@ -37,6 +37,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -91,7 +92,8 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "start_enabled": (_B, False, "enable on the first complete /joint_states (else wait for the service)", True),
     "tail_rate_hz": (_D, 20.0, "rate of /l1flow/executor/tail (Hz); 0 = off", False),
     "diagnostics_period": (_D, 1.0, "period of /diagnostics (s)", True),
-    "spin_us": (_I, 200, "busy-wait this long before each deadline (us) instead of sleeping", False),
+    "spin_us": (_I, 0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "
+                       "on an isolated core (the spin holds the GIL)", False),
     "realtime_priority": (_I, 0, "SCHED_FIFO priority of the control thread (0 = normal scheduling)", True),
     "cpu_affinity": (_IA, [], "CPUs the control thread may run on (empty = any)", True),
     "python_switch_interval": (_D, 0.0005, "sys.setswitchinterval for this process (s); 0 = leave as is", True),
@@ -209,7 +211,12 @@ class ExecutorNode(Node):
                 continue
             # An empty list has no element type: declare by type and fill the default (read-only
             # ones are then enforced in _validate_parameters).
-            p = self.declare_parameter(name, ptype, ParameterDescriptor(description=text))
+            desc = ParameterDescriptor(description=text)
+            try:
+                p = self.declare_parameter(name, ptype, desc)
+            except InvalidParameterTypeException:
+                # An override of [] arrives untyped (BYTE_ARRAY): it means the empty default.
+                p = self.declare_parameter(name, ptype, desc, ignore_override=True)
             if p.value is None:
                 self.set_parameters([Parameter(name, ptype, default)])
         self._cfg = ExecutorConfig.from_values(self._values())
@@ -466,6 +473,19 @@ class ExecutorNode(Node):
         self._tail_pub.publish(msg)
 
     # -- diagnostics -----------------------------------------------------------------------------
+
+    def period_errors_ns(self) -> np.ndarray:
+        """(N,) signed period errors (actual - nominal, ns) of the last N <= TIMING_WINDOW periods."""
+        n = min(self._n_periods, TIMING_WINDOW)
+        if self._n_periods <= TIMING_WINDOW:
+            return self._periods[:n].copy()
+        i = self._n_periods % TIMING_WINDOW
+        return np.concatenate([self._periods[i:], self._periods[:i]])
+
+    def reset_timing(self) -> None:
+        """Start the timing statistics afresh (benchmarks)."""
+        self._n_periods = 0
+        self._missed = self._missed_reported = 0
 
     def timing_stats(self) -> dict[str, float]:
         """Period error (|actual - nominal|) p50 / p99 / max in microseconds over the last

@@ -1,0 +1,191 @@
+"""Control-loop jitter of executor_node: period error p50 / p99 / max and missed ticks.
+
+Runs the real ExecutorNode (rclpy, Fast DDS on loopback, its own domain), enabled and
+streaming forward-position commands while a chunk publisher stands in for the inference
+node (a new 16-step chunk at --chunk-hz, so the executor splices and publishes as in
+deployment). Each configuration is measured side by side in one run:
+
+- rate: 500 Hz and 1 kHz;
+- load: ``idle``; ``cpu`` = one CPU-busy process per core (numpy matmul; stands in for an
+  inference process on the same machine); ``gil`` = a pure-Python busy thread in the
+  executor's own process (stands in for inference composed into the same process, which
+  competes for the GIL);
+- spin: busy-wait for the last ``spin_us`` before each deadline, or sleep all the way.
+
+Period error = |time between consecutive wake-ups - nominal period|. A missed tick is a
+deadline skipped because the thread woke more than one period late. Each row also measures
+the floor of the machine under the same load: a bare Python thread that only sleeps to the
+same deadlines ("bare loop"); the ratio shows what the node adds to it.
+
+    python bench/bench_jitter.py                        # all configurations, 8 s each
+    python bench/bench_jitter.py --seconds 4 --loads idle cpu --rates 500
+    python bench/bench_jitter.py --realtime-priority 80  # SCHED_FIFO if permitted
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import threading
+import time
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+import numpy as np
+
+
+def _cpu_burner(stop: mp.Event) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    a = np.random.default_rng(0).normal(size=(192, 192))
+    while not stop.is_set():
+        for _ in range(20):
+            a = np.tanh(a @ a.T * 1e-3)
+
+
+def _gil_burner(stop: threading.Event) -> None:
+    x = 0
+    while not stop.is_set():
+        for i in range(10_000):
+            x = (x * 31 + i) % 1_000_003
+
+
+def _bare_loop(rate: float, spin_us: int, seconds: float) -> np.ndarray:
+    """The floor: a Python thread that only sleeps to the same absolute deadlines."""
+    from l1flow_ros.nodes.executor_node import _sleep_until
+
+    period = int(round(1e9 / rate))
+    errs: list[int] = []
+    nxt, last = time.monotonic_ns() + period, 0
+    end = time.monotonic_ns() + int(seconds * 1e9)
+    while nxt < end:
+        _sleep_until(nxt, spin_us * 1000)
+        wake = time.monotonic_ns()
+        if last:
+            errs.append(wake - last - period)
+        last = wake
+        if wake - nxt >= period:
+            nxt += (wake - nxt) // period * period
+        nxt += period
+    return np.abs(np.array(errs)) * 1e-3
+
+
+def _start_load(load: str) -> tuple[object, list]:
+    if load == "cpu":
+        ctx_mp = mp.get_context("spawn")
+        stop = ctx_mp.Event()
+        workers = [ctx_mp.Process(target=_cpu_burner, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    else:
+        stop = threading.Event()
+        workers = [threading.Thread(target=_gil_burner, args=(stop,), daemon=True)] if load == "gil" else []
+    for w in workers:
+        w.start()
+    return stop, workers
+
+
+def measure_bare(rate: float, load: str, spin_us: int, seconds: float) -> dict[str, float]:
+    stop, workers = _start_load(load)
+    time.sleep(1.0)
+    err = [None]
+    t = threading.Thread(target=lambda: err.__setitem__(0, _bare_loop(rate, spin_us, seconds)))
+    t.start()
+    t.join()
+    stop.set()
+    for w in workers:
+        w.join(timeout=5)
+    e = err[0]
+    return {"p50": float(np.percentile(e, 50)), "p99": float(np.percentile(e, 99)), "max": float(e.max())}
+
+
+def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: float, rt_prio: int,
+            affinity: list[int]) -> dict[str, float]:
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from trajectory_msgs.msg import JointTrajectory
+
+    from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+    from l1flow_ros.nodes.executor_node import ExecutorNode
+    from l1flow_ros.spec import Chunk
+
+    names = ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
+    ctx = Context()
+    rclpy.init(context=ctx)
+    params = {
+        "joint_names": names, "rate_hz": rate, "spin_us": spin_us, "gripper_joints": ["gripper"],
+        "max_velocity": [1.0] * 7, "max_acceleration": [10.0] * 7, "lower": [-3.0] * 7, "upper": [3.0] * 7,
+        "realtime_priority": rt_prio, "cpu_affinity": affinity, "diagnostics_period": 1.0,
+    }
+    node = ExecutorNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    feeder = rclpy.create_node("bench_chunk_feeder", context=ctx)
+    pub = feeder.create_publisher(JointTrajectory, "/l1flow/action_chunk", 1)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    ex.add_node(feeder)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    node._measured = np.zeros(len(names))  # as if /joint_states had arrived
+    assert node._enable(True)[0]
+
+    stop_load, workers = _start_load(load)
+    rng = np.random.default_rng(0)
+    time.sleep(1.0)  # settle (discovery, load start-up)
+    node.reset_timing()
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        t = node.get_clock().now().nanoseconds
+        a = np.cumsum(rng.normal(scale=0.01, size=(16, len(names))), axis=0)
+        pub.publish(chunk_to_msg(Chunk(t, 0.1, a, tuple(names))))
+        time.sleep(1.0 / chunk_hz)
+    err = np.abs(node.period_errors_ns()) * 1e-3  # us
+    missed = node.timing_stats()["missed_ticks"]
+    accepted = node._scheduler.stats().accepted
+    stop_load.set()
+    for w in workers:
+        w.join(timeout=5)
+    ex.shutdown()
+    node.destroy_node()
+    feeder.destroy_node()
+    ctx.try_shutdown()
+    return {
+        "periods": len(err), "p50": float(np.percentile(err, 50)), "p99": float(np.percentile(err, 99)),
+        "max": float(err.max()), "missed": missed, "chunks": accepted,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured time per configuration")
+    ap.add_argument("--rates", type=float, nargs="+", default=[500.0, 1000.0])
+    ap.add_argument("--loads", nargs="+", default=["idle", "cpu", "gil"], choices=["idle", "cpu", "gil"])
+    ap.add_argument("--spins", type=int, nargs="+", default=[200, 0], help="busy-wait before deadlines (us)")
+    ap.add_argument("--chunk-hz", type=float, default=10.0, help="chunks per second from the stand-in inference")
+    ap.add_argument("--realtime-priority", type=int, default=0)
+    ap.add_argument("--cpu-affinity", type=int, nargs="*", default=[])
+    args = ap.parse_args(argv)
+
+    print(f"# executor jitter: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {args.seconds:.0f} s per row")
+    print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
+    print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks "
+          "| bare-loop p99 us | p99 / bare p99 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for rate in args.rates:
+        for spin in args.spins:
+            for load in args.loads:
+                r = measure(rate, load, spin, args.seconds, args.chunk_hz, args.realtime_priority,
+                            args.cpu_affinity)
+                b = measure_bare(rate, load, spin, args.seconds)
+                print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                      f"{r['max']:.1f} | {r['missed']:.0f} | {b['p99']:.1f} | {r['p99'] / b['p99']:.2f} |",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
