@@ -107,6 +107,14 @@ class Rig:
         self.thread.start()
         self.rng = np.random.default_rng(0)
         self.sent: dict[int, dict] = {}
+        # Loading the encoder (and open3d) takes seconds on a busy machine: wait for the node
+        # to report its fingerprint on /diagnostics before timing anything.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self.fingerprint_reported():
+            time.sleep(0.05)
+
+    def fingerprint_reported(self) -> bool:
+        return any(kv.key == "fingerprint" and kv.value for _, st in list(self.diags) for kv in st.values)
 
     def _on_diag(self, arr):
         for st in arr.status:
@@ -281,10 +289,10 @@ def test_camera_stops_publishing(rig_factory):
 
 
 def test_stale_observation_not_encoded(rig_factory):
-    rig = rig_factory(max_observation_age=0.2)
+    rig = rig_factory(max_observation_age=1.0)
     assert rig.stream_until(lambda: len(rig.embs) >= 1)
     n = len(rig.embs)
-    old = rig.now_ns() - int(1e9)  # one second old
+    old = rig.now_ns() - int(3e9)  # three seconds old
     rig.publish(rig.frame_msgs(old))
     time.sleep(0.5)
     assert old not in rig.emb_stamps() and len(rig.embs) == n
@@ -346,3 +354,12 @@ def test_point_cloud_input_in_place_of_depth(rig_factory):
         send_with_cloud()
         time.sleep(0.05)
     assert rig.embs and rig.last_diag().level != DiagnosticStatus.ERROR
+
+
+def test_cameras_from_checkpoint_and_swap_by_parameter(rig_factory, assets):
+    rig = rig_factory(cameras=[""])  # no camera list: subscribe to what the checkpoint observes
+    assert rig.stream_until(lambda: len(rig.embs) >= 1)
+    assert embedding_from_msg(rig.embs[-1])[2] == fingerprint(assets["bundle"])
+    assert rig.node.set_parameters([Parameter("checkpoint", value=assets["bundle_b"])])[0].successful
+    fp_b = fingerprint(assets["bundle_b"])
+    assert rig.stream_until(lambda: embedding_from_msg(rig.embs[-1])[2] == fp_b)
