@@ -166,3 +166,26 @@ def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, tmp_path):
     ep = load_episode(files[0], sim_dataset_config(cameras=("corner",), image_size=(16, 16), num_points=32))
     assert ep.actions.shape[0] >= 3 and ep.obs["points"].shape[1:] == (32, 3)
     assert np.linalg.norm(ep.actions[-1, :3] - ep.actions[0, :3]) > 0.02  # the expert moved the target
+
+
+def test_cli_record_through_the_node_graph_and_offline(tmp_path):
+    from l1flow_ros.cli import main
+    from l1flow_ros.data.dataset_build import build_dataset, sim_dataset_config
+
+    out = tmp_path / "ros"
+    assert main(["record", "--task", "reach-v3", "--demos", "1", "--out", str(out), "--image-size", "16", "16",
+                 "--camera-rate", "10", "--quiet"]) == 0
+    files = list_episodes(out)
+    assert len(files) == 1
+    metas = [read_metadata(f) for f in files]
+    assert all(m["success"] is True and m["task"] == "reach-v3" for m in metas)
+    off = tmp_path / "offline"
+    assert main(["record", "--task", "reach-v3", "--demos", "1", "--out", str(off), "--offline", "--image-size",
+                 "16", "16", "--seed", "3", "--quiet"]) == 0
+    assert len(list_episodes(off)) == 1
+    # Both kinds of episodes give the same step layout.
+    cfg = sim_dataset_config(cameras=("corner",), image_size=(16, 16))
+    a = build_dataset(out, tmp_path / "a.zarr", cfg, progress=False)
+    b = build_dataset(off, tmp_path / "b.zarr", cfg, progress=False)
+    assert a.episodes_written == 1 and b.episodes_written == 1
+    assert main(["record", "--task", "no-such-v3", "--demos", "1", "--out", str(off), "--offline", "--quiet"]) == 1
