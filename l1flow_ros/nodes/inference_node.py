@@ -214,17 +214,20 @@ class InferenceNode(LifecycleNode):
             if frozen:
                 return SetParametersResult(
                     successful=False, reason=f"{frozen} can only change while unconfigured (cleanup first)")
-        if "checkpoint" in changes and cfg.checkpoint != self.cfg.checkpoint:
+        if "checkpoint" in changes:
             active = self._switcher.active
             try:
-                validate_checkpoint(cfg.checkpoint, active.manifest if active is not None else None, cfg.backend,
-                                    warm_start=cfg.warm_start, fp16=cfg.fp16,
-                                    engine_cache_dir=cfg.engine_cache_dir or None,
-                                    allow_build=cfg.allow_engine_build)
+                manifest = validate_checkpoint(
+                    cfg.checkpoint, active.manifest if active is not None else None, cfg.backend,
+                    warm_start=cfg.warm_start, fp16=cfg.fp16, engine_cache_dir=cfg.engine_cache_dir or None,
+                    allow_build=cfg.allow_engine_build)
             except CheckpointRejected as e:
                 self.get_logger().warning(f"checkpoint {cfg.checkpoint!r} rejected: {e}")
                 return SetParametersResult(successful=False, reason=str(e))
-            if self._configured:
+            # The same contents (fingerprint) as the running head and nothing pending: nothing to do.
+            unchanged = active is not None and manifest.fingerprint == active.fingerprint \
+                and self._switcher.pending is None
+            if self._configured and not unchanged:
                 self._start_swap(cfg.checkpoint, cfg)
         self.cfg = cfg
         return SetParametersResult(successful=True)
@@ -261,8 +264,9 @@ class InferenceNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)  # activates the chunk publisher first
         self._active = True
-        return super().on_activate(state)
+        return ret
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
