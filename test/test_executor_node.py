@@ -197,7 +197,9 @@ def test_disabled_publishes_nothing_and_enabling_starts_from_the_measured_positi
     _, q = h.commands()
     np.testing.assert_allclose(q[0], [0.1, 0.2, 0.3, -1.0], atol=1e-12)  # no jump
     # Mid-chunk disable: the stream stops.
-    h.chunk(h.now(), np.tile([0.4, 0.2, 0.3, -1.0], (20, 1)))
+    slow = np.tile([0.1, 0.2, 0.3, -1.0], (20, 1))
+    slow[:, 0] += 0.015 * np.arange(1, 21)  # to 0.4 in 2 s
+    h.chunk(h.now(), slow)
     assert h.wait(lambda: h.last_cmd()[0] > 0.12, 5.0)
     assert h.enable(False).success
     n_after = h.wait_quiet()
@@ -368,3 +370,40 @@ def test_live_parameter_changes_are_validated(make_harness):
     assert h.node.set_parameters([Parameter("splice", value="ensemble")])[0].successful
     assert h.node.config.splice == "ensemble"
     assert h.node._scheduler.config.splice == "ensemble"
+
+
+def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
+    import dataclasses
+    import json
+
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from l1flow_ros.spec import ActionSpec
+
+    h = make_harness(max_velocity=[0.5, 0.5, 0.5, 10.0])
+    # The bundle lists its actions in another order; its y is slower, its gripper binary.
+    spec = ActionSpec(names=("ee_y", "ee_x", "ee_z", "gripper"), max_velocity=(0.1, 1.0, 1.0, 1.0),
+                      upper=(0.2, 0.3, 0.4, 1.0), gripper_indices=(3,))
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (good / "manifest.json").write_text(json.dumps({"action": dataclasses.asdict(spec)}))
+    other = dataclasses.replace(spec, names=("a", "b", "c", "d"))
+    (bad / "manifest.json").write_text(json.dumps({"action": dataclasses.asdict(other)}))
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub = h.io.create_publisher(String, "/l1flow/checkpoint", latched)
+    pub.publish(String(data=str(good)))
+    lim = lambda: h.node._scheduler.limits  # noqa: E731
+    assert h.wait(lambda: lim().max_velocity[1] == 0.1, 10.0)
+    np.testing.assert_array_equal(lim().max_velocity, [0.5, 0.1, 0.5, 1.0])
+    np.testing.assert_array_equal(lim().upper, [0.3, 0.2, 0.4, 1.0])
+    assert lim().binary.tolist() == [False, False, False, True]
+    # A checkpoint for another robot: limits kept, ERROR on /diagnostics.
+    pub.publish(String(data=str(bad)))
+    assert h.wait(lambda: h.node._checkpoint_error != "", 10.0)
+    np.testing.assert_array_equal(lim().max_velocity, [0.5, 0.1, 0.5, 1.0])
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    assert h.wait(lambda: h.last_diag() is not None and h.last_diag().level == DiagnosticStatus.ERROR, 5.0)

@@ -13,6 +13,10 @@ and publishes it on the configured controller interface:
 - ``ee_delta``: Float64MultiArray of the per-tick displacement on
   ``/ee_delta_controller/commands`` (gripper dimensions stay absolute).
 
+Limits come from the parameters and, when ``limits_from_checkpoint``, also from the action
+spec of the checkpoint the inference node announces on ``/l1flow/checkpoint`` (the tighter
+of both per joint).
+
 ``/l1flow/executor/enable`` (std_srvs/SetBool) hands the arm between teleop and the policy:
 disabled, the node publishes nothing; enabling starts from the measured joint positions (no
 jump). ``/l1flow/executor/tail`` carries the unexecuted planned tail for warm starts
@@ -26,12 +30,14 @@ same process) cannot delay it beyond the GIL hand-over, which this node shortens
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -41,15 +47,16 @@ from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
 from l1flow_ros.runtime.safety import Limits
 from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
+from l1flow_ros.spec import ActionSpec
 
 NODE_NAME = "executor_node"
 OUTPUTS = ("forward_position", "joint_trajectory", "ee_delta")
@@ -90,6 +97,8 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "gripper_open": (_D, -1.0, "gripper command when open", False),
     "gripper_closed": (_D, 1.0, "gripper command when closed", False),
     "start_enabled": (_B, False, "enable on the first complete /joint_states (else wait for the service)", True),
+    "limits_from_checkpoint": (_B, True, "also apply the limits of the checkpoint announced on /l1flow/checkpoint "
+                               "(the tighter of both per joint)", True),
     "tail_rate_hz": (_D, 20.0, "rate of /l1flow/executor/tail (Hz); 0 = off", False),
     "diagnostics_period": (_D, 1.0, "period of /diagnostics (s)", True),
     "spin_us": (_I, 0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "
@@ -126,6 +135,7 @@ class ExecutorConfig:
     gripper_open: float
     gripper_closed: float
     start_enabled: bool
+    limits_from_checkpoint: bool
     tail_rate_hz: float
     diagnostics_period: float
     spin_us: int
@@ -177,16 +187,30 @@ class ExecutorConfig:
             max_tick_s=2.0 / self.rate_hz,  # a stalled tick never leaps (see SchedulerConfig)
         )
 
-    def limits(self) -> Limits:
+    def limits(self, spec: ActionSpec | None = None) -> Limits:
+        """The configured limits; with a checkpoint's ActionSpec, the tighter of both per joint
+        (its grippers added). Raises ValueError when the spec does not fit joint_names."""
         unknown = set(self.gripper_joints) - set(self.joint_names)
         if unknown:
             raise ValueError(f"gripper_joints {sorted(unknown)} are not in joint_names")
-        return Limits.build(
-            len(self.joint_names), self.lower, self.upper, self.max_velocity, self.max_acceleration,
-            [self.joint_names.index(g) for g in self.gripper_joints],
-            gripper_binary=self.gripper_binary, gripper_open=self.gripper_open,
-            gripper_closed=self.gripper_closed,
-        )
+        dim = len(self.joint_names)
+        own = Limits.build(dim, self.lower, self.upper, self.max_velocity, self.max_acceleration)
+        lo, hi, vmax, amax = own.lower, own.upper, own.max_velocity, own.max_acceleration
+        grippers = {self.joint_names.index(g) for g in self.gripper_joints}
+        if spec is not None:
+            if sorted(spec.names) != sorted(self.joint_names):
+                raise ValueError(f"checkpoint actions {list(spec.names)} are not joint_names "
+                                 f"{list(self.joint_names)}")
+            theirs = Limits.from_spec(spec)
+            order = [spec.names.index(n) for n in self.joint_names]  # spec columns in our order
+            lo = np.maximum(lo, theirs.lower[order])
+            hi = np.minimum(hi, theirs.upper[order])
+            vmax = np.minimum(vmax, theirs.max_velocity[order])
+            amax = np.minimum(amax, theirs.max_acceleration[order])
+            grippers |= {self.joint_names.index(spec.names[i]) for i in spec.gripper_indices}
+        return Limits(lo, hi, vmax, amax, tuple(sorted(grippers)), gripper_binary=self.gripper_binary,
+                      gripper_open=self.gripper_open, gripper_closed=self.gripper_closed,
+                      gripper_threshold=0.5 * (self.gripper_open + self.gripper_closed))
 
 
 def _sleep_until(deadline_ns: int, spin_ns: int) -> None:
@@ -227,6 +251,7 @@ class ExecutorNode(Node):
             # Default 5 ms: a woken control thread could wait that long for the GIL.
             sys.setswitchinterval(cfg.python_switch_interval)
 
+        self._spec: ActionSpec | None = None  # action spec of the announced checkpoint
         self._scheduler = ChunkScheduler(cfg.scheduler_config(), cfg.limits())
         self._lock = threading.Lock()  # guards the fields below shared with the control thread
         self._enabled = False
@@ -261,6 +286,11 @@ class ExecutorNode(Node):
         self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, reliable1)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self.create_service(SetBool, "/l1flow/executor/enable", self._on_enable)
+        if cfg.limits_from_checkpoint:
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(String, "/l1flow/checkpoint", self._on_checkpoint, latched)
+        self._checkpoint_error = ""
         self.create_timer(cfg.diagnostics_period, self._publish_diagnostics)
 
         self._stop = threading.Event()
@@ -289,7 +319,27 @@ class ExecutorNode(Node):
         if not hasattr(self, "_scheduler"):
             return  # declarations during __init__
         self._cfg = ExecutorConfig.from_values(self._values())
-        self._scheduler.configure(self._cfg.scheduler_config(), self._cfg.limits())
+        try:
+            limits = self._cfg.limits(self._spec)
+        except ValueError as e:  # the new config does not fit the checkpoint: config alone
+            self._checkpoint_error = str(e)
+            limits = self._cfg.limits()
+        self._scheduler.configure(self._cfg.scheduler_config(), limits)
+
+    def _on_checkpoint(self, msg: String) -> None:
+        """Read the announced bundle's action limits (manifest only: the inference node has
+        validated the bundle) and apply the tighter of them and the configured ones."""
+        path = Path(msg.data) / "manifest.json"
+        try:
+            spec = ActionSpec.from_dict(json.loads(path.read_text())["action"])
+            limits = self._cfg.limits(spec)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self._checkpoint_error = f"checkpoint {msg.data}: limits not applied: {e}"
+            self.get_logger().error(self._checkpoint_error)
+            return
+        self._spec, self._checkpoint_error = spec, ""
+        self._scheduler.configure(self._cfg.scheduler_config(), limits)
+        self.get_logger().info(f"limits of checkpoint {msg.data} applied (tighter of checkpoint and config)")
 
     @property
     def config(self) -> ExecutorConfig:
@@ -519,6 +569,8 @@ class ExecutorNode(Node):
             level, message = DiagnosticStatus.WARN, f"{new_missed} control ticks missed"
         if not measured:
             level, message = DiagnosticStatus.WARN, "no /joint_states for the configured joint_names"
+        if self._checkpoint_error:
+            level, message = DiagnosticStatus.ERROR, self._checkpoint_error
         if new_rejections:
             level, message = DiagnosticStatus.ERROR, f"rejected {new_rejections} chunk(s): {last_rejection}"
         age = (now - st.chunk_t_obs_ns) * 1e-6 if st.chunk_t_obs_ns is not None else float("nan")
