@@ -1,0 +1,114 @@
+"""A 2-D task with two action modes: pass an obstacle on the left or on the right.
+
+The point starts at (0, y0) with an obstacle straight ahead at (0.5, y0); the
+demonstrator goes round it on the left or the right, 50/50, and reaches
+(1, y0). The observation is the start (x, y); the action chunk is the H
+waypoints (x_k, y0 +- bump(x_k)), k = 1..H. The average of the two modes goes
+straight through the obstacle: a policy that regresses to the mean collides.
+
+Used by the mode-coverage test and ``bench/bench_policy.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from l1flow_ros.perception.encoders import EncoderConfig
+from l1flow_ros.policy.model import ModelConfig, PolicyModel
+from l1flow_ros.policy.normalizer import Normalizer
+from l1flow_ros.policy.unet import UnetConfig
+from l1flow_ros.spec import ActionSpec, ObservationSpec
+
+OBS_SPEC = ObservationSpec(cameras=(), use_rgb=False, proprio_names=("x", "y"), n_obs_steps=1)
+HORIZON = 8
+ACTION_SPEC = ActionSpec(names=("x", "y"), horizon=HORIZON, n_action_steps=4, dt=0.1)
+BUMP = 0.5  # how far the path swerves at the obstacle
+Y0_RANGE = 0.5  # y0 ~ U(-Y0_RANGE, Y0_RANGE)
+
+# Tiny networks: the task is easy, the test must be fast on two busy cores.
+TOY_MODEL = ModelConfig(
+    encoder=EncoderConfig(proprio_hidden=32, proprio_feature_dim=32, out_dim=32),
+    unet=UnetConfig(down_dims=(32, 64), time_embed_dim=32),
+)
+
+
+def mode_paths(y0: np.ndarray) -> np.ndarray:
+    """(N,) start heights -> (N, 2, H, 2): the left (+) and right (-) paths."""
+    x = np.arange(1, HORIZON + 1) / HORIZON  # (H,)
+    bump = BUMP * np.sin(np.pi * x)  # (H,)
+    y0 = np.asarray(y0, dtype=np.float64)[:, None, None]  # (N, 1, 1)
+    sides = np.array([1.0, -1.0])[None, :, None]  # (1, 2, 1)
+    ys = y0 + sides * bump[None, None, :]  # (N, 2, H)
+    xs = np.broadcast_to(x, ys.shape)
+    return np.stack([xs, ys], axis=-1)
+
+
+def demonstrations(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n demonstrations: proprio (n, 2), chunks (n, H, 2), side (n,) in {0: left, 1: right}."""
+    rng = np.random.default_rng(seed)
+    y0 = rng.uniform(-Y0_RANGE, Y0_RANGE, n)
+    side = rng.integers(0, 2, n)
+    chunks = mode_paths(y0)[np.arange(n), side]
+    proprio = np.stack([np.zeros(n), y0], axis=1)
+    return proprio.astype(np.float32), chunks.astype(np.float32), side
+
+
+class ToyDataset(Dataset):
+    """Items as ChunkDataset gives them: {"obs": {"proprio": (1, 2)}, "action": (H, 2)}, normalised."""
+
+    def __init__(self, n: int = 4096, seed: int = 0) -> None:
+        proprio, chunks, _ = demonstrations(n, seed)
+        self.normalizer = Normalizer.from_data(chunks.reshape(-1, 2), proprio)
+        self.proprio = torch.from_numpy(self.normalizer.normalize_proprio(proprio))[:, None]  # (n, 1, 2)
+        self.actions = torch.from_numpy(self.normalizer.normalize_action(chunks))  # (n, H, 2)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"obs": {"proprio": self.proprio[i]}, "action": self.actions[i]}
+
+    def __getitems__(self, idx: list[int]) -> dict:
+        """A whole batch at once (the training loop uses it; much faster than per item)."""
+        i = torch.as_tensor(idx)
+        return {"obs": {"proprio": self.proprio[i]}, "action": self.actions[i]}
+
+
+@dataclass(frozen=True)
+class ModeStats:
+    near_mode: float  # share of samples within ``tol`` (RMS) of one of the two paths
+    left: float  # share of the near-mode samples on the left path
+    mean_error: float  # mean RMS distance to the nearest path
+
+    @property
+    def bimodal_ok(self) -> bool:
+        """The issue's bar: >= 90% near a mode, each mode between 30% and 70%."""
+        return self.near_mode >= 0.9 and 0.3 <= self.left <= 0.7
+
+
+def mode_stats(y0: np.ndarray, chunks: np.ndarray, tol: float = 0.3 * BUMP) -> ModeStats:
+    """y0 (N,), sampled chunks (N, H, 2) in action units -> coverage of the two modes.
+
+    The straight (mean) path is 0.71 * BUMP RMS from either mode; ``tol``
+    (0.3 * BUMP) counts a sample as on a mode when it is well within halfway.
+    """
+    paths = mode_paths(y0)  # (N, 2, H, 2)
+    d = np.sqrt(((chunks[:, None] - paths) ** 2).sum(-1).mean(-1))  # (N, 2)
+    nearest = d.argmin(1)
+    near = d.min(1) < tol
+    left = float((nearest[near] == 0).mean()) if near.any() else 0.0
+    return ModeStats(near_mode=float(near.mean()), left=left, mean_error=float(d.min(1).mean()))
+
+
+@torch.no_grad()
+def sample_policy(model: PolicyModel, normalizer: Normalizer, y0: np.ndarray, seed: int = 0) -> np.ndarray:
+    """One chunk per start height: (N, H, 2) in action units."""
+    proprio = np.stack([np.zeros_like(y0), y0], axis=1)[:, None]  # (N, 1, 2)
+    obs = {"proprio": torch.from_numpy(normalizer.normalize_proprio(proprio))}
+    cond = model.encode(obs)
+    noise = torch.randn(model.noise_shape(len(y0)), generator=torch.Generator().manual_seed(seed))
+    return normalizer.unnormalize_action(model.sample(cond, noise).numpy())

@@ -1,0 +1,379 @@
+"""One flat training loop for every objective and both distillations (nanoGPT style).
+
+    l1flow train   --objective l1flow|fm|ddpm|regression --data STORE --out BUNDLE
+    l1flow distill --method imle|ofp --teacher BUNDLE --data STORE --out BUNDLE
+
+AdamW, linear warm-up + cosine learning rate (:func:`lr_at`), gradient
+clipping, an EMA of the weights (the EMA is what the bundles hold), a tqdm bar
+with the loss, a bundle every ``save_every`` steps and at the end, and
+``train_state.pt`` next to it for ``--resume``.
+
+Under ``torchrun`` the same code runs data-parallel (DDP; NCCL on GPU, gloo
+on CPU): every process draws its own batches, gradients are averaged, and
+process 0 writes the bundle. ``batch_size`` is per process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from l1flow_ros.policy import objectives as obj
+from l1flow_ros.policy.bundle import load_bundle, make_manifest, save_bundle
+from l1flow_ros.policy.model import ModelConfig, PolicyModel, prediction_for
+from l1flow_ros.policy.normalizer import Normalizer
+from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
+
+OBJECTIVES = ("l1flow", "fm", "ddpm", "regression")
+DISTILL_METHODS = ("imle", "ofp")
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "l1flow"  # one of OBJECTIVES or DISTILL_METHODS
+    steps: int = 20_000
+    batch_size: int = 64  # per process
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    save_every: int = 2000
+    log_every: int = 20
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False  # bfloat16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES + DISTILL_METHODS:
+            raise ValueError(f"objective {self.objective!r} not in {OBJECTIVES + DISTILL_METHODS}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfigs:
+    """The per-objective knobs; only the one the objective uses matters."""
+
+    flow_time: obj.FlowTimeConfig = field(default_factory=obj.FlowTimeConfig)
+    imle: obj.ImleConfig = field(default_factory=obj.ImleConfig)
+    ofp: obj.OfpConfig = field(default_factory=obj.OfpConfig)
+
+
+def default_sampler(objective: str, ofp: obj.OfpConfig | None = None) -> SamplerSpec:
+    """The sampler a bundle trained with ``objective`` ships with."""
+    if objective == "l1flow":
+        return SamplerSpec(kind="l1flow", steps=2, t_values=(0.5,))
+    if objective == "fm":
+        return SamplerSpec(kind="fm", steps=10, t_values=())
+    if objective == "ddpm":
+        return SamplerSpec(kind="ddim", steps=10, t_values=())
+    if objective == "ofp":
+        t_w = (ofp or obj.OfpConfig()).warm_t
+        return SamplerSpec(kind="ofp", steps=1, t_values=(), warm_start=True, warm_start_t=t_w)
+    return SamplerSpec(kind=objective, steps=1, t_values=())
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio * base_lr`` at ``total``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ema_decay_at(step: int, max_decay: float) -> float:
+    """EMA decay ramped up from 0: early on the EMA must follow a fast-changing net."""
+    return min(max_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * params, over lists of tensors (built once)."""
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+
+class LossModule(nn.Module):
+    """forward(obs, actions) -> scalar loss; the one module DDP wraps.
+
+    The teacher and the EMA target are kept out of the registered modules
+    (in a tuple), so DDP neither syncs nor checks them.
+    """
+
+    def __init__(
+        self,
+        model: PolicyModel,
+        objective: str,
+        cfgs: ObjectiveConfigs,
+        teacher: PolicyModel | None = None,
+        ema: PolicyModel | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.cfgs = cfgs
+        self._aux = (teacher, ema)
+        if teacher is not None and objective == "imle" and cfgs.imle.teacher_steps > 0:
+            self._aux = (
+                teacher.with_sampler(dataclasses.replace(teacher.sampler, steps=cfgs.imle.teacher_steps)),
+                ema,
+            )
+
+    def forward(self, obs: dict[str, torch.Tensor], x1: torch.Tensor) -> torch.Tensor:
+        teacher, ema = self._aux
+        cond = self.model.encode(obs)  # (B, D)
+        net = self.model.head
+        c = self.cfgs
+        if self.objective == "l1flow":
+            return obj.l1flow_loss(net, cond, x1, c.flow_time)
+        if self.objective == "fm":
+            return obj.fm_loss(net, cond, x1, c.flow_time)
+        if self.objective == "ddpm":
+            return obj.ddpm_loss(net, cond, x1, self.model.cfg.num_train_steps)
+        if self.objective == "regression":
+            return obj.regression_loss(net, cond, x1)
+        if self.objective == "imle":
+            with torch.no_grad():
+                samples = obj.teacher_samples(
+                    teacher.sample, teacher.encode(obs), c.imle.teacher_samples, tuple(x1.shape[1:])
+                )  # (B, m, H, A)
+            return obj.imle_loss(net, cond, samples, c.imle)
+        return obj.ofp_loss(net, ema.head, cond, x1, c.ofp, c.flow_time)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def _batch_as_is(batch: Any) -> Any:
+    return batch
+
+
+def _atomic_torch_save(obj_: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj_, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    dataset: Dataset,
+    normalizer: Normalizer,
+    obs_spec: ObservationSpec,
+    action_spec: ActionSpec,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig | None = None,
+    sampler: SamplerSpec | None = None,
+    cfgs: ObjectiveConfigs | None = None,
+    teacher_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> str:
+    """Train (or distil) and write a bundle to ``out_dir``; returns its fingerprint.
+
+    ``dataset`` items are ``{"obs": {k: (To, ...)}, "action": (H, A)}``, already
+    normalised with ``normalizer`` (as :class:`~l1flow_ros.data.store.ChunkDataset` gives).
+    For ``imle`` / ``ofp``, ``teacher_dir`` names a trained bundle: the student
+    starts from its weights and must share its specs and normaliser.
+    """
+    cfgs = cfgs or ObjectiveConfigs()
+    distill = cfg.objective in DISTILL_METHODS
+    rank, world, local_rank = _dist_env()
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else cfg.device)
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(out_dir)
+
+    # ---- models: student (or model), optional teacher, EMA.
+    teacher = None
+    sampler = sampler or default_sampler(cfg.objective, cfgs.ofp)
+    if model_cfg is None:
+        model_cfg = ModelConfig(prediction=prediction_for(sampler.kind))
+    if distill:
+        if teacher_dir is None:
+            raise ValueError(f"{cfg.objective} distillation needs a teacher bundle")
+        t_manifest, teacher = load_bundle(teacher_dir, device=str(device))
+        if cfg.objective == "imle" and t_manifest.model.prediction != "velocity":
+            raise ValueError("IMLE distils a flow-matching (fm) teacher")
+        if (t_manifest.observation, t_manifest.action) != (obs_spec, action_spec):
+            raise ValueError("the teacher's observation / action specs differ from the data's")
+        if t_manifest.normalizer != normalizer.to_dict():
+            raise ValueError("the data must be normalised with the teacher's normaliser")
+        teacher.requires_grad_(False)
+        model_cfg = dataclasses.replace(t_manifest.model, prediction=prediction_for(sampler.kind))
+    model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
+    if teacher is not None:
+        # Student starts as the teacher (a flow map's r-embedding starts at zero: same function).
+        model.load_state_dict(teacher.state_dict(), strict=False)
+    model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    loss_module = LossModule(model, cfg.objective, cfgs, teacher=teacher, ema=ema)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids)
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+    decay, no_decay = [], []
+    for p in params:
+        (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on norms and biases
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        foreach=True,  # on CPU too: one kernel per step instead of one per tensor
+    )
+
+    # ---- resume.
+    step = 0
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["config"]["objective"] != cfg.objective:
+            raise ValueError(
+                f"{state_path} is from a {state['config']['objective']!r} run, not {cfg.objective!r}"
+            )
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        torch.manual_seed(cfg.seed + rank + 7919 * step)  # fresh noise after a resume
+
+    # ---- data: an endless stream of random batches per process.
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank + 7919 * step)
+    remaining = max(cfg.steps - step, 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=RandomSampler(
+            dataset, replacement=True, num_samples=max(1, remaining) * cfg.batch_size, generator=gen
+        ),
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=cfg.num_workers > 0,
+        # A dataset with a batched __getitems__ returns whole batches: skip per-item collation.
+        collate_fn=_batch_as_is if hasattr(dataset, "__getitems__") else None,
+    )
+
+    def save(at_step: int) -> str:
+        meta = {
+            "train": dataclasses.asdict(cfg),
+            "objective": dataclasses.asdict(cfgs),
+            "step": at_step,
+            "world_size": world,
+            **(info or {}),
+        }
+        if distill:
+            meta["teacher"] = t_manifest.fingerprint
+        fp = save_bundle(out, ema, make_manifest(ema, normalizer, meta))
+        state = {
+            "step": at_step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "config": dataclasses.asdict(cfg),
+        }
+        _atomic_torch_save(state, state_path)
+        return fp
+
+    # ---- loop.
+    from tqdm import tqdm
+
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = open(out / LOG_FILE, "a") if is_main else None  # closed in finally
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not (is_main and progress),
+        dynamic_ncols=True,
+        desc=cfg.objective,
+    )
+    fingerprint = ""
+    model.train()
+    t0 = time.monotonic()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    try:
+        for batch in loader:
+            if step >= cfg.steps:
+                break
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = _to(batch, device)
+            with autocast:
+                loss = loss_module(batch["obs"], batch["action"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            opt.step()
+            ema_update(ema_params, params, ema_decay_at(step, cfg.ema_decay))
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+                rec["elapsed_s"] = round(time.monotonic() - t0, 2)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+                if log:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+            if is_main and (step % cfg.save_every == 0 or step == cfg.steps):
+                fingerprint = save(step)
+        if is_main and not fingerprint:  # resumed a finished run: re-save as is
+            fingerprint = save(step)
+        if world > 1:
+            _check_replicas_agree(model)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+    return fingerprint
+
+
+def _check_replicas_agree(model: nn.Module) -> None:
+    """After DDP training every process must hold the same weights."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+    lo, hi = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    diff = float((hi - lo).abs().max())
+    if diff > 1e-5:
+        raise RuntimeError(f"DDP replicas diverged (max weight difference {diff})")
