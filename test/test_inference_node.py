@@ -227,3 +227,30 @@ def test_warm_start_from_executor_tail(ros_context, bundle):
         assert np.max(np.abs(got - cold)) > 1e-4
     finally:
         rig.close()
+
+
+def test_tail_from_msg_reorders_and_rejects():
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from l1flow_ros.nodes.chunk_conv import MessageError, ns_to_duration, ns_to_stamp
+    from l1flow_ros.nodes.inference_node import tail_from_msg
+
+    msg = JointTrajectory()
+    msg.header.stamp = ns_to_stamp(1_000)
+    msg.joint_names = ["b", "a"]
+    for k in range(3):
+        p = JointTrajectoryPoint()
+        p.positions = [10.0 + k, float(k)]
+        p.time_from_start = ns_to_duration(100 * (k + 1))
+        msg.points.append(p)
+    tail = tail_from_msg(msg, ("a", "b"))
+    np.testing.assert_array_equal(tail.times_ns, [1_100, 1_200, 1_300])
+    np.testing.assert_array_equal(tail.actions[:, 0], [0.0, 1.0, 2.0])
+    with pytest.raises(MessageError, match="not the policy"):
+        tail_from_msg(msg, ("a", "c"))
+    msg.points[2].time_from_start = ns_to_duration(150)
+    with pytest.raises(MessageError, match="increasing"):
+        tail_from_msg(msg, ("a", "b"))
+    msg.points[1].positions = [float("nan"), 0.0]
+    with pytest.raises(MessageError):
+        tail_from_msg(msg, ("a", "b"))
