@@ -14,6 +14,7 @@ on a shared machine.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -99,23 +100,27 @@ def make_setup(n_views: int, args, tmp: Path, seed: int = 0):
 
 
 def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, float]:
-    """The node worker's stages for one synchronised set; seconds per stage."""
+    """The node worker's stages for one synchronised set; wall seconds per stage, and CPU seconds
+    (``cpu_<stage>``: this process's CPU time, which a busy shared machine inflates far less)."""
     from l1flow_ros.nodes.sensor_conv import camera_frame_from_msgs, joint_state_from_msg
     from l1flow_ros.perception.preprocess import RawFrames, frame_step, step_to_model
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     frames = RawFrames(
         cameras={c: camera_frame_from_msgs(*msgs[c][:2], info=msgs[c][2]) for c in cams},
         proprio=joint_state_from_msg(msgs["js"], joints)[0],
         stamp_ns=stamp_ns,
     )
-    t1 = time.perf_counter()
+    c1, t1 = time.process_time(), time.perf_counter()
     step = frame_step(emb.obs_spec, frames, calib)
-    t2 = time.perf_counter()
+    c2, t2 = time.process_time(), time.perf_counter()
     hist.push(stamp_ns, step_to_model(step))
     emb.embed(hist.get())
-    t3 = time.perf_counter()
-    return {"decode": t1 - t0, "fuse": t2 - t1, "encode": t3 - t2, "total": t3 - t0}
+    c3, t3 = time.process_time(), time.perf_counter()
+    return {
+        "decode": t1 - t0, "fuse": t2 - t1, "encode": t3 - t2, "total": t3 - t0,
+        "cpu_decode": c1 - c0, "cpu_fuse": c2 - c1, "cpu_encode": c3 - c2, "cpu_total": c3 - c0,
+    }
 
 
 def main() -> None:
@@ -159,14 +164,17 @@ def main() -> None:
           f"RGB + 16UC1 depth; model image {spec.image_size[0]}x{spec.image_size[1]}, {args.num_points} points, "
           f"voxel {args.voxel} m, n_obs_steps {args.n_obs_steps}, encoder default EncoderConfig on "
           f"{args.backend} (torch threads {torch.get_num_threads()})")
-    print(f"{'views':>5} | {'decode':>15} | {'fuse':>15} | {'encode':>15} | {'total':>15}")
-    for v in args.views:
-        cells = [f"{np.percentile(res[v][k], 50):6.2f} / {np.percentile(res[v][k], 99):6.2f}"
-                 for k in ("decode", "fuse", "encode", "total")]
-        print(f"{v:>5} | " + " | ".join(cells))
+    stages = ("decode", "fuse", "encode", "total")
+    for title, prefix in (("wall clock", ""), ("CPU time of this process", "cpu_")):
+        print(f"\n{title}\n{'views':>5} | " + " | ".join(f"{k:>17}" for k in stages))
+        for v in args.views:
+            cells = [f"{np.percentile(res[v][prefix + k], 50):7.2f} / {np.percentile(res[v][prefix + k], 99):7.2f}"
+                     for k in stages]
+            print(f"{v:>5} | " + " | ".join(cells))
+    print(f"\nload average during the run (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if len(args.views) > 1:
         a, b = args.views[0], args.views[-1]
-        r = {k: np.median(res[b][k]) / np.median(res[a][k]) for k in ("decode", "fuse", "encode", "total")}
+        r = {k: np.median(res[b][k]) / np.median(res[a][k]) for k in stages}
         print(f"ratio p50 {b} views / {a} views: " + ", ".join(f"{k} {x:.2f}x" for k, x in r.items()))
 
 

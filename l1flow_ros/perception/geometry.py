@@ -1,6 +1,6 @@
 """Depth to points, camera extrinsics, multi-view fusion, workspace crop, fixed-size sampling.
 
-Pure numpy (+ open3d for voxel downsampling); no ROS. Conventions:
+Pure numpy; no ROS. Conventions:
 
 - depth images are float32 metres (16UC1 millimetres are converted by the caller
   with :func:`depth_to_metres`); invalid depth (0, NaN, inf, outside
@@ -223,9 +223,19 @@ def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
 
 def transform_points(points: np.ndarray, T: np.ndarray) -> np.ndarray:
     """(N, 3) points, 4x4 transform -> (N, 3) float32."""
+    p = np.asarray(points, dtype=np.float32)
     R = T[:3, :3].astype(np.float32)
     t = T[:3, 3].astype(np.float32)
-    return points.astype(np.float32, copy=False) @ R.T + t
+    # Column by column: numpy's (N, 3) @ (3, 3) takes a slow non-BLAS path (~10x slower here).
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    out = np.empty_like(p)
+    for i in range(3):
+        c = out[:, i]
+        np.multiply(x, R[i, 0], out=c)
+        c += y * R[i, 1]
+        c += z * R[i, 2]
+        c += t[i]
+    return out
 
 
 # --------------------------------------------------------------------------- crop / sample
@@ -247,29 +257,36 @@ def crop_mask(points: np.ndarray, workspace: Sequence[float]) -> np.ndarray:
 def voxel_downsample(
     points: np.ndarray, colors: np.ndarray | None, voxel_size: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Average points (and colours) per voxel with open3d; output sorted lexicographically.
+    """Average points (and colours) per voxel of a grid anchored at the origin.
 
-    The sort makes the result independent of open3d's internal hash order, so that
-    farthest-point sampling (which starts at the first point) is deterministic.
+    Output is ordered by voxel index (x, then y, then z), so it does not depend on
+    the input order and farthest-point sampling (which starts at the first point)
+    is deterministic. numpy sort + reduceat: ~2x less CPU than open3d's
+    ``voxel_down_sample`` at 400k points, and no conversion to float64 point vectors.
     """
     if voxel_size <= 0 or points.shape[0] == 0:
         return points, colors
-    import open3d as o3d
-
-    pc = o3d.geometry.PointCloud()
-    pc.points = o3d.utility.Vector3dVector(points.astype(np.float64))
+    k = np.floor(points * np.float32(1.0 / voxel_size)).astype(np.int64)  # (N, 3) voxel indices
+    k -= k.min(axis=0)
+    dims = k.max(axis=0) + 1
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) >= 2.0**62:
+        raise PerceptionError(f"voxel grid {dims.tolist()} too large for voxel size {voxel_size}")
+    key = (k[:, 0] * dims[1] + k[:, 1]) * dims[2] + k[:, 2]  # (N,) one integer per voxel
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))  # first point of each voxel
+    counts = np.diff(np.append(starts, ks.shape[0])).astype(np.float64)[:, None]  # (M, 1)
+    p = (np.add.reduceat(points[order].astype(np.float64), starts, axis=0) / counts).astype(np.float32)
+    c = None
     if colors is not None:
-        pc.colors = o3d.utility.Vector3dVector(colors.astype(np.float64))
-    down = pc.voxel_down_sample(float(voxel_size))
-    p = np.asarray(down.points, dtype=np.float32)  # (M, 3)
-    c = np.asarray(down.colors, dtype=np.float32) if colors is not None else None
-    order = np.lexsort((p[:, 2], p[:, 1], p[:, 0]))
-    return p[order], (c[order] if c is not None else None)
+        c = (np.add.reduceat(colors[order].astype(np.float64), starts, axis=0) / counts).astype(np.float32)
+    return p, c
 
 
 def warmup() -> None:
-    """Import open3d and run one voxel downsample (the first import takes seconds: do it off the hot path)."""
-    voxel_downsample(np.zeros((8, 3), np.float32), None, 0.01)
+    """Run the fusion path once on a tiny cloud (first calls allocate; do it off the hot path)."""
+    cfg = CloudConfig(num_points=4, workspace=(-1, 1, -1, 1, -1, 1), voxel_size=0.01, depth_range=(0.05, 3.0))
+    fuse_views([(np.random.default_rng(0).uniform(-0.5, 0.5, (64, 3)).astype(np.float32), None)], [np.eye(4)], cfg)
 
 
 def farthest_point_sample(points: np.ndarray, n: int, max_candidates: int | None = None) -> np.ndarray:
