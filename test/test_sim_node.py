@@ -12,6 +12,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.nodes.sim_robot_node import SimRobotNode
 from l1flow_ros.sim.metaworld_env import JOINT_NAMES
@@ -49,6 +50,7 @@ class Graph:
         p.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, 10)
         self.cmd = p.create_publisher(Float64MultiArray, "/forward_position_controller/commands", r10)
         self.delta = p.create_publisher(Float64MultiArray, "/ee_delta_controller/commands", r10)
+        self.traj = p.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", r10)
         self.reset = p.create_client(Trigger, "/sim/reset")
         self.ex = MultiThreadedExecutor(num_threads=2, context=ctx)
         self.ex.add_node(self.sim)
@@ -115,6 +117,18 @@ def test_position_and_delta_commands_move_the_arm(graph):
     assert wait_for(lambda: g.ee()[3] > 0.0), "gripper did not close"
     g.delta.publish(Float64MultiArray(data=[0.0, 0.0, 0.04, -1.0]))
     assert wait_for(lambda: abs(g.ee()[2] - (target[2] + 0.04)) < 0.01)
+    # A joint trajectory (names in another order) is followed to its last point.
+    here = g.ee()
+    goal = {"ee_x": here[0] - 0.06, "ee_y": here[1] + 0.04, "ee_z": here[2], "gripper": 1.0}
+    msg = JointTrajectory(joint_names=["gripper", "ee_z", "ee_y", "ee_x"])
+    for k, frac in enumerate((0.5, 1.0)):
+        pt = JointTrajectoryPoint()
+        pt.positions = [goal["gripper"], goal["ee_z"], here[1] + frac * 0.04, here[0] - frac * 0.06]
+        pt.time_from_start.nanosec = (k + 1) * 200_000_000
+        msg.points.append(pt)
+    g.traj.publish(msg)
+    want = np.array([goal["ee_x"], goal["ee_y"], goal["ee_z"]])
+    assert wait_for(lambda: np.linalg.norm(g.ee()[:3] - want) < 0.01)
 
 
 def test_bad_commands_are_rejected_with_error_diagnostic_and_arm_holds(graph):
@@ -125,6 +139,7 @@ def test_bad_commands_are_rejected_with_error_diagnostic_and_arm_holds(graph):
     for bad in ([0.0, 0.6], [float("nan"), 0.6, 0.2, 0.0]):
         g.cmd.publish(Float64MultiArray(data=bad))
     g.delta.publish(Float64MultiArray(data=[0.0, float("inf"), 0.0, 0.0]))
+    g.traj.publish(JointTrajectory(joint_names=["ee_x"], points=[JointTrajectoryPoint(positions=[0.3])]))
 
     def error_seen():
         return any(s.level == DiagnosticStatus.ERROR and s.name == "sim_robot_node"
@@ -133,8 +148,11 @@ def test_bad_commands_are_rejected_with_error_diagnostic_and_arm_holds(graph):
     assert wait_for(error_seen)
     time.sleep(0.3)
     np.testing.assert_allclose(g.ee()[:3], hold[:3], atol=0.005)
-    vals = {kv.key: kv.value for kv in g.got["diag"][-1].status[0].values}
-    assert int(vals["bad_commands"]) == 3
+
+    def bad_count():
+        return int({kv.key: kv.value for kv in g.got["diag"][-1].status[0].values}["bad_commands"])
+
+    assert wait_for(lambda: bad_count() == 4, timeout=5.0)
     assert g.sim.context.ok()  # still running
 
 

@@ -9,10 +9,13 @@ and /joint_states (ee_x, ee_y, ee_z, gripper, right_j0..right_j6) at physics rat
 the scripted expert reads), /sim/success (std_msgs/Bool, latched: task solved in this
 episode), /diagnostics.
 
-Accepts /forward_position_controller/commands (Float64MultiArray [ee_x, ee_y, ee_z,
-gripper], absolute) and /ee_delta_controller/commands (Float64MultiArray [dx, dy, dz,
-gripper]: moves the current target). Service /sim/reset (std_srvs/Trigger) starts a new
-episode with the next seed.
+Accepts the controller interfaces the executor drives:
+/forward_position_controller/commands (Float64MultiArray [ee_x, ee_y, ee_z, gripper],
+absolute), /ee_delta_controller/commands (Float64MultiArray [dx, dy, dz, gripper]: moves
+the current target, gripper absolute) and /arm_controller/joint_trajectory
+(JointTrajectory over ee_x, ee_y, ee_z, gripper, followed like a joint trajectory
+controller; a position or delta command cancels it). Service /sim/reset
+(std_srvs/Trigger) starts a new episode with the next seed.
 
 Physics runs on its own thread with absolute deadlines at Meta-World's dt (12.5 ms);
 cameras are rendered from snapshots of the physics state on a second thread, so slow
@@ -35,16 +38,19 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
 from l1flow_ros.perception.geometry import CameraIntrinsics
 from l1flow_ros.sim.metaworld_env import (
+    ACTION_NAMES,
     JOINT_NAMES,
     MetaWorldSim,
     SimConfig,
     SimError,
     write_calibration_yaml,
 )
+from l1flow_ros.sim.trajectory import TrajectoryError, TrajectoryFollower
 
 NODE_NAME = "sim_robot_node"
 # Parameters fixed at start (they define the simulated hardware).
@@ -139,6 +145,8 @@ class SimRobotNode(Node):
             Float64MultiArray, "/forward_position_controller/commands", self._on_position_command, reliable10
         )
         self.create_subscription(Float64MultiArray, "/ee_delta_controller/commands", self._on_delta_command, reliable10)
+        self._trajectory = TrajectoryFollower(ACTION_NAMES)
+        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_trajectory, reliable10)
         self.create_service(Trigger, "/sim/reset", self._on_reset)
 
         # Statistics for /diagnostics (written by the threads, read by the timer).
@@ -215,6 +223,7 @@ class SimRobotNode(Node):
         try:
             with self._lock:
                 self.sim.set_target(np.asarray(msg.data, dtype=np.float64))
+                self._trajectory.cancel()
         except SimError as e:
             self._reject(f"/forward_position_controller/commands: {e}")
 
@@ -222,14 +231,26 @@ class SimRobotNode(Node):
         try:
             with self._lock:
                 self.sim.apply_delta(np.asarray(msg.data, dtype=np.float64))
+                self._trajectory.cancel()
         except SimError as e:
             self._reject(f"/ee_delta_controller/commands: {e}")
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        tfs = [int(p.time_from_start.sec) * 1_000_000_000 + int(p.time_from_start.nanosec) for p in msg.points]
+        try:
+            with self._lock:
+                self._trajectory.set(msg.joint_names, start, tfs, [p.positions for p in msg.points],
+                                     self.sim.target, self._now_ns())
+        except TrajectoryError as e:
+            self._reject(f"/arm_controller/joint_trajectory: {e}")
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             self._seed += 1
             self._episode += 1
             self.sim.reset(self._seed)
+            self._trajectory.cancel()
         self._publish_success(False)
         response.success = True
         response.message = f"episode {self._episode} seed {self._seed}"
@@ -249,6 +270,9 @@ class SimRobotNode(Node):
         state_msg = Float64MultiArray()
         while not self._stop.is_set():
             with self._lock:
+                follow = self._trajectory.sample(self._now_ns())
+                if follow is not None:
+                    self.sim.set_target(follow)
                 res = self.sim.step()
                 q = self.sim.joint_positions()
                 qd = self.sim.joint_velocities()
