@@ -102,7 +102,7 @@ def measure_bare(rate: float, load: str, spin_us: int, seconds: float) -> dict[s
 
 
 def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: float, rt_prio: int,
-            affinity: list[int]) -> dict[str, float]:
+            affinity: list[int], switch_interval: float = 0.0001) -> dict[str, float]:
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -120,7 +120,9 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
         "joint_names": names, "rate_hz": rate, "spin_us": spin_us, "gripper_joints": ["gripper"],
         "max_velocity": [1.0] * 7, "max_acceleration": [10.0] * 7, "lower": [-3.0] * 7, "upper": [3.0] * 7,
         "realtime_priority": rt_prio, "cpu_affinity": affinity, "diagnostics_period": 1.0,
+        "python_switch_interval": switch_interval,
     }
+    sys.setswitchinterval(0.005)  # the interpreter default; the node lowers it as configured
     node = ExecutorNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     feeder = rclpy.create_node("bench_chunk_feeder", context=ctx)
     pub = feeder.create_publisher(JointTrajectory, "/l1flow/action_chunk", 1)
@@ -149,6 +151,7 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     for w in workers:
         w.join(timeout=5)
     ex.shutdown()
+    spin.join(timeout=5.0)  # no callback may run on a destroyed node
     node.destroy_node()
     feeder.destroy_node()
     ctx.try_shutdown()
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-hz", type=float, default=10.0, help="chunks per second from the stand-in inference")
     ap.add_argument("--realtime-priority", type=int, default=0)
     ap.add_argument("--cpu-affinity", type=int, nargs="*", default=[])
+    ap.add_argument("--switch-interval", type=float, default=0.0001,
+                    help="the node's python_switch_interval (s): GIL hand-over to the control thread")
     args = ap.parse_args(argv)
 
     print(f"# executor jitter: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for spin in args.spins:
             for load in args.loads:
                 r = measure(rate, load, spin, args.seconds, args.chunk_hz, args.realtime_priority,
-                            args.cpu_affinity)
+                            args.cpu_affinity, args.switch_interval)
                 b = measure_bare(rate, load, spin, args.seconds)
                 print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{r['max']:.1f} | {r['missed']:.0f} | {b['p99']:.1f} | {r['p99'] / b['p99']:.2f} |",

@@ -138,6 +138,7 @@ class Harness:
 
     def close(self) -> None:
         self.ex.shutdown()
+        self.thread.join(timeout=5.0)  # no callback may run on a destroyed node
         self.node.destroy_node()
         self.io.destroy_node()
 

@@ -105,7 +105,8 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
                        "on an isolated core (the spin holds the GIL)", False),
     "realtime_priority": (_I, 0, "SCHED_FIFO priority of the control thread (0 = normal scheduling)", True),
     "cpu_affinity": (_IA, [], "CPUs the control thread may run on (empty = any)", True),
-    "python_switch_interval": (_D, 0.0005, "sys.setswitchinterval for this process (s); 0 = leave as is", True),
+    "python_switch_interval": (_D, 0.0001, "sys.setswitchinterval for this process (s): how long a busy Python "
+                               "thread can keep the control thread waiting for the GIL; 0 = leave as is", True),
 }
 
 
@@ -257,7 +258,6 @@ class ExecutorNode(Node):
         self._enabled = False
         self._auto_enabled = False
         self._measured: np.ndarray | None = None  # (A,) latest /joint_states in joint_names order
-        self._joint_index: dict[str, int] | None = None
         self._last_published: np.ndarray | None = None  # for ee_delta
         self._published_version = -1
         self._rejections = 0
