@@ -28,10 +28,16 @@ def sim():
 @pytest.mark.parametrize("task", ["button-press-v3", "drawer-open-v3"])
 def test_scripted_expert_solves_task_through_absolute_targets(task):
     sim = MetaWorldSim(SimConfig(task=task, cameras=()))
+    steps = {}
     for seed in (0, 1):
-        ok, steps = run_expert_episode(sim, seed)
+        ok, steps[seed] = run_expert_episode(sim, seed)
         assert ok, f"{task} seed {seed}: expert failed within {sim.max_episode_steps} steps"
-        assert steps < sim.max_episode_steps
+        assert steps[seed] < sim.max_episode_steps
+    # Half speed: still solved, in clearly more steps (longer demonstrations).
+    ok, slow = run_expert_episode(sim, 0, speed=0.5)
+    assert ok and slow > 1.4 * steps[0]
+    with pytest.raises(SimError):
+        ScriptedExpert(task, speed=0.0)
     sim.close()
 
 

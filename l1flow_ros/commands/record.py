@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="seconds per episode before it is discarded (0 = 1.5 x the task horizon)")
+    parser.add_argument("--expert-speed", type=float, default=1.0,
+                        help="scale of the expert's steps in (0, 1]; 0.5 = slower, twice longer demos")
     parser.add_argument("--offline", action="store_true", help="no ROS: step the simulator directly")
     parser.add_argument("--quiet", action="store_true")
 
@@ -47,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
             from l1flow_ros.sim.offline_record import record_expert_demos
 
             files = record_expert_demos(args.out, args.task, args.demos, args.seed, tuple(args.cameras),
-                                        tuple(args.image_size), args.camera_rate, progress=not args.quiet)
+                                        tuple(args.image_size), args.camera_rate, progress=not args.quiet,
+                                        expert_speed=args.expert_speed)
         else:
             files = record_demos_ros(args.task, args.demos, args.out, tuple(args.cameras), tuple(args.image_size),
-                                     args.seed, args.camera_rate, args.timeout, progress=not args.quiet)
+                                     args.seed, args.camera_rate, args.timeout, progress=not args.quiet,
+                                     expert_speed=args.expert_speed)
     except (SimError, RuntimeError) as e:
         print(f"l1flow record: {e}", file=sys.stderr)
         return 1
@@ -69,6 +73,7 @@ def record_demos_ros(
     timeout_s: float = 0.0,
     progress: bool = True,
     max_attempts: int | None = None,
+    expert_speed: float = 1.0,
 ) -> list[Path]:
     """Run sim + expert teleop + recorder in this process and keep ``num`` successful episodes."""
     import threading
@@ -101,6 +106,7 @@ def record_demos_ros(
         nodes.append(sim)
         teleop = TeleopNode(context=ctx, parameter_overrides=[
             Parameter("mode", value="expert"), Parameter("task", value=task), Parameter("enabled", value=False),
+            Parameter("expert_speed", value=float(expert_speed)),
         ])
         nodes.append(teleop)
         rec = RecorderNode(context=ctx, parameter_overrides=[

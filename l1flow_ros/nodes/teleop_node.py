@@ -46,6 +46,7 @@ class TeleopNodeConfig:
     task: str
     action_scale: float
     servo_gain: float
+    expert_speed: float = 1.0
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -94,6 +95,7 @@ class TeleopNode(Node):
         self.declare_parameter("task", "button-press-v3", _d("expert mode: Meta-World v3 task"))
         self.declare_parameter("action_scale", 0.01, _d("expert mode: Meta-World action_scale (metres)"))
         self.declare_parameter("servo_gain", 0.25, _d("expert mode: the sim's servo_gain"))
+        self.declare_parameter("expert_speed", 1.0, _d("expert mode: step scale in (0, 1]; < 1 = slower demos"))
         self.cfg = self._read_config()
         self.cfg.validate()
         self._build()
@@ -146,6 +148,7 @@ class TeleopNode(Node):
             task=str(g("task")),
             action_scale=float(g("action_scale")),
             servo_gain=float(g("servo_gain")),
+            expert_speed=float(g("expert_speed")),
         )
 
     def _build(self) -> None:
@@ -153,7 +156,9 @@ class TeleopNode(Node):
         self.joy = JoyTeleop(c.joy) if c.mode == "joy" else None
         self.leader = LeaderMirror(c.leader) if c.mode == "leader" else None
         try:
-            self.expert = ScriptedExpert(c.task, c.action_scale, c.servo_gain) if c.mode == "expert" else None
+            self.expert = (
+                ScriptedExpert(c.task, c.action_scale, c.servo_gain, c.expert_speed) if c.mode == "expert" else None
+            )
         except SimError as e:
             raise TeleopError(str(e)) from None
 

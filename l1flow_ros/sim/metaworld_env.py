@@ -342,9 +342,15 @@ class ScriptedExpert:
     :meth:`MetaWorldSim.step` turns back into the same delta, so through the absolute
     interface the expert acts exactly as in Meta-World. (For the experts with gain
     p = 25 the target is then exactly the point the expert steers to.)
+
+    ``speed`` < 1 scales the expert's steps down: slower, longer demonstrations (more
+    samples per episode at a policy's dt). 0.5 still solves button-press, drawer-open,
+    door-open, pick-place, reach and push; much lower breaks experts that gate on timing.
     """
 
-    def __init__(self, task: str, action_scale: float = 0.01, servo_gain: float = 0.25) -> None:
+    def __init__(
+        self, task: str, action_scale: float = 0.01, servo_gain: float = 0.25, speed: float = 1.0
+    ) -> None:
         from metaworld.policies import ENV_POLICY_MAP
 
         if task not in ENV_POLICY_MAP:
@@ -352,6 +358,9 @@ class ScriptedExpert:
         self.task = task
         self.action_scale = float(action_scale)
         self.servo_gain = float(servo_gain)
+        if not (0.0 < speed <= 1.0):
+            raise SimError(f"expert speed must be in (0, 1], got {speed}")
+        self.speed = float(speed)
         self.policy = ENV_POLICY_MAP[task]()
 
     def target(self, state: np.ndarray) -> np.ndarray:
@@ -363,14 +372,16 @@ class ScriptedExpert:
             warnings.simplefilter("ignore")  # Meta-World warns when its gains saturate
             a = np.asarray(self.policy.get_action(s), dtype=np.float64)
         out = np.empty(4)
-        out[:3] = s[:3] + np.clip(a[:3], -1.0, 1.0) * (self.action_scale / self.servo_gain)
+        out[:3] = s[:3] + np.clip(a[:3], -1.0, 1.0) * (self.speed * self.action_scale / self.servo_gain)
         out[3] = np.clip(a[3], -1.0, 1.0)
         return out
 
 
-def run_expert_episode(sim: MetaWorldSim, seed: int, max_steps: int | None = None) -> tuple[bool, int]:
+def run_expert_episode(
+    sim: MetaWorldSim, seed: int, max_steps: int | None = None, speed: float = 1.0
+) -> tuple[bool, int]:
     """Reset to ``seed`` and let the scripted expert drive; -> (success, steps taken)."""
-    expert = ScriptedExpert(sim.cfg.task, sim.action_scale, sim.cfg.servo_gain)
+    expert = ScriptedExpert(sim.cfg.task, sim.action_scale, sim.cfg.servo_gain, speed)
     state = sim.reset(seed)
     limit = sim.max_episode_steps if max_steps is None else int(max_steps)
     for k in range(limit):

@@ -56,6 +56,7 @@ def record_expert_episode(
     steps_after_success: int = 8,
     t0_ns: int = 1_000_000_000_000,
     sim: MetaWorldSim | None = None,
+    expert_speed: float = 1.0,
 ) -> tuple[Path, bool]:
     """One scripted episode -> ``path`` (.mcap). Returns (path, success).
 
@@ -67,14 +68,14 @@ def record_expert_episode(
         sim = MetaWorldSim(SimConfig(task=task, cameras=tuple(cameras), image_size=tuple(image_size)))
     elif (sim.cfg.task, tuple(sim.cfg.cameras), tuple(sim.cfg.image_size)) != (task, tuple(cameras), tuple(image_size)):
         raise ValueError("sim config does not match task / cameras / image_size")
-    expert = ScriptedExpert(task, sim.action_scale, sim.cfg.servo_gain)
+    expert = ScriptedExpert(task, sim.action_scale, sim.cfg.servo_gain, expert_speed)
     dt_ns = int(round(sim.dt * 1e9))
     frame_every = max(1, int(round(1.0 / (camera_rate_hz * sim.dt))))
     limit = sim.max_episode_steps if max_steps is None else int(max_steps)
     models = {c: sim.camera_model(c) for c in cameras}
     w = EpisodeWriter(path)
     w.metadata.update(
-        task=task, seed=int(seed), source="offline_record", cameras=list(cameras),
+        task=task, seed=int(seed), source="offline_record", cameras=list(cameras), expert_speed=expert_speed,
         action_topic="/forward_position_controller/commands", joint_states_topic="/joint_states",
         calibration=calibration_dict([models[c] for c in cameras]) if cameras else {},
     )
@@ -123,6 +124,7 @@ def record_expert_demos(
     camera_rate_hz: float = 15.0,
     max_attempts: int | None = None,
     progress: bool = True,
+    expert_speed: float = 1.0,
 ) -> list[Path]:
     """``num`` successful scripted episodes (seeds from ``seed`` upward, failures skipped)."""
     from tqdm import tqdm
@@ -137,7 +139,7 @@ def record_expert_demos(
         while len(kept) < num and s < seed + attempts:
             path, ok = record_expert_episode(
                 out_dir / f"episode_{s:05d}.mcap", task, s, cameras, image_size, camera_rate_hz, sim=sim,
-                t0_ns=1_000_000_000_000 + s * 1_000_000_000_000,
+                t0_ns=1_000_000_000_000 + s * 1_000_000_000_000, expert_speed=expert_speed,
             )
             if ok:
                 kept.append(path)
