@@ -337,3 +337,21 @@ def test_sync_invariants_any_arrival_order(events, slop_ms):
         assert out.stamps["a"] == out.stamp_ns  # anchored on the reference stream
         assert last is None or out.stamp_ns > last
         last = out.stamp_ns
+
+
+def test_voxel_means_match_reference_and_ignore_input_order():
+    rng = np.random.default_rng(5)
+    pts = rng.uniform(-0.05, 0.05, (3000, 3)).astype(np.float32)
+    cols = rng.uniform(0, 1, (3000, 3)).astype(np.float32)
+    down, dcol = voxel_downsample(pts, cols, 0.02)
+    ref: dict = {}
+    for p, c in zip(pts, cols):
+        ref.setdefault(tuple(np.floor(p / np.float32(0.02)).astype(int)), []).append((p, c))
+    assert down.shape[0] == len(ref)
+    got = {tuple(np.floor(p / np.float32(0.02)).astype(int)): (p, c) for p, c in zip(down, dcol)}
+    for k, items in ref.items():
+        np.testing.assert_allclose(got[k][0], np.mean([p for p, _ in items], axis=0), atol=1e-6)
+        np.testing.assert_allclose(got[k][1], np.mean([c for _, c in items], axis=0), atol=1e-6)
+    perm = rng.permutation(3000)
+    down2, _ = voxel_downsample(pts[perm], cols[perm], 0.02)
+    np.testing.assert_allclose(down2, down, atol=1e-6)  # same voxels, same order
