@@ -123,9 +123,9 @@ def test_joy_mode_drives_target_from_measured_position(ros_context):
         assert wait_for(lambda: pump() or len(p.cmds) > 20)
         first = np.array(p.cmds[0].data)
         last = np.array(p.cmds[-1].data)
-        np.testing.assert_allclose(first[1:], [0.6, 0.2, -1.0], atol=1e-9)
-        assert 0.0 <= first[0] < 0.02  # synced to the measured position, then moving
-        assert last[0] > first[0] + 0.01  # +x at 0.15 m/s
+        np.testing.assert_allclose(first[[0, 2, 3]], [0.0, 0.2, -1.0], atol=1e-9)
+        assert 0.6 <= first[1] < 0.62  # synced to the measured position, then moving
+        assert last[1] > first[1] + 0.01  # stick forward: +y at 0.15 m/s
         # Live pause: nothing more goes out.
         assert node.set_parameters([Parameter("enabled", value=False)])[0].successful
         assert not node.set_parameters([Parameter("mode", value="leader")])[0].successful

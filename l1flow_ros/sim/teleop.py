@@ -23,8 +23,11 @@ class TeleopError(ValueError):
 
 @dataclass(frozen=True)
 class JoyConfig:
-    axes: tuple[int, ...] = (1, 0, 4)  # joystick axis per Cartesian direction x, y, z
-    axis_scale: tuple[float, ...] = (0.15, 0.15, 0.15)  # m/s at full deflection (sign flips)
+    # Joystick axis per Cartesian direction x, y, z of the base frame. Defaults for a
+    # gamepad under the joy driver: left stick sideways -> x, left stick forward -> y
+    # (away from the base), right stick vertical -> z.
+    axes: tuple[int, ...] = (0, 1, 4)
+    axis_scale: tuple[float, ...] = (-0.15, 0.15, 0.15)  # m/s at full deflection; the sign flips an axis
     deadzone: float = 0.1  # |axis| below this counts as 0
     deadman_button: int = 4  # motion only while held; -1 = always enabled
     gripper_button: int = 0  # each press toggles open (-1) / closed (+1); -1 = none
