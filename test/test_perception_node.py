@@ -373,3 +373,64 @@ def test_cameras_from_checkpoint_and_swap_by_parameter(rig_factory, assets):
     assert rig.node.set_parameters([Parameter("checkpoint", value=assets["bundle_b"])])[0].successful
     fp_b = fingerprint(assets["bundle_b"])
     assert rig.stream_until(lambda: embedding_from_msg(rig.embs[-1])[2] == fp_b)
+
+
+def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, tmp_path):
+    """Same raw messages, two routes: ROS -> perception_node, and MCAP -> dataset_build -> zarr store ->
+    ChunkDataset (what training reads). The model inputs are identical, bit for bit."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Float64MultiArray
+
+    from l1flow_ros.data.dataset_build import DatasetConfig, load_episode
+    from l1flow_ros.data.mcap_io import EpisodeWriter
+    from l1flow_ros.data.store import ChunkDataset, StoreWriter
+    from l1flow_ros.perception.embedder import Embedder
+
+    e = Embedder(assets["bundle"], warmup=False)
+    spec, dt_ns = e.obs_spec, int(round(e.period_s * 1e9))
+    rig = rig_factory(max_observation_age=5.0)
+    # Observations on the dataset's time grid: frame k stamped exactly s0 + k * dt, sent once that
+    # time has come; the next one only after the node has encoded this one (none dropped).
+    s0 = rig.now_ns() + 200_000_000
+    sent = []
+    for k in range(3):
+        stamp = s0 + k * dt_ns
+        while rig.now_ns() < stamp:
+            time.sleep(0.005)
+        msgs = rig.frame_msgs(stamp)
+        sent.append((stamp, msgs))
+        n = len(rig.embs)
+        rig.publish(msgs)
+        deadline = t_pub = time.monotonic()
+        deadline += 20
+        while len(rig.embs) == n and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if k == 0 and time.monotonic() - t_pub > 0.5:  # best effort: the first frame may race discovery
+                rig.publish(msgs)
+                t_pub = time.monotonic()
+        assert len(rig.embs) > n
+    assert rig.emb_stamps()[-3:] == [s for s, _ in sent]
+    node_input = rig.node.last_model_input
+
+    ep = tmp_path / "ep.mcap"
+    w = EpisodeWriter(ep)
+    for stamp, msgs in sent:
+        for c in CAMS:
+            w.write_raw(f"/{c}/color/image_raw", "sensor_msgs/msg/Image", serialize_message(msgs[f"{c}/color"]), stamp)
+            w.write_raw(f"/{c}/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image",
+                        serialize_message(msgs[f"{c}/depth"]), stamp)
+            w.write_raw(f"/{c}/color/camera_info", "sensor_msgs/msg/CameraInfo",
+                        serialize_message(msgs[f"{c}/info"]), stamp)
+        w.write_raw("/joint_states", "sensor_msgs/msg/JointState", serialize_message(msgs["js"]), stamp)
+        w.write_raw("/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray",
+                    serialize_message(Float64MultiArray(data=[0.0, 0.0, 0.0, 0.0])), stamp)
+    w.close(success=True)
+    cfg = DatasetConfig(observation=spec, action=e.manifest.action, calibration=assets["calib"])
+    episode = load_episode(ep, cfg)
+    store = tmp_path / "store.zarr"
+    with StoreWriter(store, spec, e.manifest.action) as sw:
+        sw.add_episode(episode.obs, episode.actions)
+    item = ChunkDataset(store)[2]["obs"]  # the last step with its n_obs_steps history
+    assert set(item) == set(node_input) == {"rgb", "points", "proprio"}
+    for k in item:
+        np.testing.assert_array_equal(item[k].numpy(), node_input[k])
