@@ -189,3 +189,31 @@ def test_cli_record_through_the_node_graph_and_offline(tmp_path):
     b = build_dataset(off, tmp_path / "b.zarr", cfg, progress=False)
     assert a.episodes_written == 1 and b.episodes_written == 1
     assert main(["record", "--task", "no-such-v3", "--demos", "1", "--out", str(off), "--offline", "--quiet"]) == 1
+
+
+def test_real_arm_episode_without_success_topic_records_unknown_success(ros_context, tmp_path):
+    from std_msgs.msg import Float64MultiArray
+
+    rec = RecorderNode(context=ros_context, parameter_overrides=[
+        Parameter("output_dir", value=str(tmp_path)), Parameter("cameras", value=[""]),
+        Parameter("joint_states_topic", value="/arm/joint_states"),
+        Parameter("extra_topics", value=["/l1flow/note:std_msgs/msg/String"]),
+    ])
+    g = Graph(ros_context, [rec])
+    try:
+        js = g.probe.create_publisher(JointState, "/arm/joint_states", 10)
+        cmd = g.probe.create_publisher(Float64MultiArray, "/forward_position_controller/commands", 10)
+        assert g.call("start").success
+        for k in range(20):
+            js.publish(JointState(name=["j1", "j2"], position=[0.1 * k, 0.0]))
+            cmd.publish(Float64MultiArray(data=[0.1 * k, 0.0]))
+            time.sleep(0.02)
+        time.sleep(0.3)
+        r = g.call("stop")
+        assert r.success
+    finally:
+        g.close()
+    meta = read_metadata(r.message)
+    assert meta["success"] is None and meta["cameras"] == []
+    counts = topics(r.message)
+    assert counts["/arm/joint_states"][1] >= 15 and counts["/forward_position_controller/commands"][1] >= 15

@@ -9,7 +9,10 @@ through Python objects), log time = receive time.
 
 Services (std_srvs/Trigger): /recorder/start opens an episode, /recorder/stop closes it
 (the response message is the file path), /recorder/discard drops it. Episode metadata
-(task, success from ``success_topic``, seed, topics, times) goes into the file.
+(task; success: true / false from ``success_topic``, null when nothing was heard on it,
+e.g. on a real arm — ``l1flow dataset build`` skips only episodes marked false; times)
+goes into the file. A user judging demonstrations by eye keeps them with stop and drops
+them with discard.
 """
 
 from __future__ import annotations
@@ -127,7 +130,10 @@ class RecorderNode(Node):
         self._lock = threading.Lock()  # guards the writer (callbacks vs services)
         self._writer: EpisodeWriter | None = None
         self._episode_start = 0.0
-        self._success = False
+        # Task success of the open episode: None = unknown (no success topic heard, e.g. a
+        # real arm), else whether the task was solved at any time while recording.
+        self._success: bool | None = None
+        self._success_latest: bool | None = None  # last value heard, recording or not
         self._n_saved = len(list(self.out_dir.glob("*.mcap")))
         self._n_discarded = 0
         self._last_error = ""
@@ -164,8 +170,9 @@ class RecorderNode(Node):
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
+            self._success_latest = bool(msg.data)
             if self._writer is not None:
-                self._success = self._success or bool(msg.data)
+                self._success = bool(self._success) or bool(msg.data)
 
     def _error(self, why: str) -> None:
         self._last_error = why
@@ -186,7 +193,7 @@ class RecorderNode(Node):
                 response.success, response.message = False, str(e)
                 return response
             self._episode_start = time.monotonic()
-            self._success = False
+            self._success = self._success_latest
             self._writer.metadata.update(
                 task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
                 joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras),
