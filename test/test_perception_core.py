@@ -355,3 +355,13 @@ def test_voxel_means_match_reference_and_ignore_input_order():
     perm = rng.permutation(3000)
     down2, _ = voxel_downsample(pts[perm], cols[perm], 0.02)
     np.testing.assert_allclose(down2, down, atol=1e-6)  # same voxels, same order
+
+
+def test_calibration_with_extra_keys_as_the_sim_writes():
+    data = {
+        "base_frame": "world",
+        "cameras": {"corner": {"parent_frame": "world", "translation": [1.0, 0.5, 0.6],
+                               "rotation": [0.0, 0.0, 0.0, 1.0], "width": 96, "height": 96, "fx": 80.0}},
+    }
+    cal = parse_calibration(data)
+    np.testing.assert_allclose(cal["corner"][:3, 3], [1.0, 0.5, 0.6])

@@ -355,9 +355,15 @@ class PerceptionNode(Node):
 
     def _on_info(self, cam: str, msg: CameraInfo) -> None:
         try:
-            self._intr[cam] = camera_info_from_msg(msg)
+            intr = camera_info_from_msg(msg)
         except MessageError as e:
             self._intr[cam] = e
+            return
+        if cam not in self._intr and any(abs(d) > 1e-6 for d in intr.distortion):
+            # Back-projection is pinhole: aligned RealSense depth / colour carry ~zero distortion.
+            self.get_logger().warning(f"camera {cam!r}: CameraInfo has non-zero distortion {intr.distortion}; "
+                                      "points are back-projected without undistortion (use rectified images)")
+        self._intr[cam] = intr
 
     def _on_checkpoint_msg(self, msg: String) -> None:
         if msg.data:

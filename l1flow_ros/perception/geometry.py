@@ -6,7 +6,8 @@ Pure numpy; no ROS. Conventions:
   with :func:`depth_to_metres`); invalid depth (0, NaN, inf, outside
   ``depth_range``) is dropped, never turned into a point;
 - camera frames are optical frames (x right, y down, z forward), as RealSense
-  and CameraInfo use;
+  and CameraInfo use; back-projection is pinhole (K only): distortion is not
+  undone, so depth must be rectified (RealSense aligned depth is);
 - every fused cloud is in the robot base frame, metres.
 
 Calibration file (YAML), one entry per camera, camera -> robot base::
