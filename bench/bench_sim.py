@@ -8,6 +8,8 @@
 2. One physics step (12.5 ms of simulated time) with the absolute-target servo, as a
    real-time factor.
 3. The scripted expert through the absolute interface: success and steps per episode.
+4. Offline demonstration recording (MCAP) and dataset building (zarr): seconds per
+   episode, for planning `l1flow record --offline` + `l1flow dataset build`.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ def main() -> None:
         ok += s
         steps.append(k)
     print(f"scripted expert: {ok}/5 solved, steps {steps} (horizon {sim.max_episode_steps})")
+
+    import tempfile
+    from pathlib import Path
+
+    import l1flow_ros.data.store  # noqa: F401  (imports torch: a one-off cost kept out of the timing)
+    from l1flow_ros.data.dataset_build import build_dataset, sim_dataset_config
+    from l1flow_ros.sim.offline_record import record_expert_episode
+
+    with tempfile.TemporaryDirectory() as tmp:
+        eps = Path(tmp) / "eps"
+        t = time.perf_counter()
+        for seed in range(3):
+            record_expert_episode(eps / f"ep{seed}.mcap", a.task, seed, tuple(a.cameras), (a.size, a.size), sim=sim)
+        rec = (time.perf_counter() - t) / 3
+        t = time.perf_counter()
+        rep = build_dataset(eps, Path(tmp) / "store.zarr", sim_dataset_config(tuple(a.cameras), (a.size, a.size)),
+                            progress=False)
+        build = (time.perf_counter() - t) / 3
+    print(f"offline record: {rec:.2f} s per episode ({len(a.cameras)} cameras at 15 Hz); "
+          f"dataset build: {build:.2f} s per episode ({rep.steps_written / 3:.0f} steps at dt 0.1 s)")
     sim.close()
 
 
