@@ -231,6 +231,21 @@ class ChunkDataset(Dataset):
         act_idx = np.clip(np.arange(t, t + self.horizon), None, self.last[t])
         return obs_idx, act_idx
 
+    def __getitems__(self, idx: list[int]) -> dict[str, Any]:
+        """A whole batch at once, (B, To, ...) and (B, H, A): what the training loop asks for."""
+        t = np.asarray(idx, dtype=np.int64)
+        if t.size and (t.min() < 0 or t.max() >= len(self)):
+            raise IndexError("batch index out of range")
+        obs_idx = np.maximum(
+            t[:, None] + np.arange(1 - self.n_obs_steps, 1), self.first[t][:, None]
+        )  # (B, To)
+        act_idx = np.minimum(t[:, None] + np.arange(self.horizon), self.last[t][:, None])  # (B, H)
+        obs = {}
+        for k in self.obs_keys:
+            v = self.arrays[k][obs_idx]
+            obs[k] = torch.from_numpy(rgb_to_float(v) if k == "rgb" else np.ascontiguousarray(v, np.float32))
+        return {"obs": obs, "action": torch.from_numpy(np.ascontiguousarray(self.arrays["action"][act_idx]))}
+
     def __getitem__(self, t: int) -> dict[str, Any]:
         t = int(t)
         if not 0 <= t < len(self):

@@ -1,0 +1,98 @@
+"""``l1flow distill``: a one-step student from a trained teacher bundle.
+
+    l1flow distill --method imle --teacher bundles/fm --data demos.zarr --out bundles/imle
+    l1flow distill --method ofp  --teacher bundles/fm --data demos.zarr --out bundles/ofp
+
+The student shares the teacher's specs and normaliser and starts from its
+weights. ``imle`` needs a flow-matching (fm) teacher; ``ofp`` self-distils
+from the teacher's initialisation against its own EMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "distill"
+HELP = "Distil a one-step student (imle | ofp) from a teacher bundle."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from l1flow_ros.commands.train import add_loop_arguments
+    from l1flow_ros.policy.objectives import ImleConfig, OfpConfig
+    from l1flow_ros.policy.train import DISTILL_METHODS
+
+    add_loop_arguments(parser)
+    parser.add_argument("--method", required=True, choices=DISTILL_METHODS)
+    parser.add_argument("--teacher", required=True, help="teacher bundle directory")
+    i, o = ImleConfig(), OfpConfig()
+    parser.add_argument(
+        "--teacher-samples", type=int, default=i.teacher_samples, help="IMLE: m per observation"
+    )
+    parser.add_argument(
+        "--student-samples", type=int, default=i.student_samples, help="IMLE: n per observation"
+    )
+    parser.add_argument("--teacher-steps", type=int, default=i.teacher_steps, help="IMLE: 0 = teacher's own")
+    parser.add_argument("--guidance", type=float, default=o.guidance, help="OFP: self-guidance weight")
+    parser.add_argument("--warm-t", type=float, default=o.warm_t, help="OFP: warm-start time t_w")
+    parser.add_argument(
+        "--warm-share", type=float, default=o.warm_share, help="OFP: batch share from warm starts"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from l1flow_ros.commands.train import loop_config
+    from l1flow_ros.data.store import ChunkDataset
+    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.objectives import ImleConfig, OfpConfig
+    from l1flow_ros.policy.train import ObjectiveConfigs, default_sampler, train
+
+    teacher = read_manifest(args.teacher)
+    normalizer = teacher.normalizer_obj()
+    ds = ChunkDataset(args.data, teacher.action.horizon, teacher.observation.n_obs_steps, normalizer)
+    if ds.obs_spec != teacher.observation:
+        raise SystemExit("the store's observation spec differs from the teacher's")
+    if ds.action_spec.names != teacher.action.names:
+        raise SystemExit(
+            f"the store's actions {ds.action_spec.names} differ from the teacher's {teacher.action.names}"
+        )
+    ofp = dataclasses.replace(
+        OfpConfig(),
+        guidance=args.guidance,
+        warm_t=args.warm_t,
+        warm_share=args.warm_share,
+        shift=teacher.action.n_action_steps,
+    )
+    cfgs = ObjectiveConfigs(
+        flow_time=teacher_flow_time(teacher),
+        imle=ImleConfig(args.teacher_samples, args.student_samples, args.teacher_steps),
+        ofp=ofp,
+    )
+    fp = train(
+        ds,
+        normalizer,
+        teacher.observation,
+        teacher.action,
+        args.out,
+        loop_config(args, args.method),
+        sampler=default_sampler(args.method, ofp),
+        cfgs=cfgs,
+        teacher_dir=args.teacher,
+        resume=args.resume,
+        info={"data": {"episodes": ds.num_episodes, "steps": len(ds)}},
+        progress=not args.no_progress,
+    )
+    if fp:
+        print(f"bundle {args.out} fingerprint {fp}")
+    return 0
+
+
+def teacher_flow_time(manifest):
+    """The teacher's training-time distribution, when it recorded one."""
+    from l1flow_ros.policy.objectives import FlowTimeConfig
+
+    try:
+        return FlowTimeConfig(**manifest.train["objective"]["flow_time"])
+    except (KeyError, TypeError):
+        return FlowTimeConfig()
