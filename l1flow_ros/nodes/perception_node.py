@@ -540,8 +540,11 @@ class PerceptionNode(Node):
 
     def _on_diag_timer(self) -> None:
         pipe = self._pipe
-        if pipe is not None and self._error is None:
-            reason = self._stale_reason(pipe, self.get_clock().now().nanoseconds)
+        now = self.get_clock().now().nanoseconds
+        # Without a fresh error from the data path, say why no embedding came lately (an old
+        # reason is replaced: the input may have changed since).
+        if pipe is not None and (self._error is None or now - self._error_ns > self.cfg.max_observation_age * 1e9):
+            reason = self._stale_reason(pipe, now)
             if reason is not None:
                 self._set_error(reason)
                 return
