@@ -10,6 +10,8 @@ deployment). Each configuration is measured side by side in one run:
   inference process on the same machine); ``gil`` = a pure-Python busy thread in the
   executor's own process (stands in for inference composed into the same process, which
   competes for the GIL);
+  ``inference`` = the real inference_node in another process (torch on CPU, the default-size
+  untrained L1 Flow bundle, embeddings at 30 Hz): its chunks drive the executor;
 - spin: busy-wait for the last ``spin_us`` before each deadline, or sleep all the way.
 
 Period error = |time between consecutive wake-ups - nominal period|. A missed tick is a
@@ -54,6 +56,53 @@ def _gil_burner(stop: threading.Event) -> None:
             x = (x * 31 + i) % 1_000_003
 
 
+def _inference_load(stop, ready, embed_hz: float) -> None:
+    """The real inference_node (torch, CPU, the package's default-size untrained L1 Flow
+    bundle) fed embeddings at ``embed_hz``: its chunks drive the executor under test."""
+    import tempfile
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from l1flow_ros.nodes.chunk_conv import embedding_to_msg
+    from l1flow_ros.nodes.inference_node import InferenceNode
+    from l1flow_ros.runtime.synthetic import default_bench_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = os.path.join(tmp, "bundle")
+        default_bench_bundle(bundle, "default")
+        ctx = Context()
+        rclpy.init(context=ctx)
+        node = InferenceNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(bundle))])
+        for step in (node.trigger_configure, node.trigger_activate):
+            assert step() == TransitionCallbackReturn.SUCCESS, step.__name__
+        head = node._switcher.active
+        feeder = rclpy.create_node("bench_embedding_feeder", context=ctx)
+        pub = feeder.create_publisher(Image, "/l1flow/embedding", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        ex = MultiThreadedExecutor(num_threads=3, context=ctx)
+        ex.add_node(node)
+        ex.add_node(feeder)
+        spin = threading.Thread(target=ex.spin, daemon=True)
+        spin.start()
+        ready.set()
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            e = rng.normal(size=head.embed_dim).astype(np.float32)
+            pub.publish(embedding_to_msg(e, feeder.get_clock().now().nanoseconds, head.fingerprint))
+            time.sleep(1.0 / embed_hz)
+        ex.shutdown()
+        spin.join(timeout=5)
+        node.close()
+        node.destroy_node()
+        feeder.destroy_node()
+        ctx.try_shutdown()
+
+
 def _bare_loop(rate: float, spin_us: int, seconds: float) -> np.ndarray:
     """The floor: a Python thread that only sleeps to the same absolute deadlines."""
     from l1flow_ros.nodes.executor_node import _sleep_until
@@ -74,7 +123,15 @@ def _bare_loop(rate: float, spin_us: int, seconds: float) -> np.ndarray:
     return np.abs(np.array(errs)) * 1e-3
 
 
-def _start_load(load: str) -> tuple[object, list]:
+def _start_load(load: str, embed_hz: float = 30.0) -> tuple[object, list]:
+    if load == "inference":
+        ctx_mp = mp.get_context("spawn")
+        stop, ready = ctx_mp.Event(), ctx_mp.Event()
+        proc = ctx_mp.Process(target=_inference_load, args=(stop, ready, embed_hz), daemon=True)
+        proc.start()
+        if not ready.wait(120):
+            raise RuntimeError("the inference node did not come up")
+        return stop, [proc]
     if load == "cpu":
         ctx_mp = mp.get_context("spawn")
         stop = ctx_mp.Event()
@@ -113,12 +170,15 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     from l1flow_ros.nodes.executor_node import ExecutorNode
     from l1flow_ros.spec import Chunk
 
-    names = ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
+    # With the real inference node the executor runs its chunks (the bundle's 4 EE actions);
+    # otherwise a 7-joint arm fed by the stand-in below.
+    names = ["ee_x", "ee_y", "ee_z", "gripper"] if load == "inference" else ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
+    dim = len(names)
     ctx = Context()
     rclpy.init(context=ctx)
     params = {
         "joint_names": names, "rate_hz": rate, "spin_us": spin_us, "gripper_joints": ["gripper"],
-        "max_velocity": [1.0] * 7, "max_acceleration": [10.0] * 7, "lower": [-3.0] * 7, "upper": [3.0] * 7,
+        "max_velocity": [1.0] * dim, "max_acceleration": [10.0] * dim, "lower": [-3.0] * dim, "upper": [3.0] * dim,
         "realtime_priority": rt_prio, "cpu_affinity": affinity, "diagnostics_period": 1.0,
         "python_switch_interval": switch_interval,
     }
@@ -141,12 +201,14 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     t_end = time.monotonic() + seconds
     while time.monotonic() < t_end:
         t = node.get_clock().now().nanoseconds
-        a = np.cumsum(rng.normal(scale=0.01, size=(16, len(names))), axis=0)
-        pub.publish(chunk_to_msg(Chunk(t, 0.1, a, tuple(names))))
+        if load != "inference":
+            a = np.cumsum(rng.normal(scale=0.01, size=(16, len(names))), axis=0)
+            pub.publish(chunk_to_msg(Chunk(t, 0.1, a, tuple(names))))
         time.sleep(1.0 / chunk_hz)
     err = np.abs(node.period_errors_ns()) * 1e-3  # us
     missed = node.timing_stats()["missed_ticks"]
-    accepted = node._scheduler.stats().accepted
+    sched = node._scheduler.stats()
+    accepted, rejected = sched.accepted, sum(sched.rejected.values())
     stop_load.set()
     for w in workers:
         w.join(timeout=5)
@@ -157,7 +219,7 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     ctx.try_shutdown()
     return {
         "periods": len(err), "p50": float(np.percentile(err, 50)), "p99": float(np.percentile(err, 99)),
-        "max": float(err.max()), "missed": missed, "chunks": accepted,
+        "max": float(err.max()), "missed": missed, "chunks": accepted, "rejected": rejected,
     }
 
 
@@ -165,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured time per configuration")
     ap.add_argument("--rates", type=float, nargs="+", default=[500.0, 1000.0])
-    ap.add_argument("--loads", nargs="+", default=["idle", "cpu", "gil"], choices=["idle", "cpu", "gil"])
+    ap.add_argument("--loads", nargs="+", default=["idle", "cpu", "gil", "inference"],
+                    choices=["idle", "cpu", "gil", "inference"])
     ap.add_argument("--spins", type=int, nargs="+", default=[200, 0], help="busy-wait before deadlines (us)")
     ap.add_argument("--chunk-hz", type=float, default=10.0, help="chunks per second from the stand-in inference")
     ap.add_argument("--realtime-priority", type=int, default=0)
@@ -178,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {platform.python_version()}, {args.seconds:.0f} s per row")
     print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
     print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks "
-          "| bare-loop p99 us | p99 / bare p99 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| chunks run / rejected | bare-loop p99 us | p99 / bare p99 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         for spin in args.spins:
             for load in args.loads:
@@ -187,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.cpu_affinity, args.switch_interval)
                 b = measure_bare(rate, load, spin, args.seconds)
                 print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                      f"{r['max']:.1f} | {r['missed']:.0f} | {b['p99']:.1f} | {r['p99'] / b['p99']:.2f} |",
+                      f"{r['max']:.1f} | {r['missed']:.0f} | {r['chunks']} / {r['rejected']} | {b['p99']:.1f} | "
+                      f"{r['p99'] / b['p99']:.2f} |",
                       flush=True)
     return 0
 
