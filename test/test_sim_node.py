@@ -176,3 +176,22 @@ def test_reset_starts_next_seeded_episode(graph):
 def test_bad_task_parameter_raises(ros_context):
     with pytest.raises(ValueError, match="task"):
         SimRobotNode(context=ros_context, parameter_overrides=[Parameter("task", value="no-task-v3")])
+
+
+@pytest.mark.parametrize("cams,expect", [("[corner, topview]", ("corner", "topview")), ('[""]', ())])
+def test_parameters_from_a_ros_params_file(ros_context, tmp_path, cams, expect):
+    params = tmp_path / "sim.yaml"
+    params.write_text(
+        "sim_robot_node:\n  ros__parameters:\n"
+        f"    task: reach-v3\n    cameras: {cams}\n    image_height: 24\n    image_width: 32\n"
+        f"    calibration_file: {tmp_path / 'calib.yaml'}\n"
+    )
+    node = SimRobotNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(params)])
+    try:
+        assert node.cfg.task == "reach-v3" and node.cfg.cameras == expect
+        assert (node.cfg.image_height, node.cfg.image_width) == (24, 32)
+        from l1flow_ros.perception.geometry import load_calibration
+
+        assert tuple(load_calibration(tmp_path / "calib.yaml")) == expect
+    finally:
+        node.destroy_node()
