@@ -365,3 +365,33 @@ def test_calibration_with_extra_keys_as_the_sim_writes():
     }
     cal = parse_calibration(data)
     np.testing.assert_allclose(cal["corner"][:3, 3], [1.0, 0.5, 0.6])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    depth_kind=st.sampled_from(["ok", "nan", "inf", "zero", "negative", "huge", "mixed", "uint16"]),
+    depth_hw=st.sampled_from([(24, 32), (12, 16), (24, 31)]),
+    color_hw=st.sampled_from([(24, 32), (5, 7), (300, 20)]),
+    proprio=st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_fuzz_frame_step_valid_or_perception_error(depth_kind, depth_hw, color_hw, proprio, seed):
+    """Whatever the sensors deliver: a step of exactly the spec's shapes with finite values, or PerceptionError."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.3, 2.0, depth_hw).astype(np.float32)
+    d = {
+        "ok": d, "nan": np.full(depth_hw, np.nan, np.float32), "inf": np.full(depth_hw, np.inf, np.float32),
+        "zero": np.zeros(depth_hw, np.float32), "negative": -d, "huge": d * 1e6,
+        "mixed": np.where(rng.random(depth_hw) < 0.5, np.nan, d).astype(np.float32),
+        "uint16": (d * 1000).astype(np.uint16),
+    }[depth_kind]
+    sp = spec(proprio_names=("ee_x", "ee_y"))
+    cams = {c: CameraFrame(color=rng.integers(0, 256, (*color_hw, 3), dtype=np.uint8), depth=d, intrinsics=INTR)
+            for c in ("front", "side")}
+    try:
+        step = frame_step(sp, RawFrames(cameras=cams, proprio=np.array(proprio)), CALIB)
+    except PerceptionError:
+        return
+    assert step["rgb"].shape == (2, 3, 16, 20) and step["rgb"].dtype == np.uint8
+    assert step["points"].shape == (32, 3) and np.isfinite(step["points"]).all()
+    assert step["proprio"].shape == (2,) and np.isfinite(step["proprio"]).all()

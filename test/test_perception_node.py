@@ -434,3 +434,14 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
     assert set(item) == set(node_input) == {"rgb", "points", "proprio"}
     for k in item:
         np.testing.assert_array_equal(item[k].numpy(), node_input[k])
+
+
+def test_realsense_source_without_camera_reports_error(rig_factory):
+    """source 'realsense' with a serial that is not connected: ERROR with the reason, node keeps running."""
+    rig = rig_factory(source="realsense", realsense_serials=["000000000000", "000000000001"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(st.level == DiagnosticStatus.ERROR for _, st in rig.diags):
+        time.sleep(0.05)
+    assert any(st.level == DiagnosticStatus.ERROR for _, st in rig.diags)
+    assert rig.fingerprint_reported()  # the encoder is loaded all the same, ready for frames
+    assert not rig.embs
