@@ -105,7 +105,8 @@ def sim_dataset_config(
 
     The gripper is a continuous dimension here (no ``gripper_indices``): Meta-World's
     experts command graded efforts (0, 0.6, 0.7, +-1), and binarising them breaks
-    assembly, basketball and shelf-place (measured: 0/4 solved instead of 4/4).
+    assembly, basketball and shelf-place (measured, seeds 0-3: 0/4, 0/4, 1/4 solved
+    instead of 4/4 each).
     """
     from l1flow_ros.sim.metaworld_env import ACTION_NAMES
 
