@@ -427,3 +427,45 @@ def test_a_stalled_tick_does_not_leap():
     _, ps2, _, _ = run(s, 350 * MS, 600 * MS)
     ref, _ = s.sample(np.array([600 * MS]))
     np.testing.assert_allclose(ps2[-1], ref[0], atol=1e-6)
+
+
+def test_concurrent_chunks_and_ticks_stay_within_limits():
+    import threading
+    import time
+
+    lim = Limits.build(3, **LIM)
+    s = ChunkScheduler(SchedulerConfig(names=NAMES, latency_margin_s=0.005), lim)
+    t_start = time.monotonic_ns()
+    s.reset(np.zeros(3), t_start)
+    rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def ticker():
+        try:
+            while not stop.is_set():
+                t = time.monotonic_ns()
+                p, v, _ = s.command(t)
+                rows.append((t, p, v))
+                time.sleep(0.001)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        now = time.monotonic_ns()
+        s.add_chunk(chunk(now - 20 * MS, rng.uniform(-0.6, 0.6, size=(16, 3))), now)
+        time.sleep(0.02)
+    stop.set()
+    th.join()
+    assert not errors
+    assert s.stats().accepted == 20
+    ts = np.array([r[0] for r in rows])
+    ps, vs = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    h = np.diff(ts) * 1e-9
+    assert np.all(ps >= lim.lower - 1e-9) and np.all(ps <= lim.upper + 1e-9)
+    assert np.all(np.abs(vs) <= lim.max_velocity + 1e-9)
+    assert np.all(np.abs(np.diff(ps, axis=0)) <= lim.max_velocity * h[:, None] + 1e-9)
+    assert np.all(np.abs(np.diff(vs, axis=0)) <= lim.max_acceleration * h[:, None] * (1 + 1e-9) + 1e-9)

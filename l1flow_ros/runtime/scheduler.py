@@ -122,11 +122,67 @@ class SchedulerStats:
     mode: Mode = Mode.HOLD
 
 
+@dataclass(frozen=True, eq=False)
+class _Snapshot:
+    version: int
+    cfg: SchedulerConfig
+    ready: bool
+    t_last: int
+    p: list[float]
+    v: list[float]
+    a_ref: list[float]
+    mode: Mode
+    wp_t: np.ndarray
+    wp_q: np.ndarray
+    wp_n: np.ndarray
+    chunk_t_obs: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Built:
+    plan: Plan
+    wp_t: np.ndarray
+    wp_q: np.ndarray
+    wp_n: np.ndarray
+    dt_ns: int
+    t_obs: int
+    executed: int
+    dropped: int
+
+
+def _splice(cfg: SchedulerConfig, snap: _Snapshot, new_t: np.ndarray, new_a: np.ndarray,
+            now: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, A) spliced waypoints and (K,) prediction counts for the new due times (K,)."""
+    ones = np.ones(new_t.shape[0])
+    old_t = snap.wp_t
+    # Blend only into a plan that is still running: a starved or held plan is stale.
+    if cfg.splice == "replace" or snap.mode != Mode.TRACK or old_t.size < 2:
+        return new_a, ones
+    inside = (new_t >= old_t[0]) & (new_t <= old_t[-1])  # (K,)
+    if not inside.any():
+        return new_a, ones
+    tf, of = new_t.astype(np.float64), old_t.astype(np.float64)
+    old_q = np.stack([np.interp(tf, of, snap.wp_q[:, j]) for j in range(new_a.shape[1])], axis=1)
+    if cfg.splice == "crossfade":
+        length = cfg.crossfade_s * 1e9 if cfg.crossfade_s > 0 else float(old_t[-1] - now)
+        w = np.clip((tf - now) / length, 0.0, 1.0) if length > 0 else ones
+        w = np.where(inside, w, 1.0)[:, None]
+        return (1.0 - w) * old_q + w * new_a, ones
+    # ensemble: the old waypoint is the weighted mean of n earlier predictions with weights
+    # exp(-k i), i = 0..n-1; the new one joins with weight exp(-k n).
+    n_old = np.where(inside, np.round(np.interp(tf, of, snap.wp_n)), 0.0)
+    k = cfg.ensemble_k
+    w_old = n_old if k == 0 else (1.0 - np.exp(-k * n_old)) / (1.0 - math.exp(-k))
+    w_new = np.exp(-k * n_old)
+    q = (w_old[:, None] * old_q + w_new[:, None] * new_a) / (w_old + w_new)[:, None]
+    return q, n_old + 1.0
+
+
 class ChunkScheduler:
     """Receding-horizon executor core (see the module docstring)."""
 
     def __init__(self, config: SchedulerConfig, limits: Limits) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._check_pair(config, limits)
         self._cfg = config
         self._limits = limits
@@ -222,19 +278,47 @@ class ChunkScheduler:
     # -- chunks ------------------------------------------------------------------------------
 
     def _reject(self, reason: str, detail: str) -> ChunkRejected:
-        self._stats.rejected[reason] += 1
-        self._stats.last_rejection = f"{reason}: {detail}"
+        with self._lock:
+            self._stats.rejected[reason] += 1
+            self._stats.last_rejection = f"{reason}: {detail}"
         return ChunkRejected(reason, detail)
+
+    def _snapshot(self) -> _Snapshot:
+        """The state a new plan is built from (call with the lock held; cheap)."""
+        return _Snapshot(
+            version=self._version, cfg=self._cfg, ready=self._p is not None, t_last=self._t_last,
+            p=list(self._p or ()), v=list(self._v), a_ref=list(self._a_ref), mode=self._mode,
+            wp_t=self._wp_t, wp_q=self._wp_q, wp_n=self._wp_n, chunk_t_obs=self._stats.chunk_t_obs_ns,
+        )
 
     def add_chunk(self, chunk: Chunk, now_ns: int) -> int:
         """Splice ``chunk`` into the plan at time ``now_ns``; returns the number of actions that
-        will be executed. Raises :class:`ChunkRejected` (nothing changes) for a bad chunk."""
-        with self._lock:
-            return self._add_chunk(chunk, int(now_ns))
+        will be executed. Raises :class:`ChunkRejected` (nothing changes) for a bad chunk.
 
-    def _add_chunk(self, chunk: Chunk, now: int) -> int:
-        cfg = self._cfg
-        if self._p is None:
+        The plan is built outside the lock (about a millisecond) from a snapshot of the state,
+        so the control thread is never blocked by it; the new plan starts from the snapshot's
+        command state, a tick or two old when the thread ticked meanwhile, which the limiter
+        absorbs. If another chunk, a stop or a reset replaced the plan meanwhile, rebuild.
+        """
+        now = int(now_ns)
+        for attempt in range(3):
+            with self._lock:
+                snap = self._snapshot()
+            if attempt == 2:  # contended: build under the lock (RLock: _reject may lock again)
+                with self._lock:
+                    snap = self._snapshot()
+                    built = self._prepare(chunk, now, snap)
+                    return self._commit(built, now)
+            built = self._prepare(chunk, now, snap)
+            with self._lock:
+                if self._version == snap.version:
+                    return self._commit(built, now)
+        raise AssertionError("unreachable")
+
+    def _prepare(self, chunk: Chunk, now: int, snap: _Snapshot) -> _Built:
+        """Validate ``chunk`` and build its plan from ``snap``; raises ChunkRejected."""
+        cfg = snap.cfg
+        if not snap.ready:
             raise self._reject("not_ready", "the scheduler has no state yet (reset() first)")
         if chunk.names and tuple(chunk.names) != cfg.names:
             raise self._reject("names", f"chunk names {tuple(chunk.names)} != {cfg.names}")
@@ -258,7 +342,7 @@ class ChunkScheduler:
         if t_obs < now - int(cfg.max_age_s * 1e9):
             raise self._reject("too_old", f"observation is {(now - t_obs) * 1e-9:.3f} s old "
                                           f"(max {cfg.max_age_s} s)")
-        if self._stats.chunk_t_obs_ns is not None and t_obs < self._stats.chunk_t_obs_ns:
+        if snap.chunk_t_obs is not None and t_obs < snap.chunk_t_obs:
             raise self._reject("out_of_order", "observation older than the running chunk's")
 
         horizon = a.shape[0]
@@ -266,62 +350,39 @@ class ChunkScheduler:
         due = t_obs + dt_ns * np.arange(1, horizon + 1, dtype=np.int64)  # (H,)
         n_exec = horizon if cfg.execute_steps == 0 else min(horizon, cfg.execute_steps)
         # Latency compensation: the first action we may still send is due after this.
-        threshold = max(now + int(round(cfg.latency_margin_s * 1e9)), self._t_last)
+        threshold = max(now + int(round(cfg.latency_margin_s * 1e9)), snap.t_last)
         keep = due > threshold
         if not keep[:n_exec].any():
             raise self._reject("stale", f"every executable action is due before now + margin "
                                         f"({cfg.latency_margin_s} s)")
         new_t, new_a = due[keep], a[keep]
         executable = (np.arange(horizon) < n_exec)[keep]
-        q, n = self._splice(new_t, new_a, now)
+        q, n = _splice(cfg, snap, new_t, new_a, now)
 
         # The plan starts from the state of the last command, so position and velocity are
-        # continuous whatever the new waypoints are.
-        # If the control thread has not ticked since (now > last tick), start at now from the
-        # last state moved on at its velocity (zero when holding).
-        t0 = max(self._t_last, now)
-        v0 = np.array(self._v)
-        p0 = np.array(self._p) + v0 * ((t0 - self._t_last) * 1e-9)
-        self._plan = Plan.through(
-            t0, p0, v0, np.array(self._a_ref), new_t[executable], q[executable], cfg.interpolation,
-        )
-        self._wp_t, self._wp_q, self._wp_n = new_t, q, n
+        # continuous whatever the new waypoints are. If the control thread has not ticked
+        # since (now > last tick), start at now from that state moved on at its velocity.
+        t0 = max(snap.t_last, now)
+        v0 = np.array(snap.v)
+        p0 = np.array(snap.p) + v0 * ((t0 - snap.t_last) * 1e-9)
+        plan = Plan.through(t0, p0, v0, np.array(snap.a_ref), new_t[executable], q[executable],
+                            cfg.interpolation)
+        return _Built(plan=plan, wp_t=new_t, wp_q=q, wp_n=n, dt_ns=dt_ns, t_obs=t_obs,
+                      executed=int(executable.sum()), dropped=int(n_exec - executable.sum()))
+
+    def _commit(self, b: _Built, now: int) -> int:
+        """Install a prepared plan (lock held)."""
+        self._plan = b.plan
+        self._wp_t, self._wp_q, self._wp_n = b.wp_t, b.wp_q, b.wp_n
         self._version += 1
-        self._chunk_dt_ns = dt_ns
+        self._chunk_dt_ns = b.dt_ns
         self._mode = Mode.TRACK
         st = self._stats
         st.accepted += 1
-        st.dropped_stale_actions += int(n_exec - executable.sum())
-        st.chunk_t_obs_ns, st.chunk_received_ns = t_obs, now
+        st.dropped_stale_actions += b.dropped
+        st.chunk_t_obs_ns, st.chunk_received_ns = b.t_obs, now
         st.mode = Mode.TRACK
-        return int(executable.sum())
-
-    def _splice(self, new_t: np.ndarray, new_a: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
-        """(K, A) spliced waypoints and (K,) prediction counts for the new due times."""
-        cfg = self._cfg
-        ones = np.ones(new_t.shape[0])
-        old_t = self._wp_t
-        # Blend only into a plan that is still running: a starved or held plan is stale.
-        if cfg.splice == "replace" or self._mode != Mode.TRACK or old_t.size < 2:
-            return new_a, ones
-        inside = (new_t >= old_t[0]) & (new_t <= old_t[-1])  # (K,)
-        if not inside.any():
-            return new_a, ones
-        tf, of = new_t.astype(np.float64), old_t.astype(np.float64)
-        old_q = np.stack([np.interp(tf, of, self._wp_q[:, j]) for j in range(new_a.shape[1])], axis=1)
-        if cfg.splice == "crossfade":
-            length = cfg.crossfade_s * 1e9 if cfg.crossfade_s > 0 else float(old_t[-1] - now)
-            w = np.clip((tf - now) / length, 0.0, 1.0) if length > 0 else ones
-            w = np.where(inside, w, 1.0)[:, None]
-            return (1.0 - w) * old_q + w * new_a, ones
-        # ensemble: the old waypoint is the weighted mean of n earlier predictions with weights
-        # exp(-k i), i = 0..n-1; the new one joins with weight exp(-k n).
-        n_old = np.where(inside, np.round(np.interp(tf, of, self._wp_n)), 0.0)
-        k = cfg.ensemble_k
-        w_old = n_old if k == 0 else (1.0 - np.exp(-k * n_old)) / (1.0 - math.exp(-k))
-        w_new = np.exp(-k * n_old)
-        q = (w_old[:, None] * old_q + w_new[:, None] * new_a) / (w_old + w_new)[:, None]
-        return q, n_old + 1.0
+        return b.executed
 
     # -- control tick --------------------------------------------------------------------------
 
