@@ -3,8 +3,8 @@
 One episode = one ``.mcap`` file with the ``ros2`` profile: schemas are ROS 2 message
 definitions (encoding ``ros2msg``, the text rosbag2 stores: the type's ``.msg`` followed
 by every nested type's, separated by ``=====`` lines), channels carry CDR-serialised
-messages, exactly as ``ros2 bag record -s mcap`` writes them, so ``ros2 bag info``, the
-``rosbags`` library and Foxglove read the files.
+messages — the layout ``ros2 bag record -s mcap`` writes — so rosbag2 (``ros2 bag info``,
+``ros2 bag play``), the ``rosbags`` library (tested) and Foxglove read the files.
 
 The ``.msg`` files come from the ROS installation: ``share/<pkg>/msg/`` under every
 prefix of ``AMENT_PREFIX_PATH`` and under this Python environment's prefix (where the
