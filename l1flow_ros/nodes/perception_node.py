@@ -203,12 +203,9 @@ class PerceptionNode(Node):
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
         self._calib: dict[str, np.ndarray] = {}
         self._calib_error: str | None = None
-        if self.cfg.calibration_file:
-            try:
-                self._calib = load_calibration(self.cfg.calibration_file)
-            except PerceptionError as e:
-                self._calib_error = str(e)
-                self.get_logger().error(f"calibration: {e}")
+        self._load_calibration()
+        self._retry_path: str | None = None  # a checkpoint that failed while no encoder runs
+        self._retry_t = 0.0
 
         self._sensor_group = ReentrantCallbackGroup()
         self._ctl_group = MutuallyExclusiveCallbackGroup()
@@ -275,6 +272,16 @@ class PerceptionNode(Node):
         elif "slop" in names and self.cfg.slop != old.slop and self._pipe is not None:
             with self._lock:
                 self._pipe = replace(self._pipe, sync=self._new_sync(self._pipe.embedder.obs_spec))
+
+    def _load_calibration(self) -> None:
+        """(Re)read the calibration file; an error is kept and reported when a bundle needs points."""
+        if not self.cfg.calibration_file:
+            return
+        try:
+            self._calib = load_calibration(self.cfg.calibration_file)
+            self._calib_error = None
+        except PerceptionError as e:
+            self._calib_error = str(e)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -389,12 +396,17 @@ class PerceptionNode(Node):
                     if read_manifest(path, check_weights=False).fingerprint == cur.embedder.fingerprint:
                         continue
                 emb = Embedder(path, self.cfg.encoder_backend, device=self.cfg.encoder_device)
+                if self._calib_error or not self._calib:
+                    self._load_calibration()  # e.g. the simulator writes it after this node started
                 self._check_bundle(emb.obs_spec)
                 if emb.obs_spec.num_points > 0:
                     geometry_warmup()
             except Exception as e:  # a bad bundle never stops the node; the old encoder keeps running
                 self._set_ckpt_error(f"checkpoint {path} not loaded: {e}")
+                # With no encoder at all, retry later (a calibration or export still being written).
+                self._retry_path = path if self._pipe is None else None
                 continue
+            self._retry_path = None
             self._ensure_subscriptions(emb.obs_spec.cameras)
             pipe = _Pipeline(emb, ObservationHistory(emb.obs_spec.n_obs_steps, emb.period_s),
                              self._new_sync(emb.obs_spec))
@@ -519,8 +531,9 @@ class PerceptionNode(Node):
 
     def _set_ckpt_error(self, reason: str) -> None:
         """A checkpoint that could not be loaded: ERROR while no encoder runs, else WARN (old one runs)."""
+        if reason != self._ckpt_error:
+            self.get_logger().error(reason)
         self._ckpt_error = reason
-        self.get_logger().error(reason)
         self._publish_diag(on_change=True)
 
     def _stale_reason(self, pipe: _Pipeline, now_ns: int) -> str | None:
@@ -541,6 +554,9 @@ class PerceptionNode(Node):
     def _on_diag_timer(self) -> None:
         pipe = self._pipe
         now = self.get_clock().now().nanoseconds
+        if pipe is None and self._retry_path and time.monotonic() - self._retry_t > 2.0:
+            self._retry_t = time.monotonic()
+            self._load_queue.put((self._retry_path, True))
         # Without a fresh error from the data path, say why no embedding came lately (an old
         # reason is replaced: the input may have changed since).
         if pipe is not None and (self._error is None or now - self._error_ns > self.cfg.max_observation_age * 1e9):
