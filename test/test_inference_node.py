@@ -254,3 +254,36 @@ def test_tail_from_msg_reorders_and_rejects():
     msg.points[1].positions = [float("nan"), 0.0]
     with pytest.raises(MessageError):
         tail_from_msg(msg, ("a", "b"))
+
+
+def test_onnxruntime_backend_needs_export_then_runs(ros_context, tmp_path):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from l1flow_ros.nodes.chunk_conv import chunk_from_msg
+    from l1flow_ros.runtime.export import export_bundle
+    from l1flow_ros.runtime.runner import PolicyRunner
+
+    raw, exported = tmp_path / "raw", tmp_path / "exported"
+    make_bundle(raw, seed=6)
+    make_bundle(exported, seed=6)
+    export_bundle(exported)
+    rig = Rig(ros_context, {"checkpoint": str(raw), "backend": "onnxruntime", "seed": 2})
+    try:
+        assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert rig.wait(lambda: any("l1flow export" in d.message for d in rig.diags))
+        # While unconfigured, a set is validated too: the unexported bundle is refused again.
+        assert not rig.node.set_parameters([Parameter("checkpoint", value=str(raw))])[0].successful
+        assert rig.node.set_parameters([Parameter("checkpoint", value=str(exported))])[0].successful
+        assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        rig.wait_connected()
+        fp = rig.node._switcher.active.fingerprint
+        e = np.linspace(0, 1, 32).astype(np.float32)
+        rig.pub_emb.publish(_emb_msg(e, 77, fp))
+        assert rig.wait(lambda: rig.chunks)
+        got = chunk_from_msg(rig.chunks[0], TINY_ACTION.names).actions
+        want = PolicyRunner.open(exported, "torch", seed=2, threads=1).act(e, 77).actions
+        np.testing.assert_allclose(got, want, atol=1e-4)  # onnxruntime node == torch reference
+    finally:
+        rig.close()
