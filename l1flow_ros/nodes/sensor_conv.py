@@ -308,7 +308,8 @@ def camera_frame_from_msgs(
     Sizes are checked against the CameraInfo when there is one: the colour image
     and the depth aligned to it must both have the CameraInfo's size.
     """
-    intr = camera_info_from_msg(info) if isinstance(info, CameraInfo) else info
+    # Duck-typed: rclpy messages and messages decoded from MCAP files (dataset building) alike.
+    intr = info if info is None or isinstance(info, CameraIntrinsics) else camera_info_from_msg(info)
     size = (intr.width, intr.height) if intr is not None else None
     frame = CameraFrame(intrinsics=intr)
     stamps = []
