@@ -41,6 +41,9 @@ class ImleConfig:
     teacher_samples: int = 8  # m per observation
     student_samples: int = 8  # n per observation
     teacher_steps: int = 0  # sampler steps for the teacher; 0 = the teacher bundle's own
+    # What the student starts from: "encoder" (the teacher's trained encoder, a fresh head: the
+    # teacher's head predicts velocities, not chunks), "teacher" (everything) or "scratch".
+    init: str = "encoder"
 
 
 @dataclass(frozen=True)

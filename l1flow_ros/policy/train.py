@@ -237,8 +237,14 @@ def train(
         model_cfg = dataclasses.replace(t_manifest.model, prediction=prediction_for(sampler.kind))
     model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
     if teacher is not None:
-        # Student starts as the teacher (a flow map's r-embedding starts at zero: same function).
-        model.load_state_dict(teacher.state_dict(), strict=False)
+        init = cfgs.imle.init if cfg.objective == "imle" else "teacher"
+        if init == "teacher":
+            # A flow map's r-embedding starts at zero: the OFP student starts as the teacher.
+            model.load_state_dict(teacher.state_dict(), strict=False)
+        elif init == "encoder":
+            model.encoder.load_state_dict(teacher.encoder.state_dict())
+        elif init != "scratch":
+            raise ValueError(f"imle init {init!r} not in ('encoder', 'teacher', 'scratch')")
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     loss_module = LossModule(model, cfg.objective, cfgs, teacher=teacher, ema=ema)

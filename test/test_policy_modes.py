@@ -1,0 +1,44 @@
+"""The 2-D two-mode task: generative policies keep both modes, regression collapses between them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from l1flow_ros.policy import toy
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: extra threads only contend
+    yield
+    torch.set_num_threads(n)
+
+
+def test_demonstrations_are_bimodal():
+    proprio, chunks, side = toy.demonstrations(2000, seed=3)
+    assert 0.45 < side.mean() < 0.55
+    st = toy.mode_stats(proprio[:, 1], chunks)
+    assert st.near_mode == 1.0 and abs(st.left - (1 - side.mean())) < 1e-9
+    # The average of the two modes is far from both: what collapse looks like.
+    mean_path = toy.mode_paths(proprio[:, 1]).mean(axis=1)
+    assert toy.mode_stats(proprio[:, 1], mean_path).near_mode == 0.0
+
+
+def test_mode_coverage(tmp_path):
+    y0 = np.random.default_rng(11).uniform(-toy.Y0_RANGE, toy.Y0_RANGE, 400)
+    stats = {}
+    for method in ("regression", "l1flow", "fm", "imle"):
+        teacher = tmp_path / "fm" if method == "imle" else None
+        manifest, model = toy.train_toy(method, tmp_path / method, teacher_dir=teacher)
+        chunks = toy.sample_policy(model, manifest.normalizer_obj(), y0, seed=1)
+        stats[method] = toy.mode_stats(y0, chunks)
+    for method in ("l1flow", "fm", "imle"):
+        st = stats[method]
+        assert st.near_mode >= 0.9, (method, st)
+        assert 0.3 <= st.left <= 0.7, (method, st)
+    reg = stats["regression"]
+    assert not reg.bimodal_ok, reg
+    assert reg.mean_error > 2 * max(stats[m].mean_error for m in ("l1flow", "fm", "imle")), stats
