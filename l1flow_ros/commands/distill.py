@@ -4,8 +4,9 @@
     l1flow distill --method ofp  --teacher bundles/fm --data demos.zarr --out bundles/ofp
 
 The student shares the teacher's specs and normaliser and starts from its
-weights. ``imle`` needs a flow-matching (fm) teacher; ``ofp`` self-distils
-from the teacher's initialisation against its own EMA.
+weights (IMLE: its encoder). ``imle`` needs a flow-matching (fm) teacher;
+``ofp`` self-distils against its own EMA, from the teacher's weights when
+one is given, else from scratch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_loop_arguments(parser)
     parser.add_argument("--method", required=True, choices=DISTILL_METHODS)
-    parser.add_argument("--teacher", required=True, help="teacher bundle directory")
+    parser.add_argument(
+        "--teacher",
+        help="teacher bundle (required for imle; ofp starts from it when given, else from scratch)",
+    )
     i, o = ImleConfig(), OfpConfig()
     parser.add_argument(
         "--teacher-samples", type=int, default=i.teacher_samples, help="IMLE: m per observation"
@@ -43,37 +47,43 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from l1flow_ros.commands.train import loop_config
-    from l1flow_ros.data.store import ChunkDataset
+    from l1flow_ros.data.store import ChunkDataset, compute_normalizer
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.policy.objectives import ImleConfig, OfpConfig
+    from l1flow_ros.policy.objectives import FlowTimeConfig, ImleConfig, OfpConfig
     from l1flow_ros.policy.train import ObjectiveConfigs, default_sampler, train
 
-    teacher = read_manifest(args.teacher)
-    normalizer = teacher.normalizer_obj()
-    ds = ChunkDataset(args.data, teacher.action.horizon, teacher.observation.n_obs_steps, normalizer)
-    if ds.obs_spec != teacher.observation:
-        raise SystemExit("the store's observation spec differs from the teacher's")
-    if ds.action_spec.names != teacher.action.names:
-        raise SystemExit(
-            f"the store's actions {ds.action_spec.names} differ from the teacher's {teacher.action.names}"
-        )
+    if args.teacher:
+        teacher = read_manifest(args.teacher)
+        normalizer = teacher.normalizer_obj()
+        ds = ChunkDataset(args.data, teacher.action.horizon, teacher.observation.n_obs_steps, normalizer)
+        if ds.obs_spec != teacher.observation:
+            raise SystemExit("the store's observation spec differs from the teacher's")
+        if ds.action_spec.names != teacher.action.names:
+            raise SystemExit(f"the store's actions {ds.action_spec.names} differ from the teacher's")
+        obs_spec, action_spec, flow_time = teacher.observation, teacher.action, teacher_flow_time(teacher)
+    elif args.method == "imle":
+        raise SystemExit("imle distils a teacher: give --teacher")
+    else:  # OFP from scratch: self-distillation needs no teacher
+        normalizer = compute_normalizer(args.data)
+        ds = ChunkDataset(args.data, normalizer=normalizer)
+        obs_spec, action_spec, flow_time = ds.obs_spec, ds.action_spec, FlowTimeConfig()
     ofp = dataclasses.replace(
         OfpConfig(),
         guidance=args.guidance,
         warm_t=args.warm_t,
         warm_share=args.warm_share,
-        shift=teacher.action.n_action_steps,
+        shift=action_spec.n_action_steps,
     )
     cfgs = ObjectiveConfigs(
-        flow_time=teacher_flow_time(teacher),
+        flow_time=flow_time,
         imle=ImleConfig(args.teacher_samples, args.student_samples, args.teacher_steps),
         ofp=ofp,
     )
     fp = train(
         ds,
         normalizer,
-        teacher.observation,
-        teacher.action,
+        obs_spec,
+        action_spec,
         args.out,
         loop_config(args, args.method),
         sampler=default_sampler(args.method, ofp),

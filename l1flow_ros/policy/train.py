@@ -202,7 +202,8 @@ def train(
     ``dataset`` items are ``{"obs": {k: (To, ...)}, "action": (H, A)}``, already
     normalised with ``normalizer`` (as :class:`~l1flow_ros.data.store.ChunkDataset` gives).
     For ``imle`` / ``ofp``, ``teacher_dir`` names a trained bundle: the student
-    starts from its weights and must share its specs and normaliser.
+    starts from (part of) its weights and must share its specs and normaliser.
+    OFP also trains from scratch (no teacher), as self-distillation.
     """
     cfgs = cfgs or ObjectiveConfigs()
     distill = cfg.objective in DISTILL_METHODS
@@ -223,9 +224,9 @@ def train(
     sampler = sampler or default_sampler(cfg.objective, cfgs.ofp)
     if model_cfg is None:
         model_cfg = ModelConfig(prediction=prediction_for(sampler.kind))
-    if distill:
-        if teacher_dir is None:
-            raise ValueError(f"{cfg.objective} distillation needs a teacher bundle")
+    if cfg.objective == "imle" and teacher_dir is None:
+        raise ValueError("IMLE distillation needs a teacher bundle")
+    if distill and teacher_dir is not None:
         t_manifest, teacher = load_bundle(teacher_dir, device=str(device))
         if cfg.objective == "imle" and t_manifest.model.prediction != "velocity":
             raise ValueError("IMLE distils a flow-matching (fm) teacher")
@@ -302,7 +303,7 @@ def train(
             "world_size": world,
             **(info or {}),
         }
-        if distill:
+        if teacher is not None:
             meta["teacher"] = t_manifest.fingerprint
         fp = save_bundle(out, ema, make_manifest(ema, normalizer, meta))
         state = {
