@@ -17,14 +17,22 @@ allows, for sweeps over many seeds and samplers:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from l1flow_ros.perception.geometry import CameraIntrinsics
-from l1flow_ros.perception.preprocess import CameraFrame, RawFrames
+from l1flow_ros.perception.preprocess import (
+    CameraFrame,
+    ObservationHistory,
+    RawFrames,
+    frame_step,
+    step_to_model,
+)
 from l1flow_ros.sim.metaworld_env import JOINT_NAMES, MetaWorldSim, SimError
 
 
@@ -108,3 +116,81 @@ def rollout(
                 break
         target = sim.check_target(goal)
     return RolloutResult(int(seed), bool(sim.success), steps, chunks, (t - t0_ns) * 1e-9)
+
+
+def sim_calibration(sim: MetaWorldSim) -> dict[str, np.ndarray]:
+    """{camera: 4x4 camera -> base} of the simulator's cameras (fixed cameras: constant)."""
+    return {c: sim.camera_model(c).T_world_cam for c in sim.cfg.cameras}
+
+
+class BundlePolicy:
+    """A checkpoint bundle as a :class:`RolloutPolicy`: the perception node's preprocessing
+    (frame_step + ObservationHistory at the action dt) and the runtime's PolicyRunner.
+
+    ``latencies_s`` collects the wall time of each chunk (encode + sample).
+    """
+
+    def __init__(self, bundle_dir: str | Path, backend: str = "torch", seed: int = 0,
+                 calibration: dict[str, np.ndarray] | None = None, **opts: Any) -> None:
+        from l1flow_ros.runtime.runner import PolicyRunner
+
+        self.runner = PolicyRunner.open(bundle_dir, backend, seed=seed, with_encoder=True, warm_start=False, **opts)
+        self.runner.warmup(2)  # first-call costs stay out of the latencies
+        self.obs_spec = self.runner.manifest.observation
+        self.action_spec = self.runner.manifest.action
+        self.calibration = calibration
+        self.history = ObservationHistory(self.obs_spec.n_obs_steps, period_s=self.action_spec.dt)
+        self.latencies_s: list[float] = []
+        self._t_ns = 0
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def observe(self, frames: RawFrames) -> None:
+        step = step_to_model(frame_step(self.obs_spec, frames, self.calibration))
+        self.history.push(frames.stamp_ns, step)
+        self._t_ns = frames.stamp_ns
+
+    def act(self) -> np.ndarray:
+        t = time.perf_counter()
+        emb = self.runner.encode(self.history.get())
+        actions = self.runner.act(emb, self._t_ns).actions  # (H, A)
+        self.latencies_s.append(time.perf_counter() - t)
+        return actions
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    task: str,
+    seeds: Sequence[int],
+    backend: str = "torch",
+    render_size: tuple[int, int] | None = None,
+    max_steps: int | None = None,
+    **opts: Any,
+) -> tuple[list[RolloutResult], list[float]]:
+    """Seeded episodes of a bundle on ``task`` -> (results, chunk latencies in seconds).
+
+    Cameras and proprio come from the bundle's observation spec; images are rendered at
+    ``render_size`` (default: the spec's image size) and go through the same
+    preprocessing as in training.
+    """
+    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.sim.metaworld_env import SimConfig
+
+    m = read_manifest(bundle_dir)
+    o, a = m.observation, m.action
+    cams = tuple(o.cameras) if (o.use_rgb or o.num_points > 0) else ()
+    sim = MetaWorldSim(SimConfig(task=task, cameras=cams, image_size=tuple(render_size or o.image_size)))
+    pol = BundlePolicy(bundle_dir, backend, calibration=sim_calibration(sim), **opts)
+    try:
+        results = [
+            rollout(sim, pol, s, a.dt, a.n_action_steps, o.proprio_names, max_steps, depth=o.num_points > 0)
+            for s in seeds
+        ]
+    finally:
+        pol.close()
+        sim.close()
+    return results, list(pol.latencies_s)
