@@ -188,3 +188,30 @@ def test_ddp_two_cpu_processes(store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = read_manifest(out)
     assert m.train["world_size"] == 2 and m.train["step"] == 4
+
+
+@pytest.mark.gpu
+def test_diffusion_policy_size_trains_on_cuda_bf16():
+    from l1flow_ros.policy.model import ModelConfig, PolicyModel
+    from l1flow_ros.policy.unet import UNET_DP
+    from l1flow_ros.spec import SamplerSpec
+
+    model = PolicyModel(OBS, ACT, SamplerSpec(), ModelConfig(unet=UNET_DP)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    obs = {
+        "rgb": torch.rand(8, 1, 1, 3, 16, 16, device="cuda"),
+        "proprio": torch.randn(8, 1, 4, device="cuda"),
+    }
+    x1 = torch.rand(8, 8, 4, device="cuda") * 2 - 1
+    losses = []
+    for _ in range(5):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = O.l1flow_loss(model.head, model.encode(obs), x1, O.FlowTimeConfig())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    with torch.no_grad():
+        a = model(obs, torch.randn(8, 8, 4, device="cuda"))
+    assert a.shape == (8, 8, 4) and torch.isfinite(a).all()
