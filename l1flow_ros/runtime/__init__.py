@@ -1,0 +1,12 @@
+"""Deployment runtime (no ROS): running a checkpoint bundle fast and swapping it safely.
+
+- ``backends``: one protocol, ``open_encoder`` / ``open_policy`` -> ``run`` on numpy arrays,
+  over torch (eager), onnxruntime (TensorRT EP -> CUDA EP -> CPU) and native TensorRT
+  (``trt_backend``: cached engines, pinned buffers, CUDA graphs; ``engine_cache``,
+  ``onnx_fp16``).
+- ``export``: ``encoder.onnx`` / ``policy.onnx`` with the sampler unrolled, parity-checked.
+- ``runner``: ``PolicyRunner``, normalisation, seeded noise and warm start around a backend.
+- ``checkpoint`` / ``hotswap``: validation of a new bundle and the head switch by fingerprint.
+- ``bench`` / ``synthetic``: sampler x backend latency on variants of one architecture.
+- ``scheduler`` / ``safety`` / ``interp``: the executor's receding-horizon core.
+"""
