@@ -10,6 +10,9 @@
 3. The scripted expert through the absolute interface: success and steps per episode.
 4. Offline demonstration recording (MCAP) and dataset building (zarr): seconds per
    episode, for planning `l1flow record --offline` + `l1flow dataset build`.
+
+``--all-tasks N`` instead builds every Meta-World v3 task (with a camera rendered) and
+runs its scripted expert on seeds 0..N-1 through the absolute-target interface.
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--cameras", nargs="+", default=["corner", "topview"])
+    ap.add_argument("--all-tasks", type=int, default=0, metavar="N", help="expert sweep over all tasks, N seeds")
     a = ap.parse_args()
+    if a.all_tasks:
+        all_tasks(a.all_tasks)
+        return
 
     sim = MetaWorldSim(SimConfig(task=a.task, cameras=tuple(a.cameras), image_size=(a.size, a.size)))
     sim.reset(0)
@@ -109,6 +116,22 @@ def main() -> None:
     print(f"offline record: {rec:.2f} s per episode ({len(a.cameras)} cameras at 15 Hz); "
           f"dataset build: {build:.2f} s per episode ({rep.steps_written / 3:.0f} steps at dt 0.1 s)")
     sim.close()
+
+
+def all_tasks(n: int) -> None:
+    from l1flow_ros.sim.metaworld_env import task_names
+
+    total = solved = 0
+    print("| task | solved | steps |\n|---|---:|---|")
+    for task in task_names():
+        sim = MetaWorldSim(SimConfig(task=task, cameras=("corner",), image_size=(16, 16)))
+        sim.render("corner")
+        res = [run_expert_episode(sim, s) for s in range(n)]
+        sim.close()
+        k = sum(ok for ok, _ in res)
+        total, solved = total + n, solved + k
+        print(f"| {task} | {k}/{n} | {[steps for _, steps in res]} |", flush=True)
+    print(f"all tasks: {solved}/{total} episodes solved")
 
 
 if __name__ == "__main__":
