@@ -408,3 +408,22 @@ def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
 
     assert h.wait(lambda: h.last_diag() is not None and h.last_diag().level == DiagnosticStatus.ERROR, 5.0)
+
+
+def test_parameter_files_may_write_integers_for_floats(ros_context):
+    from rclpy.parameter import Parameter
+
+    from l1flow_ros.nodes.executor_node import ExecutorNode
+
+    node = ExecutorNode(context=ros_context, parameter_overrides=[
+        Parameter("rate_hz", value=200), Parameter("max_velocity", value=[1, 1, 2, 10]),
+        Parameter("lower", value=[])])
+    try:
+        assert node.config.rate_hz == 200.0 and node.config.max_velocity == (1.0, 1.0, 2.0, 10.0)
+        assert node.config.lower == ()
+    finally:
+        node.destroy_node()
+    with pytest.raises(ValueError, match="rate_hz"):
+        ExecutorNode(context=ros_context, parameter_overrides=[Parameter("rate_hz", value="fast")])
+    with pytest.raises(ValueError, match="output"):
+        ExecutorNode(context=ros_context, parameter_overrides=[Parameter("output", value="torque")])

@@ -43,7 +43,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -214,6 +213,20 @@ class ExecutorConfig:
                       gripper_threshold=0.5 * (self.gripper_open + self.gripper_closed))
 
 
+def _coerce(ptype: Parameter.Type, value: object) -> object:
+    """Parameter files often say 500 for 500.0 and [1, 2] for [1.0, 2.0]: accept integers for
+    floating-point parameters; anything else is left for Parameter() to type-check."""
+    def num(x: object) -> object:
+        return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+    if ptype == _D:
+        return num(value)
+    if ptype in (_DA, _IA, _SA) and value is not None and not isinstance(value, str):
+        items = list(value)
+        return [num(x) for x in items] if ptype == _DA else items
+    return value
+
+
 def _sleep_until(deadline_ns: int, spin_ns: int) -> None:
     """Sleep to an absolute monotonic deadline; the last ``spin_ns`` are busy-waited, because
     waking from sleep costs tens to hundreds of microseconds of scheduler latency."""
@@ -229,21 +242,29 @@ class ExecutorNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        try:
+            self._setup()
+        except Exception:
+            super().destroy_node()  # a bad configuration leaves nothing running
+            raise
+
+    def _setup(self) -> None:
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy: name -> Parameter
         for name, (ptype, default, text, read_only) in PARAMETERS.items():
-            if default != []:
-                desc = ParameterDescriptor(description=text, read_only=read_only)
-                self.declare_parameter(name, Parameter(name, ptype, default).value, desc)
-                continue
-            # An empty list has no element type: declare by type and fill the default (read-only
-            # ones are then enforced in _validate_parameters).
-            desc = ParameterDescriptor(description=text)
-            try:
-                p = self.declare_parameter(name, ptype, desc)
-            except InvalidParameterTypeException:
-                # An override of [] arrives untyped (BYTE_ARRAY): it means the empty default.
-                p = self.declare_parameter(name, ptype, desc, ignore_override=True)
-            if p.value is None:
-                self.set_parameters([Parameter(name, ptype, default)])
+            given = overrides[name].value if name in overrides else None  # [] in a YAML file gives None
+            value = default if given is None else _coerce(ptype, given)
+            if isinstance(value, list) and not value:
+                # An empty list has no element type: declare by type, then set the typed empty
+                # list (read-only ones are enforced in _validate_parameters).
+                self.declare_parameter(name, ptype, ParameterDescriptor(description=text), ignore_override=True)
+                self.set_parameters([Parameter(name, ptype, [])])
+            else:
+                try:
+                    typed = Parameter(name, ptype, value).value
+                except (TypeError, ValueError):
+                    raise ValueError(f"parameter {name}: expected {ptype.name}, got {value!r}") from None
+                self.declare_parameter(name, typed, ParameterDescriptor(description=text, read_only=read_only),
+                                       ignore_override=True)
         self._cfg = ExecutorConfig.from_values(self._values())
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -597,15 +618,20 @@ class ExecutorNode(Node):
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = ns_to_stamp(now)
-        self._diag_pub.publish(msg)
+        try:
+            self._diag_pub.publish(msg)
+        except Exception:  # the publisher is gone: the node is shutting down
+            pass
 
     # -- shutdown -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the control thread (idempotent)."""
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2.0)
+        """Stop the control thread (idempotent; safe after a failed __init__)."""
+        stop, thread = getattr(self, "_stop", None), getattr(self, "_thread", None)
+        if stop is not None:
+            stop.set()
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout=2.0)
 
     def destroy_node(self) -> None:
         self.close()
