@@ -19,8 +19,7 @@ HELP = "Distil a one-step student (imle | ofp) from a teacher bundle."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from l1flow_ros.commands.train import add_loop_arguments
-    from l1flow_ros.policy.objectives import ImleConfig, OfpConfig
-    from l1flow_ros.policy.train import DISTILL_METHODS
+    from l1flow_ros.policy.config import DISTILL_METHODS, ImleConfig, OfpConfig
 
     add_loop_arguments(parser)
     parser.add_argument("--method", required=True, choices=DISTILL_METHODS)

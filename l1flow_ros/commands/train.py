@@ -14,7 +14,7 @@ HELP = "Train a policy (l1flow | fm | ddpm | regression) on a zarr store into a 
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the training loop, shared with ``l1flow distill``."""
-    from l1flow_ros.policy.train import TrainConfig
+    from l1flow_ros.policy.config import TrainConfig
 
     d = TrainConfig()
     parser.add_argument("--data", required=True, help="zarr store (l1flow build-dataset / StoreWriter)")
@@ -39,7 +39,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def loop_config(args: argparse.Namespace, objective: str):
-    from l1flow_ros.policy.train import TrainConfig
+    from l1flow_ros.policy.config import TrainConfig
 
     return TrainConfig(
         objective=objective,
@@ -64,8 +64,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from l1flow_ros.policy.objectives import FlowTimeConfig
-    from l1flow_ros.policy.train import OBJECTIVES
+    from l1flow_ros.policy.config import OBJECTIVES, FlowTimeConfig
 
     add_loop_arguments(parser)
     parser.add_argument("--objective", default="l1flow", choices=OBJECTIVES)

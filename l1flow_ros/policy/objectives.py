@@ -17,45 +17,13 @@ global one). Flow time t = 0 is noise, t = 1 is data:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from l1flow_ros.policy import samplers
+from l1flow_ros.policy.config import FlowTimeConfig, ImleConfig, OfpConfig
 
 Net = torch.nn.Module
-
-
-@dataclass(frozen=True)
-class FlowTimeConfig:
-    """Training-time distribution of t: logit-normal, with a share drawn uniform."""
-
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    uniform_share: float = 0.1  # keeps the ends t ~ 0 and t ~ 1 (where the two-step sampler asks) trained
-
-
-@dataclass(frozen=True)
-class ImleConfig:
-    teacher_samples: int = 8  # m per observation
-    student_samples: int = 8  # n per observation
-    teacher_steps: int = 0  # sampler steps for the teacher; 0 = the teacher bundle's own
-    # What the student starts from: "encoder" (the teacher's trained encoder, a fresh head: the
-    # teacher's head predicts velocities, not chunks), "teacher" (everything) or "scratch".
-    init: str = "encoder"
-
-
-@dataclass(frozen=True)
-class OfpConfig:
-    flow_share: float = 0.25  # batch share trained as plain flow matching (r = t): the base case
-    warm_share: float = 0.25  # share trained from a warm start at warm_t
-    one_share: float = 0.5  # within the consistency share, how often the jump ends at r = 1
-    warm_t: float = 0.5
-    warm_noise: float = 0.05  # std of the perturbation of the warm tail (it is never exact)
-    shift: int = 8  # steps between consecutive chunks (the executed part), for warm-start targets
-    guidance: float = 0.3  # self-guidance weight w (0 = none)
-    cond_dropout: float = 0.1  # share of unconditional flow samples (the guidance's reference)
 
 
 def _randn(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:

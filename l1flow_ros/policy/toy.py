@@ -39,7 +39,7 @@ TOY_MODEL = ModelConfig(
 )
 # Steps that reach the mode-coverage bar on two busy CPU cores (one-step IMLE: fewer, costlier
 # steps, each drawing m teacher samples per observation).
-TOY_STEPS = {"l1flow": 250, "fm": 300, "ddpm": 400, "regression": 40, "imle": 160, "ofp": 300}
+TOY_STEPS = {"l1flow": 250, "fm": 300, "ddpm": 400, "regression": 40, "imle": 160, "ofp": 500}
 
 
 def mode_paths(y0: np.ndarray) -> np.ndarray:

@@ -31,40 +31,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from l1flow_ros.policy import objectives as obj
 from l1flow_ros.policy.bundle import load_bundle, make_manifest, save_bundle
+from l1flow_ros.policy.config import DISTILL_METHODS, TrainConfig
 from l1flow_ros.policy.model import ModelConfig, PolicyModel, prediction_for
 from l1flow_ros.policy.normalizer import Normalizer
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
-OBJECTIVES = ("l1flow", "fm", "ddpm", "regression")
-DISTILL_METHODS = ("imle", "ofp")
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    objective: str = "l1flow"  # one of OBJECTIVES or DISTILL_METHODS
-    steps: int = 20_000
-    batch_size: int = 64  # per process
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    betas: tuple[float, float] = (0.95, 0.999)
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    save_every: int = 2000
-    log_every: int = 20
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False  # bfloat16 autocast on CUDA
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES + DISTILL_METHODS:
-            raise ValueError(f"objective {self.objective!r} not in {OBJECTIVES + DISTILL_METHODS}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
