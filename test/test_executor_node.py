@@ -30,7 +30,8 @@ class Harness:
         from l1flow_ros.nodes.executor_node import OUTPUT_TOPICS, ExecutorNode
 
         self.rate = rate_hz
-        overrides = {"joint_names": NAMES, "rate_hz": rate_hz, "output": output, "diagnostics_period": 0.2}
+        overrides = {"joint_names": NAMES, "rate_hz": rate_hz, "output": output, "diagnostics_period": 0.2,
+                     "gripper_joints": ["gripper"]}
         overrides.update(params)
         self.node = ExecutorNode(
             context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()]
@@ -382,7 +383,8 @@ def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
 
     from l1flow_ros.spec import ActionSpec
 
-    h = make_harness(max_velocity=[0.5, 0.5, 0.5, 10.0])
+    h = make_harness(max_velocity=[0.5, 0.5, 0.5, 10.0], gripper_joints=[])
+    assert not h.node._scheduler.limits.binary.any()
     # The bundle lists its actions in another order; its y is slower, its gripper binary.
     spec = ActionSpec(names=("ee_y", "ee_x", "ee_z", "gripper"), max_velocity=(0.1, 1.0, 1.0, 1.0),
                       upper=(0.2, 0.3, 0.4, 1.0), gripper_indices=(3,))

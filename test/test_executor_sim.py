@@ -27,7 +27,7 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, output):
 
     sim = SimRobotNode(context=ros_context, parameter_overrides=[
         Parameter("cameras", value=["corner"]), Parameter("camera_rate_hz", value=1.0)])
-    params = {"start_enabled": True, "output": output, "rate_hz": 100.0,
+    params = {"start_enabled": True, "output": output, "rate_hz": 100.0, "gripper_joints": ["gripper"],
               "max_velocity": [0.3, 0.3, 0.3, 10.0], "max_acceleration": [3.0, 3.0, 3.0, 100.0]}
     executor = ExecutorNode(context=ros_context,
                             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])

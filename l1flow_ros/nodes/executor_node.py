@@ -91,7 +91,8 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "upper": (_DA, [], "per-joint upper position limits (empty = none)", False),
     "max_velocity": (_DA, [], "per-joint velocity limits, units/s (empty = none)", False),
     "max_acceleration": (_DA, [], "per-joint acceleration limits, units/s^2 (empty = none)", False),
-    "gripper_joints": (_SA, ["gripper"], "joints treated as grippers (subset of joint_names)", False),
+    "gripper_joints": (_SA, [], "joints treated as grippers (subset of joint_names; the checkpoint's "
+                               "gripper dimensions are added)", False),
     "gripper_binary": (_B, True, "command grippers as open / closed only", False),
     "gripper_open": (_D, -1.0, "gripper command when open", False),
     "gripper_closed": (_D, 1.0, "gripper command when closed", False),
