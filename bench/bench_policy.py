@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from l1flow_ros.policy import toy
+from l1flow_ros.policy.bundle import load_bundle
 from l1flow_ros.policy.model import ModelConfig, PolicyModel
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
@@ -55,22 +56,25 @@ def latency_ms(model: PolicyModel, obs: dict[str, torch.Tensor], repeats: int) -
     return 1e3 * statistics.median(times)
 
 
-def default_size_model(kind: str) -> PolicyModel:
+def default_size_model(sampler: SamplerSpec) -> PolicyModel:
     """The package's default network on a Meta-World-like spec (random weights: latency only)."""
     from l1flow_ros.policy.model import prediction_for
 
     obs = ObservationSpec(proprio_names=("ee_x", "ee_y", "ee_z", "gripper"), use_rgb=False, n_obs_steps=2)
     act = ActionSpec(names=("ee_x", "ee_y", "ee_z", "gripper"), horizon=16, n_action_steps=8)
-    return PolicyModel(obs, act, SamplerSpec(kind, 1, ()), ModelConfig(prediction=prediction_for(kind))).eval()
+    return PolicyModel(obs, act, sampler, ModelConfig(prediction=prediction_for(sampler.kind))).eval()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", type=float, default=2.0, help="training steps relative to the test's (default 2)")
+    p.add_argument(
+        "--scale", type=float, default=2.0, help="training steps relative to the test's (default 2)"
+    )
     p.add_argument("--samples", type=int, default=1000, help="start positions evaluated per method")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per method")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="keep the bundles here (default: a temporary directory)")
+    p.add_argument("--reuse", action="store_true", help="load bundles already in --out instead of training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_policy_"))
@@ -78,7 +82,11 @@ def main() -> None:
     trained = {}
     for objective in ("fm", "l1flow", "ddpm", "regression", "imle", "ofp"):
         steps = max(1, int(toy.TOY_STEPS[objective] * args.scale))
-        teacher = work / "fm" if objective in ("imle",) else None
+        teacher = work / "fm" if objective in ("imle", "ofp") else None  # OFP: starts from the FM weights
+        if args.reuse and (work / objective / "manifest.json").is_file():
+            trained[objective] = load_bundle(work / objective)
+            print(f"loaded  {objective:10s} ({trained[objective][0].train['step']} steps)", flush=True)
+            continue
         t0 = time.monotonic()
         trained[objective] = toy.train_toy(objective, work / objective, steps=steps, teacher_dir=teacher)
         print(f"trained {objective:10s} {steps:5d} steps in {time.monotonic() - t0:6.1f} s", flush=True)
@@ -91,13 +99,17 @@ def main() -> None:
         manifest, model = trained[objective]
         m = model.with_sampler(dataclasses.replace(sampler, warm_start=False))
         st = toy.mode_stats(y0, toy.sample_policy(m, manifest.normalizer_obj(), y0, seed=7))
-        big = default_size_model(sampler.kind).with_sampler(sampler)
-        rows.append((label, nfe, st, latency_ms(m, obs_toy, args.repeats), latency_ms(big, obs_big, args.repeats)))
+        big = default_size_model(sampler)
+        rows.append(
+            (label, nfe, st, latency_ms(m, obs_toy, args.repeats), latency_ms(big, obs_big, args.repeats))
+        )
 
     ref_toy = next(r[3] for r in rows if r[0] == "FM 10-step")
     ref_big = next(r[4] for r in rows if r[0] == "FM 10-step")
     print()
-    print("| method | NFE | near a mode | left share | mean error | toy net ms | x FM-10 | default net ms | x FM-10 | bar |")
+    print(
+        "| method | NFE | near a mode | left share | mean error | toy net ms | x FM-10 | default net ms | x FM-10 | bar |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, nfe, st, lt, lb in rows:
         ok = "yes" if st.bimodal_ok else "no"
