@@ -189,7 +189,13 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     ex.add_node(feeder)
-    spin = threading.Thread(target=ex.spin, daemon=True)
+    stop_spin = threading.Event()
+
+    def spin_loop() -> None:  # stopped before the executor shuts down (no race inside rclpy)
+        while not stop_spin.is_set():
+            ex.spin_once(timeout_sec=0.05)
+
+    spin = threading.Thread(target=spin_loop, daemon=True)
     spin.start()
     node._measured = np.zeros(len(names))  # as if /joint_states had arrived
     assert node._enable(True)[0]
@@ -212,8 +218,9 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     stop_load.set()
     for w in workers:
         w.join(timeout=5)
-    ex.shutdown()
+    stop_spin.set()
     spin.join(timeout=5.0)  # no callback may run on a destroyed node
+    ex.shutdown()
     node.destroy_node()
     feeder.destroy_node()
     ctx.try_shutdown()

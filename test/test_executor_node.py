@@ -57,12 +57,19 @@ class Harness:
         self.ex = SingleThreadedExecutor(context=ctx)
         self.ex.add_node(self.node)
         self.ex.add_node(io)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
         assert self.wait(lambda: self.chunk_pub.get_subscription_count() > 0
                          and self.js_pub.get_subscription_count() > 0
                          and io.count_publishers(self.out_topic) > 0
                          and self.enable_cli.service_is_ready(), 20.0), "discovery timed out"
+
+    def _spin(self) -> None:
+        # spin_once in a loop, so that close() stops the loop before shutting the executor down
+        # (shutting it down under a running spin() races inside rclpy).
+        while not self._stop.is_set():
+            self.ex.spin_once(timeout_sec=0.05)
 
     def _store(self, into: list):
         def cb(msg):
@@ -138,8 +145,9 @@ class Harness:
             return self.diags[-1].status[0] if self.diags else None
 
     def close(self) -> None:
-        self.ex.shutdown()
+        self._stop.set()
         self.thread.join(timeout=5.0)  # no callback may run on a destroyed node
+        self.ex.shutdown()
         self.node.destroy_node()
         self.io.destroy_node()
 

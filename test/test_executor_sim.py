@@ -38,7 +38,13 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, output):
     ex = MultiThreadedExecutor(num_threads=4, context=ros_context)
     for n in (sim, executor, io):
         ex.add_node(n)
-    spin = threading.Thread(target=ex.spin, daemon=True)
+    stop = threading.Event()
+
+    def spin_loop() -> None:  # stopped before the executor shuts down (no race inside rclpy)
+        while not stop.is_set():
+            ex.spin_once(timeout_sec=0.05)
+
+    spin = threading.Thread(target=spin_loop, daemon=True)
     spin.start()
     try:
         end = time.monotonic() + 30
@@ -58,8 +64,9 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, output):
         np.testing.assert_allclose(moved, [0.05, 0.0, 0.0], atol=0.004)
         assert executor._scheduler.stats().accepted == 1
     finally:
-        ex.shutdown()
+        stop.set()
         spin.join(timeout=5.0)
+        ex.shutdown()
         for n in (executor, sim, io):
             close = getattr(n, "close", None)
             if close:
