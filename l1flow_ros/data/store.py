@@ -7,7 +7,7 @@ Layout of a store (one zarr v3 group)::
     rgb           (N, V, 3, H, W)    uint8                        (if the spec uses rgb)
     points        (N, Np, 3 or 6)    float32  robot base frame    (if the spec has points)
     episode_ends  (E,)               int64    exclusive end index of each episode
-    attrs: format, observation (ObservationSpec), action (ActionSpec), created by
+    attrs: format, observation (ObservationSpec), action (ActionSpec)
 
 Each step holds the storage form of ``perception.preprocess`` (one step, no
 time axis); :class:`ChunkDataset` stacks the ``n_obs_steps`` history and the
