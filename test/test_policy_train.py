@@ -215,3 +215,21 @@ def test_diffusion_policy_size_trains_on_cuda_bf16():
     with torch.no_grad():
         a = model(obs, torch.randn(8, 8, 4, device="cuda"))
     assert a.shape == (8, 8, 4) and torch.isfinite(a).all()
+
+
+def test_random_shift_moves_whole_images_consistently_over_history():
+    from l1flow_ros.policy.train import random_shift
+
+    rgb = torch.zeros(16, 2, 2, 3, 12, 12)
+    rgb[..., 6, 6] = 1.0  # one bright pixel in every frame, view and channel
+    g = torch.Generator().manual_seed(0)
+    out = random_shift(rgb, 3, g)
+    assert out.shape == rgb.shape and torch.equal(random_shift(rgb, 0), rgb)
+    moved = set()
+    for b in range(16):
+        for v in range(2):
+            pos = [tuple((out[b, t, v, 0] == 1).nonzero()[0].tolist()) for t in range(2)]
+            assert pos[0] == pos[1]  # the same shift for the whole history
+            assert abs(pos[0][0] - 6) <= 3 and abs(pos[0][1] - 6) <= 3
+            moved.add(pos[0])
+    assert len(moved) > 1

@@ -34,6 +34,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader processes")
     parser.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument(
+        "--image-shift", type=int, default=d.image_shift, help="random-shift augmentation, +-pixels (0 = off)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,6 +59,7 @@ def loop_config(args: argparse.Namespace, objective: str):
         num_workers=args.num_workers,
         device=args.device,
         amp=args.amp,
+        image_shift=args.image_shift,
     )
 
 

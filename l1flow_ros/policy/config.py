@@ -58,6 +58,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bfloat16 autocast on CUDA
+    image_shift: int = 4  # random-shift augmentation of camera images, +-pixels (0 = off)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES + DISTILL_METHODS:

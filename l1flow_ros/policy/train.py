@@ -139,6 +139,22 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+def random_shift(rgb: torch.Tensor, shift: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Shift-augment images (B, To, V, 3, H, W) by up to +-shift pixels (edges replicated).
+
+    One offset per sample and view, the same for all its history frames, so
+    the motion between frames is kept (the DrQ / Diffusion Policy augmentation).
+    """
+    if shift <= 0:
+        return rgb
+    b, to, v, c, h, w = rgb.shape
+    x = rgb.permute(0, 2, 1, 3, 4, 5).reshape(b * v, to * c, h, w)  # (B*V, To*3, H, W)
+    x = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
+    off = torch.randint(0, 2 * shift + 1, (b * v, 2), generator=gen)
+    out = torch.stack([x[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(off.tolist())])
+    return out.reshape(b, v, to, c, h, w).permute(0, 2, 1, 3, 4, 5)
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to(v, device) for k, v in batch.items()}
@@ -315,6 +331,8 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = _to(batch, device)
+            if "rgb" in batch["obs"]:
+                batch["obs"]["rgb"] = random_shift(batch["obs"]["rgb"], cfg.image_shift)
             with autocast:
                 loss = loss_module(batch["obs"], batch["action"])
             if not torch.isfinite(loss):
