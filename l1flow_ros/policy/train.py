@@ -227,7 +227,10 @@ def train(
         model_cfg = dataclasses.replace(t_manifest.model, prediction=prediction_for(sampler.kind))
     model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
     if teacher is not None:
-        init = cfgs.imle.init if cfg.objective == "imle" else "teacher"
+        if cfg.objective == "imle":
+            init = cfgs.imle.init
+        else:  # OFP: a velocity (fm) teacher is a flow map with r ignored; other heads mean other things
+            init = "teacher" if t_manifest.model.prediction == "velocity" else "encoder"
         if init == "teacher":
             # A flow map's r-embedding starts at zero: the OFP student starts as the teacher.
             model.load_state_dict(teacher.state_dict(), strict=False)
