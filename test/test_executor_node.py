@@ -335,8 +335,10 @@ def test_joint_trajectory_output_and_tail(make_harness):
     a = np.tile([0.0, 0.0, 0.3, -1.0], (10, 1))
     a[:, 0] = 0.01 * np.arange(1, 11)
     h.chunk(t0, a)
-    assert h.wait(lambda: len(h.trajs) >= 1 and len(h.tails) >= 1, 5.0)
-    traj = h.trajs[-1]
+    # The first trajectory holds the measured position (sent on enable); then the chunk's plan.
+    assert h.wait(lambda: any(len(t.points) > 1 for t in h.trajs) and len(h.tails) >= 1, 5.0)
+    traj = next(t for t in h.trajs if len(t.points) > 1)
+    assert len(h.trajs[0].points) == 1 and list(h.trajs[0].points[0].velocities) == [0.0] * 4
     start = stamp_to_ns(traj.header.stamp)
     assert abs(start - t0) < 1_000_000_000
     tfs = np.array([duration_to_ns(p.time_from_start) for p in traj.points])

@@ -99,7 +99,7 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "start_enabled": (_B, False, "enable on the first complete /joint_states (else wait for the service)", True),
     "limits_from_checkpoint": (_B, True, "also apply the limits of the checkpoint announced on /l1flow/checkpoint "
                                "(the tighter of both per joint)", True),
-    "tail_rate_hz": (_D, 20.0, "rate of /l1flow/executor/tail (Hz); 0 = off", False),
+    "tail_rate_hz": (_D, 20.0, "rate of /l1flow/executor/tail (Hz); 0 = off", True),
     "diagnostics_period": (_D, 1.0, "period of /diagnostics (s)", True),
     "spin_us": (_I, 0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "
                        "on an isolated core (the spin holds the GIL)", False),
@@ -274,6 +274,7 @@ class ExecutorNode(Node):
             # Default 5 ms: a woken control thread could wait that long for the GIL.
             sys.setswitchinterval(cfg.python_switch_interval)
 
+        self._system_clock = not self.get_parameter("use_sim_time").value
         self._spec: ActionSpec | None = None  # action spec of the announced checkpoint
         self._scheduler = ChunkScheduler(cfg.scheduler_config(), cfg.limits())
         self._lock = threading.Lock()  # guards the fields below shared with the control thread
@@ -314,6 +315,10 @@ class ExecutorNode(Node):
             self.create_subscription(String, "/l1flow/checkpoint", self._on_checkpoint, latched)
         self._checkpoint_error = ""
         self.create_timer(cfg.diagnostics_period, self._publish_diagnostics)
+        # The tail is for inference, not for the arm: published from the node's executor, off
+        # the control thread (building the message costs more than a whole control tick).
+        self._tail_timer = self.create_timer(1.0 / cfg.tail_rate_hz if cfg.tail_rate_hz > 0 else 1.0,
+                                             self._on_tail_timer)
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control_loop, name="l1flow_executor", daemon=True)
@@ -370,6 +375,10 @@ class ExecutorNode(Node):
     # -- inputs ------------------------------------------------------------------------------------
 
     def _now_ns(self) -> int:
+        # ROS time is the system clock unless simulated time is in use; time.time_ns() reads the
+        # same clock without a call into rcl that hands the GIL to another thread mid-tick.
+        if self._system_clock:
+            return time.time_ns()
         return self.get_clock().now().nanoseconds
 
     def _reject(self, reason: str) -> None:
@@ -508,9 +517,6 @@ class ExecutorNode(Node):
             if version != self._published_version:
                 self._published_version = version
                 self._out_pub.publish(self._trajectory_msg(now, mode))
-        rate = self._cfg.tail_rate_hz
-        if rate > 0 and self._ticks % max(1, int(round(self._cfg.rate_hz / rate))) == 0:
-            self._publish_tail(now)
 
     def _trajectory_msg(self, now: int, mode: Mode) -> JointTrajectory:
         """The plan from ``now`` to its end, sampled at the chunk dt, for a JTC."""
@@ -528,6 +534,10 @@ class ExecutorNode(Node):
             pt.time_from_start = ns_to_duration(t - now)
             msg.points.append(pt)
         return msg
+
+    def _on_tail_timer(self) -> None:
+        if self._enabled and self._cfg.tail_rate_hz > 0 and self._scheduler.ready:
+            self._publish_tail(self._now_ns())
 
     def _publish_tail(self, now: int) -> None:
         times, actions = self._scheduler.tail(now)

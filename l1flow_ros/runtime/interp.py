@@ -23,10 +23,12 @@ INTERPOLATIONS = ("cubic", "quintic")
 def hermite_coeffs(
     p0: np.ndarray, v0: np.ndarray, a0: np.ndarray,
     p1: np.ndarray, v1: np.ndarray, a1: np.ndarray,
-    h: float, quintic: bool,
+    h: float | np.ndarray, quintic: bool,
 ) -> np.ndarray:
-    """(6, A) coefficients c of p(s) = sum_k c_k s^k on [0, h] matching the end states."""
-    c = np.zeros((6, p0.shape[0]), dtype=np.float64)
+    """(6, ...) coefficients c of p(s) = sum_k c_k s^k on [0, h] matching the end states.
+
+    End states are (A,) for one segment or (S, A) with h (S, 1) for S segments at once."""
+    c = np.zeros((6, *np.shape(p0)), dtype=np.float64)
     d = p1 - p0
     c[0], c[1] = p0, v0
     if quintic:
@@ -122,10 +124,9 @@ class Plan:
             rest = v[m] == 0.0
             nxt[rest] = x[m][rest]
             stops[m - 1] = nxt
-        coeffs = np.stack(
-            [hermite_coeffs(x[i], v[i], acc[i], x[i + 1], v[i + 1], acc[i + 1], float(h[i]), quintic)
-             for i in range(h.size)]
-        )  # (S, 6, A)
+        # All segments at once (one numpy call per term, not per segment): cheap to splice.
+        coeffs = hermite_coeffs(x[:-1], v[:-1], acc[:-1], x[1:], v[1:], acc[1:], h[:, None], quintic)
+        coeffs = coeffs.transpose(1, 0, 2)  # (6, S, A) -> (S, 6, A)
         return cls(t0_ns, t, coeffs, stops)
 
     def _poly(self, i: int, s: float) -> tuple[list[float], list[float], list[float]]:
