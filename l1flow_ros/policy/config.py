@@ -30,13 +30,18 @@ class ImleConfig:
 
 @dataclass(frozen=True)
 class OfpConfig:
-    flow_share: float = 0.25  # batch share trained as plain flow matching (r = t): the base case
-    warm_share: float = 0.25  # share trained from a warm start at warm_t
-    one_share: float = 0.5  # within the consistency share, how often the jump ends at r = 1
+    # Batch shares: plain flow matching (r = t, the base case), warm starts, and the rest
+    # self-consistency. On the two-mode task, spending the batch on consistency jumps that
+    # end at r = 1 (the one-step use) gave the best one-step samples (docs/bench/policy.md).
+    flow_share: float = 0.1
+    warm_share: float = 0.1
+    one_share: float = 0.97  # within the consistency share, how often the jump ends at r = 1
     warm_t: float = 0.5
     warm_noise: float = 0.05  # std of the perturbation of the warm tail (it is never exact)
     shift: int = 8  # steps between consecutive chunks (the executed part), for warm-start targets
-    guidance: float = 0.3  # self-guidance weight w (0 = none)
+    # Self-guidance weight w: the flow target gets w * (u_ema(c) - u_ema(null)). Off by default:
+    # at w = 0.3 the two-mode task lost one-step sample quality (83% -> 69% near a mode).
+    guidance: float = 0.0
     cond_dropout: float = 0.1  # share of unconditional flow samples (the guidance's reference)
 
 
