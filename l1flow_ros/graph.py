@@ -82,3 +82,15 @@ def node_class(name: str):
     """Import and return the node class for a node name."""
     module, cls = NODE_CLASSES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def resolve_path(value: str) -> str:
+    """``package://l1flow_ros/<rel>`` -> a path in the package's share directory; else unchanged.
+
+    Parameter files name bundled files this way, so one file works from a source tree,
+    a pip install and a colcon install alike.
+    """
+    prefix = f"package://{PACKAGE}/"
+    if isinstance(value, str) and value.startswith(prefix):
+        return str(share_dir() / value[len(prefix):])
+    return value

@@ -51,6 +51,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
+from l1flow_ros.graph import resolve_path
 from l1flow_ros.nodes.chunk_conv import (
     MessageError,
     chunk_to_msg,
@@ -114,7 +115,7 @@ class InferenceConfig:
 
 # name -> (default, description, live). Non-live ones change only while unconfigured.
 _PARAMS: dict[str, tuple[Any, str, bool]] = {
-    "checkpoint": ("", "checkpoint bundle directory; set while running to hot-swap", True),
+    "checkpoint": ("", "checkpoint bundle (a directory, or package://l1flow_ros/<rel>) directory; set while running to hot-swap", True),
     "backend": ("torch", "torch | onnxruntime | tensorrt", False),
     "device": ("cpu", "torch device (cpu, cuda, cuda:1)", False),
     "providers": (list(DEFAULT_PROVIDERS), "onnxruntime execution providers in order; unavailable ones skipped",
@@ -197,6 +198,7 @@ class InferenceNode(LifecycleNode):
         vals = {n: self.get_parameter(n).value for n in _PARAMS}
         vals.update(overrides or {})
         vals["providers"] = tuple(p for p in vals["providers"] if p)
+        vals["checkpoint"] = resolve_path(vals["checkpoint"])
         return InferenceConfig(**vals)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:

@@ -52,6 +52,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import String
 
+from l1flow_ros.graph import resolve_path
 from l1flow_ros.nodes.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
 from l1flow_ros.nodes.sensor_conv import (
     camera_frame_from_msgs,
@@ -246,6 +247,8 @@ class PerceptionNode(Node):
         vals.update(overrides or {})
         for n in ("cameras", "cloud_cameras", "realsense_serials"):
             vals[n] = _clean_list(vals[n])
+        for n in ("checkpoint", "calibration_file"):
+            vals[n] = resolve_path(vals[n])
         return PerceptionConfig(**vals)
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
