@@ -43,7 +43,7 @@ def share_dir() -> Path:
 
         try:
             return Path(get_package_share_directory(PACKAGE))
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH (not a ROS install)
             pass
     except ImportError:
         pass

@@ -1,0 +1,144 @@
+"""``l1flow pipeline``: scripted teleop -> record -> dataset -> train -> distil -> export -> deploy -> evaluate.
+
+    l1flow pipeline --task button-press-v3 --demos 40
+
+Every stage is the same command a user would run by hand (record, dataset build,
+train, distill, export, eval), in order, into one run folder:
+
+    <out>/episodes/       MCAP episodes (scripted expert teleoperating through the node graph)
+    <out>/store.zarr      training store (points from the depth camera + proprioception)
+    <out>/bundles/<m>/    one bundle per method, exported to ONNX
+    <out>/results.json    success / latency per method, evaluated through the node graph
+
+Methods: l1flow (L1 Flow, 2-step), fm (flow-matching teacher, 10-step), ddim
+(DDPM-trained, DDIM 10), imle (1-step student of the fm teacher), ofp (1-step
+self-distilled from the l1flow bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+NAME = "pipeline"
+HELP = "teleop -> record -> dataset -> train -> distil -> export -> deploy -> evaluate, on one Meta-World task"
+
+METHODS = ("l1flow", "fm", "ddim", "imle", "ofp")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="any Meta-World v3 task, e.g. drawer-open-v3")
+    p.add_argument("--demos", type=int, default=40, help="scripted demonstrations to record")
+    p.add_argument("--out", default=None, help="run folder (default runs/<task>)")
+    p.add_argument("--methods", default="l1flow,imle", help=f"comma list of {','.join(METHODS)}")
+    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--distill-steps", type=int, default=1500)
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per method")
+    p.add_argument("--episode-timeout", type=float, default=12.0)
+    p.add_argument("--cameras", nargs="+", default=["corner"])
+    p.add_argument("--num-points", type=int, default=128)
+    p.add_argument("--down-dims", default="32,64,128", help="U-Net widths (small: trains on 2 CPU cores)")
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--offline-record", action="store_true",
+                   help="record by stepping the simulator directly (faster, no ROS) instead of the node graph")
+
+
+def _cli(argv: list[str]) -> None:
+    from l1flow_ros.cli import main
+
+    print("$ l1flow " + " ".join(argv), flush=True)
+    rc = main(argv)
+    if rc:
+        raise RuntimeError(f"'l1flow {' '.join(argv)}' failed with exit code {rc}")
+
+
+def _dataset_config(path: Path, cameras: list[str], num_points: int) -> None:
+    """The simulated arm's dataset config, observing a point cloud + the end effector."""
+    import dataclasses
+    import json
+
+    import yaml
+
+    from l1flow_ros.data.dataset_build import sim_dataset_config
+
+    cfg = sim_dataset_config(tuple(cameras), num_points=int(num_points))
+    obs = dataclasses.replace(cfg.observation, use_rgb=False, voxel_size=0.01)
+    cfg = dataclasses.replace(cfg, observation=obs)
+    plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists for YAML
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        print(f"l1flow pipeline: unknown method(s) {bad}; choose from {METHODS}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/{args.task}")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    try:
+        results = _pipeline(args, methods, out)
+    except (RuntimeError, ValueError) as e:
+        print(f"l1flow pipeline: {e}", file=sys.stderr)
+        return 1
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\n== {args.task}: {args.demos} demos, {time.monotonic() - t_start:.0f} s in all")
+    print(format_table(results))
+    return 0
+
+
+def format_table(results: list[dict]) -> str:
+    head = "| method | sampler | success | obs->chunk p50 / p99 (ms) | inference p50 (ms) |\n|---|---|---|---|---|"
+    rows = [
+        f"| {r['method']} | {r['sampler']} | {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f} %) "
+        f"| {r['chunk_latency_ms_p50']:.1f} / {r['chunk_latency_ms_p99']:.1f} | {r['inference_ms_p50']:.2f} |"
+        for r in results
+    ]
+    return "\n".join([head, *rows])
+
+
+def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[dict]:
+    from dataclasses import asdict
+
+    from l1flow_ros.nodes.evaluation import evaluate_graph
+
+    episodes, store, bundles = out / "episodes", out / "store.zarr", out / "bundles"
+    print(f"== 1. teleop + record: {args.demos} scripted demonstrations of {args.task}")
+    rec = ["record", "--task", args.task, "--demos", str(args.demos), "--out", str(episodes),
+           "--expert-speed", "0.5", "--quiet", "--cameras", *args.cameras]
+    _cli(rec + (["--offline"] if args.offline_record else []))
+    print("== 2. dataset")
+    cfg = out / "dataset.yaml"
+    _dataset_config(cfg, args.cameras, args.num_points)
+    _cli(["dataset", "build", str(episodes), "--out", str(store), "--config", str(cfg), "--quiet"])
+    common = ["--data", str(store), "--batch-size", "64", "--lr", "3e-4", "--no-progress", "--log-every", "100"]
+    arch = ["--down-dims", args.down_dims, "--embed-dim", str(args.embed_dim)]
+    warm = str(max(1, min(100, args.train_steps // 10)))
+    need = set(methods) | ({"fm"} if "imle" in methods else set()) | ({"l1flow"} if "ofp" in methods else set())
+    print("== 3. train")
+    for m, objective in (("l1flow", "l1flow"), ("fm", "fm"), ("ddim", "ddpm")):
+        if m in need:
+            _cli(["train", "--objective", objective, "--out", str(bundles / m), "--steps", str(args.train_steps),
+                  "--warmup-steps", warm, "--save-every", str(args.train_steps), *common, *arch])
+    print("== 4. distil")
+    dwarm = str(max(1, min(100, args.distill_steps // 10)))
+    for m, teacher in (("imle", "fm"), ("ofp", "l1flow")):
+        if m in methods:
+            _cli(["distill", "--method", m, "--teacher", str(bundles / teacher), "--out", str(bundles / m),
+                  "--steps", str(args.distill_steps), "--warmup-steps", dwarm,
+                  "--save-every", str(args.distill_steps), *common])
+    print("== 5. export")
+    for m in methods:
+        _cli(["export", str(bundles / m)])
+    print("== 6. deploy + evaluate through the node graph")
+    results = []
+    for m in methods:
+        res = evaluate_graph(bundles / m, args.task, args.episodes, episode_timeout=args.episode_timeout,
+                             backend="onnxruntime", log=lambda s, m=m: print(f"   [{m}] {s}", flush=True))
+        results.append({"method": m, **asdict(res)})
+        print(res.table())
+    return results

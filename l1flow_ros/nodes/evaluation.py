@@ -1,0 +1,275 @@
+"""Evaluate a bundle through the full node graph on the simulated arm.
+
+sim_robot_node -> perception_node -> inference_node -> executor_node -> sim_robot_node,
+all real nodes in one process (composition, MultiThreadedExecutor), started from the
+same parameter file as ``l1flow run sim``. Per episode: disable the executor, reset the
+sim (next seed), enable the executor, wait for success or the time limit.
+
+Measured on the wire: success per episode, observation -> chunk latency (chunk publish
+time minus its observation stamp), the inference node's own inference time, and the
+executor's control-period error, from /diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from l1flow_ros.graph import config_path, nodes_in_config
+from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+from l1flow_ros.nodes.composition import start_nodes
+
+EE = ("ee_x", "ee_y", "ee_z", "gripper")
+
+
+@dataclass
+class EvalResult:
+    task: str
+    bundle: str
+    episodes: int
+    successes: int
+    success_rate: float
+    episode_s: list[float] = field(default_factory=list)
+    chunk_latency_ms_p50: float = float("nan")  # observation stamp -> chunk on the wire
+    chunk_latency_ms_p99: float = float("nan")
+    inference_ms_p50: float = float("nan")  # inference node's own timing (last window)
+    inference_ms_p99: float = float("nan")
+    sampler: str = ""
+    period_error_us_p50: float = float("nan")  # executor control-period error
+    period_error_us_p99: float = float("nan")
+    period_error_us_max: float = float("nan")
+    missed_ticks: int = 0
+    chunks: int = 0
+
+    def table(self) -> str:
+        rows = [
+            ("task", self.task),
+            ("bundle", self.bundle),
+            ("sampler", self.sampler),
+            ("success", f"{self.successes}/{self.episodes} ({100 * self.success_rate:.0f} %)"),
+            ("chunks received", str(self.chunks)),
+            ("obs -> chunk latency p50 / p99", f"{self.chunk_latency_ms_p50:.1f} / {self.chunk_latency_ms_p99:.1f} ms"),
+            ("inference time p50 / p99", f"{self.inference_ms_p50:.2f} / {self.inference_ms_p99:.2f} ms"),
+            ("control period error p50 / p99 / max",
+             f"{self.period_error_us_p50:.0f} / {self.period_error_us_p99:.0f} / {self.period_error_us_max:.0f} us"),
+            ("missed control ticks", str(self.missed_ticks)),
+        ]
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+class _Probe(Node):
+    """Watches the graph from outside: success, chunks, commands, joint states, diagnostics."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("l1flow_eval", **kwargs)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.lock = threading.Lock()
+        self.success = False
+        self.latency_ms: list[float] = []
+        self.diag: dict[str, dict[str, str]] = {}
+        self.record = False
+        self.commanded: list[tuple[float, list[float]]] = []
+        self.executed: list[tuple[float, list[float]]] = []
+        self.create_subscription(Bool, "/sim/success", self._on_success, latched)
+        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_cmd, 100)
+        self.create_subscription(JointState, "/joint_states", self._on_js, 100)
+        self.reset_cli = self.create_client(Trigger, "/sim/reset")
+        self.enable_cli = self.create_client(SetBool, "/l1flow/executor/enable")
+
+    def _on_success(self, msg: Bool) -> None:
+        with self.lock:
+            self.success = bool(msg.data)
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        lat = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-6
+        with self.lock:
+            self.latency_ms.append(lat)
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        with self.lock:
+            for st in msg.status:
+                self.diag[st.name] = {kv.key: kv.value for kv in st.values}
+
+    def _on_cmd(self, msg: Float64MultiArray) -> None:
+        if self.record:
+            self.commanded.append((time.monotonic(), list(msg.data)))
+
+    def _on_js(self, msg: JointState) -> None:
+        if self.record and all(n in msg.name for n in EE):
+            idx = [list(msg.name).index(n) for n in EE]
+            self.executed.append((time.monotonic(), [msg.position[i] for i in idx]))
+
+    def call(self, client, request, timeout: float = 10.0):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {client.srv_name} not available")
+        fut = client.call_async(request)
+        t_end = time.monotonic() + timeout
+        while not fut.done():
+            if time.monotonic() > t_end:
+                raise RuntimeError(f"service {client.srv_name} did not answer")
+            time.sleep(0.01)
+        return fut.result()
+
+
+def _f(d: dict[str, str], k: str) -> float:
+    try:
+        return float(d.get(k, "nan"))
+    except ValueError:
+        return float("nan")
+
+
+def evaluate_graph(
+    bundle: str | Path,
+    task: str | None = None,
+    episodes: int = 5,
+    seed: int = 100000,
+    episode_timeout: float = 12.0,
+    config: str | Path = "sim",
+    backend: str | None = None,
+    plot: str | Path | None = None,
+    log=print,
+) -> EvalResult:
+    """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``."""
+    from l1flow_ros.policy.bundle import read_manifest
+
+    bundle = str(Path(bundle).resolve())
+    manifest = read_manifest(bundle)
+    path = config_path(config)
+    names = nodes_in_config(path)
+    cams = ",".join(manifest.observation.cameras) or '""'
+    overrides = [
+        f"inference_node:checkpoint:={bundle}",
+        f"sim_robot_node:seed:={int(seed)}",
+        f"sim_robot_node:cameras:=[{cams}]",
+    ]
+    if task:
+        overrides.append(f"sim_robot_node:task:={task}")
+    if backend:
+        overrides.append(f"inference_node:backend:={backend}")
+        overrides.append(f"perception_node:encoder_backend:={backend}")
+    context = rclpy.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(path)], context=context)
+    nodes, executor, spinner = [], None, None
+    try:
+        nodes = start_nodes(context, names, overrides)
+        probe = _Probe(context=context)
+        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        for n in [*nodes, probe]:
+            executor.add_node(n)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        sim_task = next(n for n in nodes if n.get_name() == "sim_robot_node").get_parameter("task").value
+        # Wait for the first chunk: perception has its encoder and the chain is live.
+        t_end = time.monotonic() + 60.0
+        while not probe.latency_ms and time.monotonic() < t_end:
+            time.sleep(0.05)
+        if not probe.latency_ms:
+            raise RuntimeError("no action chunk within 60 s: is the graph running? (see /diagnostics)")
+        probe.latency_ms.clear()
+        ok, durations = 0, []
+        for ep in range(episodes):
+            probe.call(probe.enable_cli, SetBool.Request(data=False))
+            probe.call(probe.reset_cli, Trigger.Request())
+            with probe.lock:
+                probe.success = False
+            time.sleep(0.4)  # fresh observations of the new episode before the arm moves
+            probe.record = ep == 0
+            t0 = time.monotonic()
+            probe.call(probe.enable_cli, SetBool.Request(data=True))
+            while time.monotonic() - t0 < episode_timeout and not probe.success:
+                time.sleep(0.02)
+            probe.record = False
+            dur = time.monotonic() - t0
+            ok += int(probe.success)
+            durations.append(round(dur, 2))
+            log(f"episode {ep + 1}/{episodes}: {'success' if probe.success else 'failure'} in {dur:.1f} s")
+        probe.call(probe.enable_cli, SetBool.Request(data=False))
+        time.sleep(1.1)  # one more diagnostics period
+        with probe.lock:
+            lat = np.asarray(probe.latency_ms, dtype=np.float64)
+            inf_d = dict(probe.diag.get("inference_node", {}))
+            ex_d = dict(probe.diag.get("executor_node", {}))
+        res = EvalResult(
+            task=str(sim_task), bundle=bundle, episodes=episodes, successes=ok,
+            success_rate=ok / max(episodes, 1), episode_s=durations,
+            chunk_latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            chunk_latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            inference_ms_p50=_f(inf_d, "inference_ms_p50"), inference_ms_p99=_f(inf_d, "inference_ms_p99"),
+            sampler=inf_d.get("sampler", ""),
+            period_error_us_p50=_f(ex_d, "period_error_p50_us"),
+            period_error_us_p99=_f(ex_d, "period_error_p99_us"),
+            period_error_us_max=_f(ex_d, "period_error_max_us"),
+            missed_ticks=int(_f(ex_d, "missed_ticks")) if ex_d.get("missed_ticks") else 0,
+            chunks=int(lat.size),
+        )
+        if plot:
+            _plot(Path(plot), probe.commanded, probe.executed, lat, res)
+        return res
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        for n in nodes:
+            close = getattr(n, "close", None)
+            if close:
+                close()
+            n.destroy_node()
+        context.try_shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+
+
+def _plot(path: Path, commanded, executed, latency_ms: np.ndarray, res: EvalResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    if commanded and executed:
+        t0 = min(commanded[0][0], executed[0][0])
+        tc = np.array([t for t, _ in commanded]) - t0
+        c = np.array([v for _, v in commanded])
+        te = np.array([t for t, _ in executed]) - t0
+        e = np.array([v for _, v in executed])
+        for i, (name, col) in enumerate(zip(EE[:3], ("C0", "C1", "C2"))):
+            ax.plot(tc, c[:, i], color=col, lw=1.0, label=f"{name} commanded")
+            ax.plot(te, e[:, i], color=col, lw=2.0, ls="--", alpha=0.7, label=f"{name} executed")
+    ax.set_xlabel("time in episode 1 (s)")
+    ax.set_ylabel("end-effector position (m)")
+    ax.set_title("commanded (500 Hz executor) vs executed (sim)")
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[1]
+    if latency_ms.size:
+        ax.hist(latency_ms, bins=40, color="C3")
+    ax.set_xlabel("observation -> action chunk (ms)")
+    ax.set_ylabel("chunks")
+    ax.set_title(f"latency ({res.sampler}): p50 {res.chunk_latency_ms_p50:.1f} ms, "
+                 f"p99 {res.chunk_latency_ms_p99:.1f} ms")
+    fig.suptitle(f"{res.task}: success {res.successes}/{res.episodes}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def result_json(res: EvalResult) -> str:
+    return json.dumps(asdict(res), indent=2)
