@@ -1,6 +1,6 @@
 """Inference latency: every sampler on every available backend, one run, side by side.
 
-    python bench/bench_inference.py [BUNDLE] [--iters 200] [--out docs/bench/inference_table.md]
+    python bench/bench_inference.py [BUNDLE] [--iters 200] [--out inference_table.md]
 
 Same as ``l1flow bench inference``: each sampler (L1 Flow 2-step, IMLE 1-step, OFP
 1-step, FM 10-step, DDIM 10, DDPM 100) runs as a variant of one bundle's architecture

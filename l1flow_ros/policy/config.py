@@ -32,7 +32,7 @@ class ImleConfig:
 class OfpConfig:
     # Batch shares: plain flow matching (r = t, the base case), warm starts, and the rest
     # self-consistency. On the two-mode task, spending the batch on consistency jumps that
-    # end at r = 1 (the one-step use) gave the best one-step samples (docs/bench/policy.md).
+    # end at r = 1 (the one-step use) gave the best one-step samples (docs/BENCHMARKS.md).
     flow_share: float = 0.1
     warm_share: float = 0.1
     one_share: float = 0.97  # within the consistency share, how often the jump ends at r = 1
