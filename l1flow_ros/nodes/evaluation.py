@@ -89,8 +89,9 @@ class _Probe(Node):
         self.create_subscription(Bool, "/sim/success", self._on_success, latched)
         self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, 10)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_cmd, 100)
-        self.create_subscription(JointState, "/joint_states", self._on_js, 100)
+        # Depth 1: a busy process must not replay a backlog (which would show as a fake lag).
+        self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_cmd, 1)
+        self.create_subscription(JointState, "/joint_states", self._on_js, 1)
         self.reset_cli = self.create_client(Trigger, "/sim/reset")
         self.enable_cli = self.create_client(SetBool, "/l1flow/executor/enable")
 
@@ -115,7 +116,9 @@ class _Probe(Node):
     def _on_js(self, msg: JointState) -> None:
         if self.record and all(n in msg.name for n in EE):
             idx = [list(msg.name).index(n) for n in EE]
-            self.executed.append((time.monotonic(), [msg.position[i] for i in idx]))
+            # Measured at the sim's stamp, mapped onto this process's monotonic clock.
+            age = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-9
+            self.executed.append((time.monotonic() - age, [msg.position[i] for i in idx]))
 
     def call(self, client, request, timeout: float = 10.0):
         if not client.wait_for_service(timeout_sec=timeout):
