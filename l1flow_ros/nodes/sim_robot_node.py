@@ -274,6 +274,7 @@ class SimRobotNode(Node):
                 if follow is not None:
                     self.sim.set_target(follow)
                 res = self.sim.step()
+                episode = self._episode  # a reset between here and the publish makes res stale
                 q = self.sim.joint_positions()
                 qd = self.sim.joint_velocities()
                 stamp = self._now_ns()
@@ -291,8 +292,9 @@ class SimRobotNode(Node):
                 self._pub_js.publish(js)
                 state_msg.data = res.state.tolist()
                 self._pub_state.publish(state_msg)
-                if res.success != self._success_sent:
-                    self._publish_success(res.success)
+                with self._lock:
+                    if episode == self._episode and res.success != self._success_sent:
+                        self._publish_success(res.success)
                 if snapshot is not None:
                     self._offer_frame(stamp, snapshot)
             except Exception as e:  # context shut down under us: stop quietly
