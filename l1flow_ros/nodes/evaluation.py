@@ -190,6 +190,9 @@ def evaluate_graph(
         ok, durations = 0, []
         for ep in range(episodes):
             probe.call(probe.enable_cli, SetBool.Request(data=False))
+            # Commands already queued for the sim would drag the reset arm back to the last
+            # episode's goal: let them drain before the reset.
+            time.sleep(0.3)
             probe.call(probe.reset_cli, Trigger.Request())
             with probe.lock:
                 probe.success = False
