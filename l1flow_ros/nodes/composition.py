@@ -78,3 +78,32 @@ def run_graph(path: Path, names: list[str], duration: float = 0.0, threads: int 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     return 0
+
+
+def spin_node(node_cls, args: list[str] | None = None, threads: int = 1, close_first: bool = False) -> None:
+    """The console-script body every node shares: init, spin until Ctrl-C or shutdown, clean up.
+
+    ``threads`` > 1 spins a MultiThreadedExecutor (nodes with their own callback groups);
+    a lifecycle node whose ``autostart`` parameter is true is configured and activated here.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    try:
+        with rclpy.init(args=args):
+            node = node_cls()
+            cfg = getattr(node, "cfg", None)
+            if isinstance(node, LifecycleNode) and getattr(cfg, "autostart", False):
+                for step in (node.trigger_configure, node.trigger_activate):
+                    if step() != TransitionCallbackReturn.SUCCESS:
+                        node.get_logger().error(f"autostart: {step.__name__} failed")
+                        break
+            executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                if close_first:
+                    node.close()
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass

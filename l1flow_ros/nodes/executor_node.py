@@ -40,10 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -53,6 +51,7 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
+from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.runtime.safety import Limits
 from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.spec import ActionSpec
@@ -649,16 +648,8 @@ class ExecutorNode(Node):
         super().destroy_node()
 
 
-def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = ExecutorNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+def main(args: list[str] | None = None) -> None:
+    spin_node(ExecutorNode, args)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -59,6 +57,7 @@ from l1flow_ros.nodes.chunk_conv import (
     embedding_from_msg,
     stamp_to_ns,
 )
+from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.runtime.backends import BACKENDS, DEFAULT_PROVIDERS
 from l1flow_ros.runtime.checkpoint import CheckpointRejected, validate_checkpoint
 from l1flow_ros.runtime.hotswap import HeadSwitcher
@@ -493,23 +492,7 @@ class InferenceNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = InferenceNode()
-            if node.cfg.autostart:
-                for step in (node.trigger_configure, node.trigger_activate):
-                    if step() != TransitionCallbackReturn.SUCCESS:
-                        node.get_logger().error(f"autostart: {step.__name__} failed")
-                        break
-            executor = MultiThreadedExecutor(num_threads=3)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.close()
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(InferenceNode, args, threads=3, close_first=True)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -54,6 +52,7 @@ from std_msgs.msg import String
 
 from l1flow_ros.graph import resolve_path
 from l1flow_ros.nodes.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
+from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.sensor_conv import (
     camera_frame_from_msgs,
     camera_info_from_msg,
@@ -641,17 +640,7 @@ class PerceptionNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = PerceptionNode()
-            executor = MultiThreadedExecutor(num_threads=3)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(PerceptionNode, args, threads=3)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -40,6 +38,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
 from l1flow_ros.perception.geometry import CameraIntrinsics
 from l1flow_ros.sim.metaworld_env import (
@@ -416,15 +415,7 @@ class SimRobotNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = SimRobotNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(SimRobotNode, args)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
+from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.sim.metaworld_env import ACTION_NAMES, ScriptedExpert, SimError
 from l1flow_ros.sim.teleop import JoyConfig, JoyTeleop, LeaderConfig, LeaderMirror, TeleopError
 
@@ -248,15 +247,7 @@ class TeleopNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = TeleopNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(TeleopNode, args)
 
 
 if __name__ == "__main__":
