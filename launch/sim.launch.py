@@ -3,93 +3,43 @@
     ros2 launch l1flow_ros sim.launch.py
     ros2 launch l1flow_ros sim.launch.py checkpoint:=/path/to/bundle
 
-All parameters come from one file (default: share/l1flow_ros/config/sim.yaml), the same
-file `l1flow run sim` uses. The inference node is a lifecycle node: it is configured
-(bundle loaded and warmed up) and then activated by this launch file.
+policy.launch.py plus the simulated robot, all from one parameter file (default:
+share/l1flow_ros/config/sim.yaml), the same file `l1flow run sim` uses.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.events import matches_action
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
+from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-from lifecycle_msgs.msg import Transition
 
 
 def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
-    checkpoint = LaunchConfiguration("checkpoint")
-    overrides = [params_file]
-
-    sim_robot = Node(
-        package="l1flow_ros",
-        executable="sim_robot_node",
-        name="sim_robot_node",
-        parameters=overrides,
-        output="screen",
-    )
-    perception = Node(
-        package="l1flow_ros",
-        executable="perception_node",
-        name="perception_node",
-        parameters=overrides,
-        output="screen",
-    )
-    inference = LifecycleNode(
-        package="l1flow_ros",
-        executable="inference_node",
-        name="inference_node",
-        namespace="",
-        parameters=[params_file, {"checkpoint": checkpoint}],
-        output="screen",
-    )
-    executor = Node(
-        package="l1flow_ros",
-        executable="executor_node",
-        name="executor_node",
-        parameters=overrides,
-        output="screen",
-    )
-    configure = EmitEvent(
-        event=ChangeState(
-            lifecycle_node_matcher=matches_action(inference),
-            transition_id=Transition.TRANSITION_CONFIGURE,
-        )
-    )
-    activate = RegisterEventHandler(
-        OnStateTransition(
-            target_lifecycle_node=inference,
-            goal_state="inactive",
-            entities=[
-                EmitEvent(
-                    event=ChangeState(
-                        lifecycle_node_matcher=matches_action(inference),
-                        transition_id=Transition.TRANSITION_ACTIVATE,
-                    )
-                )
-            ],
-        )
-    )
+    share = FindPackageShare("l1flow_ros")
     return LaunchDescription(
         [
             DeclareLaunchArgument(
                 "params_file",
-                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "config", "sim.yaml"]),
+                default_value=PathJoinSubstitution([share, "config", "sim.yaml"]),
                 description="ROS 2 parameter file for all nodes",
             ),
             DeclareLaunchArgument(
                 "checkpoint",
-                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "models", "default"]),
+                default_value=PathJoinSubstitution([share, "models", "default"]),
                 description="checkpoint bundle directory to deploy",
             ),
-            sim_robot,
-            perception,
-            inference,
-            executor,
-            activate,
-            configure,
+            Node(
+                package="l1flow_ros",
+                executable="sim_robot_node",
+                name="sim_robot_node",
+                parameters=[params_file],
+                output="screen",
+            ),
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "policy.launch.py"])),
+                launch_arguments={"params_file": params_file, "checkpoint": LaunchConfiguration("checkpoint")}.items(),
+            ),
         ]
     )

@@ -15,12 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _launch_plan(path: Path) -> tuple[list[str], str, list[bool]]:
+    """(executables started, the params_file default, whether each node gets params_file).
+
+    An included launch file of this package contributes its nodes; it must be passed the
+    including file's params_file.
+    """
     tree = ast.parse(path.read_text())
     nodes, uses_params, params_default = [], [], None
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
             continue
         kw = {k.arg: k.value for k in call.keywords}
+        if call.func.id == "IncludeLaunchDescription":
+            consts = [n.value for n in ast.walk(call.args[0]) if isinstance(n, ast.Constant)]
+            included = next(c for c in consts if str(c).endswith(".launch.py"))
+            passed = {ast.literal_eval(k): v for k, v in zip(kw["launch_arguments"].func.value.keys,
+                                                              kw["launch_arguments"].func.value.values)}
+            assert isinstance(passed["params_file"], ast.Name) and passed["params_file"].id == "params_file"
+            sub_nodes, _, sub_uses = _launch_plan(path.parent / included)
+            nodes += sub_nodes
+            uses_params += sub_uses
+            continue
         if call.func.id in ("Node", "LifecycleNode"):
             assert ast.literal_eval(kw["package"]) == "l1flow_ros"
             exe = ast.literal_eval(kw["executable"])
