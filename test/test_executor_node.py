@@ -247,8 +247,13 @@ LIMITS = dict(lower=[-0.3, -0.3, 0.0, -1.0], upper=[0.3, 0.3, 0.5, 1.0],
 
 
 def _max_step(h: Harness) -> float:
-    """Longest tick the node measured (s): the limiter allows v_max times the actual tick."""
-    return 1.0 / h.rate + h.node.timing_stats()["period_error_max_us"] * 1e-6 + 2e-4
+    """Longest tick the node measured (s): the limiter allows v_max times the actual tick.
+
+    The limiter's tick is the time between two commands' computations, which can exceed
+    the wake-to-wake period by the work jitter inside a tick (about a millisecond on two
+    loaded cores): that is the slack.
+    """
+    return 1.0 / h.rate + h.node.timing_stats()["period_error_max_us"] * 1e-6 + 1e-3
 
 
 def test_splice_and_jump_stay_within_limits(make_harness):
