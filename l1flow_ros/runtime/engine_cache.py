@@ -144,14 +144,14 @@ class EngineCache:
         """Write an engine atomically (engine first, then its record)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         engine, meta = self.paths(stem, key)
-        _atomic_write(engine, bytes(engine_bytes))
+        atomic_write(engine, bytes(engine_bytes))
         rec = {
             "key": dataclasses.asdict(key),
             "engine_bytes": len(engine_bytes),
             "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
             "build_seconds": round(float(build_seconds), 3),
         }
-        _atomic_write(meta, json.dumps(rec, indent=1, sort_keys=True).encode())
+        atomic_write(meta, json.dumps(rec, indent=1, sort_keys=True).encode())
         return engine
 
     def check_usable(self, stem: str, key: EngineKey, allow_build: bool) -> Path | None:
@@ -181,7 +181,8 @@ class EngineCache:
         )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -19,8 +19,6 @@ then recorded in the manifest, whose fingerprint the bundle API recomputes.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from l1flow_ros.runtime.backends import (
     policy_onnx_name,
     sampler_tag,
 )
+from l1flow_ros.runtime.engine_cache import atomic_write
 from l1flow_ros.spec import SamplerSpec
 
 DEFAULT_OPSET = 17
@@ -142,7 +141,7 @@ def _export_and_check(module: Any, args: tuple, input_names: Sequence[str], outp
     err = float(np.max(np.abs(got - expected)))
     if not np.isfinite(err) or err > atol:
         raise ExportError(f"{path.name}: onnxruntime differs from torch by {err:.3g} > {atol:g}")
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return err
 
 
@@ -152,17 +151,3 @@ def record_files(bundle_dir: Path, names: list[str]) -> str:
 
     return add_files(bundle_dir, names)
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; bundles are shared read-only files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
