@@ -26,8 +26,9 @@ def _run(args, cwd, timeout=600):
 
 def test_short_pipeline_closes_the_loop(tmp_path):
     out = tmp_path / "run"
-    stdout = _run(["pipeline", "--task", "reach-v3", "--demos", "2", "--train-steps", "20", "--methods", "l1flow",
-                   "--episodes", "1", "--episode-timeout", "3", "--out", str(out)], tmp_path)
+    args = ["pipeline", "--task", "reach-v3", "--demos", "2", "--train-steps", "20", "--methods", "l1flow",
+            "--episodes", "1", "--episode-timeout", "3", "--out", str(out)]
+    stdout = _run(args, tmp_path)
     assert len(list((out / "episodes").glob("*.mcap"))) == 2
     assert (out / "store.zarr").is_dir()
     bundle = out / "bundles" / "l1flow"
@@ -41,6 +42,15 @@ def test_short_pipeline_closes_the_loop(tmp_path):
     assert r["sampler"] == "l1flow:2"
     assert r["chunk_latency_ms_p50"] > 0
     assert "| l1flow | l1flow:2 |" in stdout
+
+    # --resume keeps every finished stage: nothing is recorded, trained or evaluated again.
+    mtimes = {f: f.stat().st_mtime_ns for f in (bundle / "weights.safetensors", out / "results.json")}
+    again = _run([*args, "--resume"], tmp_path)
+    assert again.count("done in an earlier run") == 4, again  # record, dataset, train, export
+    assert "evaluated in an earlier run" in again
+    assert "$ l1flow" not in again, "a finished stage ran again"
+    assert {f: f.stat().st_mtime_ns for f in mtimes} == mtimes
+    assert json.loads((out / "results.json").read_text()) == res
 
 
 def test_demo_runs_on_the_bundled_model(tmp_path):

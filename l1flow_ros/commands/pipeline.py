@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--offline-record", action="store_true",
                    help="record by stepping the simulator directly (faster, no ROS) instead of the node graph")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what an earlier run into the same folder finished (episodes, store, bundles, "
+                        "exports, evaluations) and carry on from there; training resumes from its last save")
 
 
 def _cli(argv: list[str]) -> None:
@@ -85,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"l1flow pipeline: {e}", file=sys.stderr)
         return 1
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n== {args.task}: {args.demos} demos, {time.monotonic() - t_start:.0f} s in all")
     print(format_table(results))
     return 0
@@ -101,44 +103,82 @@ def format_table(results: list[dict]) -> str:
     return "\n".join([head, *rows])
 
 
+def _done(marker: Path) -> bool:
+    return marker.is_file()
+
+
 def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[dict]:
     from dataclasses import asdict
 
     from l1flow_ros.nodes.evaluation import evaluate_graph
 
     episodes, store, bundles = out / "episodes", out / "store.zarr", out / "bundles"
+    resume = bool(args.resume)
+    # A stage's marker file is written only once the stage finished; --resume skips those stages.
     print(f"== 1. teleop + record: {args.demos} scripted demonstrations of {args.task}")
-    rec = ["record", "--task", args.task, "--demos", str(args.demos), "--out", str(episodes),
-           "--expert-speed", "0.5", "--quiet", "--cameras", *args.cameras]
-    _cli(rec + (["--offline"] if args.offline_record else []))
+    if resume and _done(out / ".recorded"):
+        print("   (done in an earlier run)")
+    else:
+        rec = ["record", "--task", args.task, "--demos", str(args.demos), "--out", str(episodes),
+               "--expert-speed", "0.5", "--quiet", "--cameras", *args.cameras]
+        _cli(rec + (["--offline"] if args.offline_record else []))
+        (out / ".recorded").write_text(f"{args.demos}\n")
     print("== 2. dataset")
-    cfg = out / "dataset.yaml"
-    _dataset_config(cfg, args.cameras, args.num_points)
-    _cli(["dataset", "build", str(episodes), "--out", str(store), "--config", str(cfg), "--quiet"])
+    if resume and _done(out / ".dataset"):
+        print("   (done in an earlier run)")
+    else:
+        cfg = out / "dataset.yaml"
+        _dataset_config(cfg, args.cameras, args.num_points)
+        _cli(["dataset", "build", str(episodes), "--out", str(store), "--config", str(cfg), "--quiet"])
+        (out / ".dataset").write_text("ok\n")
     common = ["--data", str(store), "--batch-size", "64", "--lr", "3e-4", "--no-progress", "--log-every", "100"]
+    if resume:
+        common.append("--resume")  # continues from OUT/train_state.pt; a finished run is only re-saved
     arch = ["--down-dims", args.down_dims, "--embed-dim", str(args.embed_dim)]
     warm = str(max(1, min(100, args.train_steps // 10)))
     need = set(methods) | ({"fm"} if "imle" in methods else set()) | ({"l1flow"} if "ofp" in methods else set())
     print("== 3. train")
     for m, objective in (("l1flow", "l1flow"), ("fm", "fm"), ("ddim", "ddpm")):
         if m in need:
+            if resume and _done(bundles / m / ".trained"):
+                print(f"   {m}: done in an earlier run")
+                continue
             _cli(["train", "--objective", objective, "--out", str(bundles / m), "--steps", str(args.train_steps),
-                  "--warmup-steps", warm, "--save-every", str(args.train_steps), *common, *arch])
+                  "--warmup-steps", warm, "--save-every", str(min(500, args.train_steps)), *common, *arch])
+            (bundles / m / ".trained").write_text(f"{args.train_steps}\n")
     print("== 4. distil")
     dwarm = str(max(1, min(100, args.distill_steps // 10)))
     for m, teacher in (("imle", "fm"), ("ofp", "l1flow")):
         if m in methods:
+            if resume and _done(bundles / m / ".trained"):
+                print(f"   {m}: done in an earlier run")
+                continue
             _cli(["distill", "--method", m, "--teacher", str(bundles / teacher), "--out", str(bundles / m),
                   "--steps", str(args.distill_steps), "--warmup-steps", dwarm,
-                  "--save-every", str(args.distill_steps), *common])
+                  "--save-every", str(min(500, args.distill_steps)), *common])
+            (bundles / m / ".trained").write_text(f"{args.distill_steps}\n")
     print("== 5. export")
     for m in methods:
+        if resume and _done(bundles / m / ".exported"):
+            print(f"   {m}: done in an earlier run")
+            continue
         _cli(["export", str(bundles / m)])
+        (bundles / m / ".exported").write_text("ok\n")
     print("== 6. deploy + evaluate through the node graph")
+    results_path = out / "results.json"
+    earlier = {}
+    if resume and results_path.is_file():
+        earlier = {r["method"]: r for r in json.loads(results_path.read_text())
+                   if r.get("episodes") == args.episodes}
     results = []
     for m in methods:
+        if m in earlier:
+            print(f"   {m}: evaluated in an earlier run")
+            results.append(earlier[m])
+            continue
         res = evaluate_graph(bundles / m, args.task, args.episodes, episode_timeout=args.episode_timeout,
                              backend="onnxruntime", log=lambda s, m=m: print(f"   [{m}] {s}", flush=True))
         results.append({"method": m, **asdict(res)})
+        results_path.write_text(json.dumps(results, indent=2))  # after each method: a stop loses one at most
         print(res.table())
     return results
