@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -30,9 +32,11 @@ def test_demonstrations_are_bimodal():
 def test_mode_coverage(tmp_path):
     y0 = np.random.default_rng(11).uniform(-toy.Y0_RANGE, toy.Y0_RANGE, 400)
     stats, one_obs = {}, {}
-    for method in ("regression", "l1flow", "fm", "imle"):
-        teacher = tmp_path / "fm" if method == "imle" else None
-        manifest, model = toy.train_toy(method, tmp_path / method, teacher_dir=teacher)
+    for method in ("regression", "l1flow", "fm", "imle", "imle-pool"):
+        objective = method.split("-")[0]
+        teacher = tmp_path / "fm" if objective == "imle" else None
+        pool = 16 if method == "imle-pool" else 0  # teacher samples drawn once: K = 16 per item
+        manifest, model = toy.train_toy(objective, tmp_path / method, teacher_dir=teacher, teacher_pool=pool)
         chunks = toy.sample_policy(model, manifest.normalizer_obj(), y0, seed=1)
         stats[method] = toy.mode_stats(y0, chunks)
         # One single observation, many noises: a generative policy returns both modes.
@@ -40,7 +44,9 @@ def test_mode_coverage(tmp_path):
         one_obs[method] = toy.mode_stats(
             same, toy.sample_policy(model, manifest.normalizer_obj(), same, seed=2)
         )
-    for method in ("l1flow", "fm", "imle"):
+    pool_log = json.loads((tmp_path / "imle-pool" / "train_log.jsonl").read_text().splitlines()[0])
+    assert pool_log["teacher_pool"] == 16 and pool_log["items"] == 4096  # the pool path was taken
+    for method in ("l1flow", "fm", "imle", "imle-pool"):
         st = stats[method]
         assert st.near_mode >= 0.9, (method, st)
         assert 0.3 <= st.left <= 0.7, (method, st)

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--student-samples", type=int, default=i.student_samples, help="IMLE: n per observation"
     )
     parser.add_argument("--teacher-steps", type=int, default=i.teacher_steps, help="IMLE: 0 = teacher's own")
+    parser.add_argument(
+        "--teacher-pool", type=int, default=i.teacher_pool,
+        help="IMLE: draw K teacher samples per training item once, then m of them per step "
+             "(several times cheaper; 0 = fresh teacher samples every step)",
+    )
     parser.add_argument("--guidance", type=float, default=o.guidance, help="OFP: self-guidance weight")
     parser.add_argument("--warm-t", type=float, default=o.warm_t, help="OFP: warm-start time t_w")
     parser.add_argument(
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     )
     cfgs = ObjectiveConfigs(
         flow_time=flow_time,
-        imle=ImleConfig(args.teacher_samples, args.student_samples, args.teacher_steps),
+        imle=ImleConfig(args.teacher_samples, args.student_samples, args.teacher_steps,
+                        teacher_pool=args.teacher_pool),
         ofp=ofp,
     )
     fp = train(

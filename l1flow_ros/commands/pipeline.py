@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="l1flow,imle", help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--distill-steps", type=int, default=1500)
+    p.add_argument("--imle-pool", type=int, default=16,
+                   help="IMLE: teacher samples drawn once per training item (0 = fresh every step, slower)")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per method")
     p.add_argument("--episode-timeout", type=float, default=12.0)
     p.add_argument("--cameras", nargs="+", default=["corner"])
@@ -155,7 +157,8 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
                 continue
             _cli(["distill", "--method", m, "--teacher", str(bundles / teacher), "--out", str(bundles / m),
                   "--steps", str(args.distill_steps), "--warmup-steps", dwarm,
-                  "--save-every", str(min(500, args.distill_steps)), *common])
+                  "--save-every", str(min(500, args.distill_steps)), *common,
+                  *(["--teacher-pool", str(args.imle_pool)] if m == "imle" else [])])
             (bundles / m / ".trained").write_text(f"{args.distill_steps}\n")
     print("== 5. export")
     for m in methods:

@@ -26,6 +26,10 @@ class ImleConfig:
     # What the student starts from: "encoder" (the teacher's trained encoder, a fresh head: the
     # teacher's head predicts velocities, not chunks), "teacher" (everything) or "scratch".
     init: str = "encoder"
+    # > 0: K teacher samples per training item, drawn once before the loop; each step then
+    # takes m of that item's K. The teacher's multi-step sampling is most of an IMLE step's
+    # cost, so this makes distillation several times cheaper (0 = fresh samples every step).
+    teacher_pool: int = 0
 
 
 @dataclass(frozen=True)

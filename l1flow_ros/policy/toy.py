@@ -127,8 +127,11 @@ def train_toy(
     teacher_dir: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = False,
+    teacher_pool: int = 0,
 ) -> tuple[Manifest, PolicyModel]:
-    """Train one method on the toy task with the real training loop; returns the loaded bundle."""
+    """Train one method on the toy task with the real training loop; returns the loaded bundle.
+
+    ``teacher_pool``: IMLE draws its teacher samples from K per item made once (0 = fresh)."""
     from l1flow_ros.policy import objectives as O
     from l1flow_ros.policy.train import ObjectiveConfigs, TrainConfig, default_sampler, train
 
@@ -146,7 +149,9 @@ def train_toy(
         seed=seed,
         device="cpu",
     )
-    cfgs = ObjectiveConfigs(imle=O.ImleConfig(teacher_samples=8, student_samples=8, teacher_steps=5))
+    cfgs = ObjectiveConfigs(
+        imle=O.ImleConfig(teacher_samples=8, student_samples=8, teacher_steps=5, teacher_pool=teacher_pool)
+    )
     sampler = default_sampler(objective, cfgs.ofp)
     model_cfg = dataclasses.replace(TOY_MODEL, prediction=prediction_for(sampler.kind))
     train(

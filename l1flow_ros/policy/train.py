@@ -108,7 +108,30 @@ class LossModule(nn.Module):
                 ema,
             )
 
-    def forward(self, obs: dict[str, torch.Tensor], x1: torch.Tensor) -> torch.Tensor:
+        self.pool: torch.Tensor | None = None  # (N, K, H, A) teacher samples per dataset item
+
+    @torch.no_grad()
+    def build_teacher_pool(self, dataset: Dataset, k: int, device: torch.device, seed: int) -> float:
+        """Draw ``k`` teacher samples for every item of ``dataset`` (IMLE ``teacher_pool``); seconds taken."""
+        teacher = self._aux[0]
+        if teacher is None or not hasattr(dataset, "__getitems__"):
+            raise ValueError("teacher_pool needs a teacher and a dataset with batched __getitems__")
+        if k < self.cfgs.imle.teacher_samples:
+            raise ValueError(f"teacher_pool {k} < teacher_samples {self.cfgs.imle.teacher_samples}")
+        t0 = time.monotonic()
+        gen = torch.Generator(device).manual_seed(seed)
+        n, step = len(dataset), max(1, 4096 // k)
+        parts = []
+        for i in range(0, n, step):
+            batch = _to(dataset.__getitems__(list(range(i, min(n, i + step)))), device)
+            shape = tuple(batch["action"].shape[1:])
+            parts.append(obj.teacher_samples(teacher.sample, teacher.encode(batch["obs"]), k, shape, gen))
+        self.pool = torch.cat(parts)
+        return time.monotonic() - t0
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], x1: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         teacher, ema = self._aux
         cond = self.model.encode(obs)  # (B, D)
         net = self.model.head
@@ -121,6 +144,13 @@ class LossModule(nn.Module):
             return obj.ddpm_loss(net, cond, x1, self.model.cfg.num_train_steps)
         if self.objective == "regression":
             return obj.regression_loss(net, cond, x1)
+        if self.objective == "imle" and self.pool is not None:
+            if index is None:
+                raise ValueError("a teacher pool needs the batch's dataset indices")
+            b, m = x1.shape[0], c.imle.teacher_samples
+            pick = torch.rand(b, self.pool.shape[1], device=x1.device).argsort(dim=1)[:, :m]  # m of K, no repeats
+            samples = self.pool[index.to(self.pool.device)[:, None], pick]  # (B, m, H, A)
+            return obj.imle_loss(net, cond, samples, c.imle)
         if self.objective == "imle":
             with torch.no_grad():
                 samples = obj.teacher_samples(
@@ -128,6 +158,23 @@ class LossModule(nn.Module):
                 )  # (B, m, H, A)
             return obj.imle_loss(net, cond, samples, c.imle)
         return obj.ofp_loss(net, ema.head, cond, x1, c.ofp, c.flow_time)
+
+
+class _Indexed(Dataset):
+    """A batched dataset whose batches also carry their item indices (for the IMLE teacher pool)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(dataset, "__getitems__"):
+            raise ValueError("teacher_pool needs a dataset with batched __getitems__")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, idx: list[int]) -> dict:
+        batch = self.dataset.__getitems__(idx)
+        batch["index"] = torch.as_tensor(idx, dtype=torch.long)
+        return batch
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -241,6 +288,11 @@ def train(
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     loss_module = LossModule(model, cfg.objective, cfgs, teacher=teacher, ema=ema)
+    pool_info = None
+    if cfg.objective == "imle" and cfgs.imle.teacher_pool > 0:
+        secs = loss_module.build_teacher_pool(dataset, cfgs.imle.teacher_pool, device, cfg.seed)
+        pool_info = {"teacher_pool": cfgs.imle.teacher_pool, "items": len(dataset), "pool_s": round(secs, 2)}
+        dataset = _Indexed(dataset)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids)
@@ -315,6 +367,8 @@ def train(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = open(out / LOG_FILE, "a") if is_main else None  # closed in finally
+    if log and pool_info:
+        log.write(json.dumps(pool_info) + "\n")
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -337,7 +391,7 @@ def train(
             if "rgb" in batch["obs"]:
                 batch["obs"]["rgb"] = random_shift(batch["obs"]["rgb"], cfg.image_shift)
             with autocast:
-                loss = loss_module(batch["obs"], batch["action"])
+                loss = loss_module(batch["obs"], batch["action"], batch.get("index"))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
