@@ -52,6 +52,15 @@ def test_short_pipeline_closes_the_loop(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in mtimes} == mtimes
     assert json.loads((out / "results.json").read_text()) == res
 
+    # The results table of docs/BENCHMARKS.md is made from such run folders.
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "results_table.py"), str(out), "--iters", "10",
+                            "--rounds", "2", "--json", str(tmp_path / "t.json")],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert "| reach-v3 | L1 Flow 2-step | l1flow:2 |" in table.stdout
+    rows = json.loads((tmp_path / "t.json").read_text())[0]["rows"]
+    assert rows[0]["policy_ms_p50"] > 0 and rows[0]["chunk_ms_p50"] > rows[0]["policy_ms_p50"]
+
 
 def test_demo_runs_on_the_bundled_model(tmp_path):
     stdout = _run(["demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo")], tmp_path)
