@@ -64,6 +64,8 @@ OUTPUT_TOPICS = {
     "ee_delta": "/ee_delta_controller/commands",
 }
 TIMING_WINDOW = 8192  # periods kept for the p50 / p99 / max statistics
+CONTROLLER_CHECK_S = 0.05  # how often the output topic's subscriber count is checked
+JOINT_STATES_TIMEOUT_S = 1.0  # /joint_states older than this is reported on /diagnostics
 
 _D, _DA, _I, _IA, _S, _SA, _B = (
     Parameter.Type.DOUBLE, Parameter.Type.DOUBLE_ARRAY, Parameter.Type.INTEGER,
@@ -287,6 +289,11 @@ class ExecutorNode(Node):
         self._last_rejection = ""
         self._ignored_disabled = 0
         self._chunk_dt_ns = 0
+        # Controller presence: with no subscriber on the output topic nothing is streamed, and
+        # streaming resumes from the measured position (no jump to where the plan went meanwhile).
+        self._controller_lost = False
+        self._js_ok_t: float | None = None  # monotonic time of the last usable /joint_states
+        self._js_problem = ""  # why the last unusable /joint_states was ignored
         # Timing, written by the control thread only.
         self._periods = np.zeros(TIMING_WINDOW, dtype=np.int64)  # period error, ns
         self._n_periods = 0
@@ -318,6 +325,7 @@ class ExecutorNode(Node):
         # the control thread (building the message costs more than a whole control tick).
         self._tail_timer = self.create_timer(1.0 / cfg.tail_rate_hz if cfg.tail_rate_hz > 0 else 1.0,
                                              self._on_tail_timer)
+        self.create_timer(CONTROLLER_CHECK_S, self._check_controller)
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control_loop, name="l1flow_executor", daemon=True)
@@ -412,15 +420,20 @@ class ExecutorNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         names = self._cfg.joint_names
         if len(msg.position) != len(msg.name):
+            self._js_problem = f"/joint_states has {len(msg.position)} positions for {len(msg.name)} names"
             return
         index = {n: i for i, n in enumerate(msg.name)}
-        if not all(n in index for n in names):
+        missing = [n for n in names if n not in index]
+        if missing:
+            self._js_problem = f"/joint_states lacks {missing} (has {list(msg.name)[:8]})"
             return
         q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
         if not np.all(np.isfinite(q)):
+            self._js_problem = "/joint_states has NaN or inf positions"
             return
         with self._lock:
             self._measured = q
+            self._js_ok_t = time.monotonic()
         if self._cfg.start_enabled and not self._auto_enabled:
             self._auto_enabled = True
             self._enable(True)
@@ -493,8 +506,31 @@ class ExecutorNode(Node):
                                         throttle_duration_sec=1.0)
             next_t += period
 
+    def _check_controller(self) -> None:
+        """No subscriber on the output topic: stop streaming; one again: restart from the
+        measured position, as enabling does (the plan may have moved on meanwhile)."""
+        n = self._out_pub.get_subscription_count()
+        with self._lock:
+            if n == 0 and not self._controller_lost:
+                self._controller_lost = True
+                lost = True
+            elif n > 0 and self._controller_lost:
+                if self._enabled and self._measured is not None:
+                    self._scheduler.reset(self._measured, self._now_ns())
+                    self._last_published = self._measured.copy()
+                    self._published_version = -1
+                self._controller_lost = False  # after the reset: the control thread reads it unlocked
+                lost = False
+            else:
+                return
+        topic = OUTPUT_TOPICS[self._cfg.output]
+        if lost:
+            self.get_logger().warning(f"no subscriber on {topic}: not streaming until a controller subscribes")
+        else:
+            self.get_logger().info(f"{topic} has a subscriber: streaming from the measured position")
+
     def _tick(self) -> None:
-        if not self._enabled or not self._scheduler.ready:
+        if not self._enabled or not self._scheduler.ready or self._controller_lost:
             return
         now = self._now_ns()
         p, v, mode = self._scheduler.command(now)
@@ -591,19 +627,34 @@ class ExecutorNode(Node):
             self._rejections_reported = self._rejections
             rejections, last_rejection, enabled = self._rejections, self._last_rejection, self._enabled
             measured = self._measured is not None
+            controller_lost, js_ok_t = self._controller_lost, self._js_ok_t
         new_missed = self._missed - self._missed_reported
         self._missed_reported = self._missed
-        level, message = DiagnosticStatus.OK, "streaming" if enabled else "disabled"
-        if enabled and st.mode == Mode.STARVED:
-            level, message = DiagnosticStatus.WARN, "starved: holding position, no fresh chunk"
-        if new_missed:
-            level, message = DiagnosticStatus.WARN, f"{new_missed} control ticks missed"
-        if not measured:
-            level, message = DiagnosticStatus.WARN, "no /joint_states for the configured joint_names"
-        if self._checkpoint_error:
-            level, message = DiagnosticStatus.ERROR, self._checkpoint_error
+        # Every problem of this period, the worst first, then the state.
+        problems: list[tuple[int, str]] = []
         if new_rejections:
-            level, message = DiagnosticStatus.ERROR, f"rejected {new_rejections} chunk(s): {last_rejection}"
+            problems.append((2, f"rejected {new_rejections} chunk(s): {last_rejection}"))
+        if self._checkpoint_error:
+            problems.append((2, self._checkpoint_error))
+        if controller_lost:
+            problems.append((2 if enabled else 1, f"no subscriber on {OUTPUT_TOPICS[self._cfg.output]}: "
+                             "not streaming; restarts from /joint_states when a controller subscribes"))
+        if not measured:
+            problems.append((1, "no /joint_states for the configured joint_names"))
+        elif js_ok_t is not None and time.monotonic() - js_ok_t > JOINT_STATES_TIMEOUT_S:
+            why = f" ({self._js_problem})" if self._js_problem else ""
+            problems.append((1, f"no usable /joint_states for {time.monotonic() - js_ok_t:.1f} s{why}"))
+        if new_missed:
+            problems.append((1, f"{new_missed} control ticks missed"))
+        if not enabled:
+            problems.append((0, "disabled"))
+        elif st.mode == Mode.STARVED:
+            problems.append((1, "starved: holding position, no fresh chunk"))
+        elif not problems:
+            problems.append((0, "streaming"))
+        problems.sort(key=lambda x: -x[0])  # stable: the order above within a level
+        level = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)[problems[0][0]]
+        message = "; ".join(text for _, text in problems)
         age = (now - st.chunk_t_obs_ns) * 1e-6 if st.chunk_t_obs_ns is not None else float("nan")
         values = {
             "enabled": enabled,

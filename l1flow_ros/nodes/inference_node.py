@@ -65,6 +65,7 @@ from l1flow_ros.runtime.latency import LatencyWindow, Latest
 from l1flow_ros.runtime.runner import PolicyRunner, Tail
 
 NODE_NAME = "inference_node"
+ERROR_HOLD_S = 1.0  # a problem stays on /diagnostics at least this long after it last happened
 
 RELIABLE_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -178,6 +179,7 @@ class InferenceNode(LifecycleNode):
                         "invalid_tail": 0, "failed_inference": 0, "swaps": 0}
         self._error: str | None = None  # last problem, shown on /diagnostics
         self._error_level = DiagnosticStatus.OK
+        self._error_t = 0.0  # monotonic time of the last problem
 
         self._io_group = MutuallyExclusiveCallbackGroup()
         self._infer_group = MutuallyExclusiveCallbackGroup()
@@ -223,7 +225,7 @@ class InferenceNode(LifecycleNode):
                     warm_start=cfg.warm_start, fp16=cfg.fp16, engine_cache_dir=cfg.engine_cache_dir or None,
                     allow_build=cfg.allow_engine_build)
             except CheckpointRejected as e:
-                self.get_logger().warning(f"checkpoint {cfg.checkpoint!r} rejected: {e}")
+                self._set_error(f"checkpoint {cfg.checkpoint} rejected, old policy kept: {e}", DiagnosticStatus.WARN)
                 return SetParametersResult(successful=False, reason=str(e))
             # The same contents (fingerprint) as the running head and nothing pending: nothing to do.
             unchanged = active is not None and manifest.fingerprint == active.fingerprint \
@@ -245,7 +247,6 @@ class InferenceNode(LifecycleNode):
             runner = self._open_runner(self.cfg.checkpoint, self.cfg)
         except Exception as e:  # configure fails with the reason; the node stays unconfigured
             self._set_error(f"configure failed: {e}", DiagnosticStatus.ERROR)
-            self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         for old in self._switcher.set_active(runner):
             old.close()
@@ -337,7 +338,6 @@ class InferenceNode(LifecycleNode):
                 current = gen == self._swap_gen
             if current:
                 self._set_error(f"checkpoint {path} failed to load, old policy kept: {e}", DiagnosticStatus.ERROR)
-                self.get_logger().error(f"checkpoint {path} failed to load, old policy kept: {e}")
                 self._revert_checkpoint_param()
             return
         with self._lock:
@@ -437,6 +437,11 @@ class InferenceNode(LifecycleNode):
             return
         pub.publish(chunk_to_msg(chunk))
         self._counts["chunks"] += 1
+        if self._error is not None and time.monotonic() - self._error_t > ERROR_HOLD_S:
+            # Chunks flow again: the last problem is over (it stays in the counters). Shown for
+            # ERROR_HOLD_S at least, so that a diagnostics aggregator sees it.
+            self._clear_error()
+            self._publish_diag()
         self._age.add((self.get_clock().now().nanoseconds - t_obs) * 1e-9)
 
     # ------------------------------------------------------------------ diagnostics
@@ -448,7 +453,21 @@ class InferenceNode(LifecycleNode):
     def _set_error(self, text: str, level: bytes) -> None:
         new = text != self._error
         self._error, self._error_level = text, level
-        if new:
+        self._error_t = time.monotonic()
+        if new:  # logged once per distinct reason (a stream of bad input does not flood the log)
+            # One call site per severity and throttling (rclpy requires it). Embedding problems come
+            # per message and their texts carry ages and fingerprints: at most one a second.
+            log = self.get_logger()
+            error = level == DiagnosticStatus.ERROR
+            if text.startswith("embedding"):
+                if error:
+                    log.error(text, throttle_duration_sec=1.0)
+                else:
+                    log.warning(text, throttle_duration_sec=1.0)
+            elif error:
+                log.error(text)
+            else:
+                log.warning(text)
             self._publish_diag()
 
     def _clear_error(self) -> None:

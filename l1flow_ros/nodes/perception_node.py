@@ -166,6 +166,7 @@ class _Pipeline:
     embedder: Any
     history: ObservationHistory
     sync: ApproximateTimeSync
+    newest_ns: int | None = None  # stamp of the newest observation in the history
 
 
 class PerceptionNode(Node):
@@ -342,7 +343,15 @@ class PerceptionNode(Node):
         pipe = self._pipe
         if pipe is None or stream not in pipe.sync.streams:
             return
-        out = pipe.sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        stamp = stamp_to_ns(msg.header.stamp)
+        last = pipe.sync.last_stamp(stream)
+        if last is not None and last - stamp > pipe.sync.window_ns:
+            # Time went backwards (simulated time reset, a recording replayed from its start):
+            # the synchroniser never goes back in time, so it would wait for the old time. Restart.
+            pipe.sync.reset()
+            self._set_error(f"{stream}: stamps jumped {(last - stamp) * 1e-9:.2f} s back (clock reset?): "
+                            "synchroniser restarted")
+        out = pipe.sync.add(stream, stamp, msg)
         if out is not None:
             with self._cond:
                 if pipe is self._pipe:
@@ -496,11 +505,17 @@ class PerceptionNode(Node):
         age = (self.get_clock().now().nanoseconds - s.stamp_ns) * 1e-9
         if age > self.cfg.max_observation_age:
             raise PerceptionError(f"observation is {age:.3f} s old (> max_observation_age)")
+        if -age > self.cfg.max_observation_age:
+            raise PerceptionError(f"observation is stamped {-age:.3f} s in the future (> max_observation_age): "
+                                  "sensor clock ahead of this node's clock?")
         frames = self._decode(spec, s)
         t1 = time.perf_counter()
         step = frame_step(spec, frames, self._calib)
         t2 = time.perf_counter()
+        if pipe.newest_ns is not None and s.stamp_ns <= pipe.newest_ns:
+            pipe.history.clear()  # time went backwards (see _on_sensor): the history starts afresh
         pipe.history.push(s.stamp_ns, step_to_model(step))
+        pipe.newest_ns = s.stamp_ns
         model_input = pipe.history.get()
         emb = pipe.embedder.embed(model_input)
         t3 = time.perf_counter()

@@ -85,9 +85,13 @@ def validate_checkpoint(path: str | Path, running: Any | None = None, backend: s
             raise CheckpointRejected(f"checkpoint {p} has no {missing}: run `l1flow export {p}` first")
     if backend == "tensorrt":
         if device is None:
+            from l1flow_ros.runtime.backends import BackendError
             from l1flow_ros.runtime.trt_backend import device_identity
 
-            device = device_identity()
+            try:
+                device = device_identity()
+            except BackendError as e:  # no GPU / TensorRT here: a reason, not an exception
+                raise CheckpointRejected(f"cannot check TensorRT engines here: {e}") from e
         cache = EngineCache(engine_cache_dir or default_cache_dir(p))
         precision = "fp16" if fp16 else "fp32"
         for name in required_onnx(manifest, warm_start):
