@@ -34,6 +34,10 @@ def test_short_pipeline_closes_the_loop(tmp_path):
     bundle = out / "bundles" / "l1flow"
     for f in ("manifest.json", "weights.safetensors", "encoder.onnx", "policy.onnx"):
         assert (bundle / f).is_file(), f
+    # The task travels from the episodes' metadata through the store into the bundle.
+    from l1flow_ros.policy.bundle import bundle_task, read_manifest
+
+    assert bundle_task(read_manifest(bundle)) == "reach-v3"
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res] == ["l1flow"]
     r = res[0]

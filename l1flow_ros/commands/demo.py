@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from l1flow_ros.graph import share_dir
     from l1flow_ros.nodes.evaluation import evaluate_graph, result_json
-    from l1flow_ros.policy.bundle import BundleError, read_manifest
+    from l1flow_ros.policy.bundle import BundleError, bundle_task, read_manifest
 
     out = Path(args.out)
     bundle = Path(args.bundle) if args.bundle else share_dir() / "models" / "default"
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"l1flow demo: {e}", file=sys.stderr)
         return 1
-    task = manifest.train.get("info", {}).get("task") or "button-press-v3"
+    task = bundle_task(manifest) or "button-press-v3"
     cams = tuple(manifest.observation.cameras)
     print(f"== l1flow demo: {task}, bundle {bundle.name} ({manifest.fingerprint}, sampler "
           f"{manifest.sampler.kind}:{manifest.sampler.steps})")

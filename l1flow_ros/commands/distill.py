@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from l1flow_ros.commands.train import loop_config
-    from l1flow_ros.data.store import ChunkDataset, compute_normalizer
+    from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
     from l1flow_ros.policy.bundle import read_manifest
     from l1flow_ros.policy.objectives import FlowTimeConfig, ImleConfig, OfpConfig
     from l1flow_ros.policy.train import ObjectiveConfigs, default_sampler, train
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         cfgs=cfgs,
         teacher_dir=args.teacher,
         resume=args.resume,
-        info={"data": {"episodes": ds.num_episodes, "steps": len(ds)}},
+        info={"data": {"episodes": ds.num_episodes, "steps": len(ds), "tasks": store_tasks(args.data)}},
         progress=not args.no_progress,
     )
     if fp:

@@ -11,7 +11,7 @@ HELP = "evaluate a bundle through perception -> inference -> executor -> simulat
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, help="checkpoint bundle directory (exported for onnxruntime)")
-    p.add_argument("--task", default=None, help="Meta-World v3 task (default: the parameter file's)")
+    p.add_argument("--task", default=None, help="Meta-World v3 task (default: the bundle's training task, else the parameter file's)")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=100000, help="first episode seed is seed + 1")
     p.add_argument("--timeout", type=float, default=12.0, help="seconds per episode")
@@ -27,8 +27,16 @@ def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         print("l1flow eval: --episodes must be >= 1", file=sys.stderr)
         return 2
+    task = args.task
+    if task is None:  # the bundle's own task when its episodes recorded one, else the parameter file's
+        from l1flow_ros.policy.bundle import BundleError, bundle_task, read_manifest
+
+        try:
+            task = bundle_task(read_manifest(args.bundle))
+        except BundleError:
+            task = None  # evaluate_graph reports the bundle's problem
     try:
-        res = evaluate_graph(args.bundle, args.task, args.episodes, args.seed, args.timeout, args.config,
+        res = evaluate_graph(args.bundle, task, args.episodes, args.seed, args.timeout, args.config,
                              args.backend, args.plot)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"l1flow eval: {e}", file=sys.stderr)

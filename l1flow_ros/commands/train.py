@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from l1flow_ros.data.store import ChunkDataset, compute_normalizer
+    from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
     from l1flow_ros.perception.encoders import EncoderConfig
     from l1flow_ros.policy.model import ModelConfig, prediction_for
     from l1flow_ros.policy.objectives import FlowTimeConfig
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=sampler,
         cfgs=cfgs,
         resume=args.resume,
-        info={"data": {"episodes": ds.num_episodes, "steps": len(ds)}},
+        info={"data": {"episodes": ds.num_episodes, "steps": len(ds), "tasks": store_tasks(args.data)}},
         progress=not args.no_progress,
     )
     if fp:

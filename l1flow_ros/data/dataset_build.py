@@ -366,7 +366,7 @@ def build_dataset(
                 continue
             if writer is None:
                 writer = StoreWriter(out, cfg.observation, cfg.action, mode="a" if append else "w")
-            writer.add_episode(ep.obs, ep.actions)
+            writer.add_episode(ep.obs, ep.actions, task=meta.get("task") or None)
         except (DatasetError, EpisodeError, StoreError) as e:
             if isinstance(e, StoreError) and writer is None:
                 raise DatasetError(f"store {out}: {e}") from None

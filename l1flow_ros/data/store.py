@@ -94,8 +94,11 @@ class StoreWriter:
     def num_steps(self) -> int:
         return int(self.group["action"].shape[0])
 
-    def add_episode(self, obs: dict[str, np.ndarray], actions: np.ndarray) -> None:
+    def add_episode(self, obs: dict[str, np.ndarray], actions: np.ndarray, task: str | None = None) -> None:
         """Append one episode: obs[k] (T, *step shape) in storage form, actions (T, A).
+
+        ``task`` (the episode metadata's task name) joins the store's ``tasks`` attribute,
+        which training copies into the bundle so evaluation knows what the policy was for.
 
         rgb may be uint8 or float in [0, 1] (converted). Raises StoreError on a
         missing / extra modality, a wrong shape, or non-finite values, and
@@ -128,6 +131,10 @@ class StoreWriter:
             self.group[k].append(v)
         self.group["action"].append(actions)
         self.group["episode_ends"].append(np.array([self.num_steps], dtype=np.int64))
+        if task:
+            tasks = list(self.group.attrs.get("tasks", []))
+            if task not in tasks:
+                self.group.attrs["tasks"] = [*tasks, str(task)]
 
     def close(self) -> None:
         """Nothing is buffered (every episode is written when added); kept for symmetry."""
@@ -147,6 +154,13 @@ def _read_specs(group: Any) -> tuple[ObservationSpec, ActionSpec]:
         return ObservationSpec.from_dict(attrs["observation"]), ActionSpec.from_dict(attrs["action"])
     except (KeyError, TypeError, ValueError) as e:
         raise StoreError(f"store specs are invalid: {e}") from e
+
+
+def store_tasks(path: str | os.PathLike) -> list[str]:
+    """Task names of a store's episodes, in first-seen order ([] when none was recorded)."""
+    import zarr
+
+    return [str(t) for t in zarr.open_group(str(path), mode="r").attrs.get("tasks", [])]
 
 
 def open_store(path: str | os.PathLike) -> tuple[ObservationSpec, ActionSpec, dict[str, np.ndarray]]:

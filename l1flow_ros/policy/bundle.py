@@ -261,3 +261,10 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> tuple[Man
     except RuntimeError as e:
         raise BundleError(f"bundle {bundle_dir}: weights do not fit the model: {e}") from e
     return m, model.to(device).eval()
+
+
+def bundle_task(manifest: Manifest) -> str | None:
+    """The task a bundle was trained for: the one task of its training store's episodes
+    (recorded in their metadata), or None when the store named none or several."""
+    tasks = (manifest.train or {}).get("data", {}).get("tasks") or []
+    return str(tasks[0]) if len(tasks) == 1 else None
