@@ -1,15 +1,17 @@
 """Fault injection through the real node graph: does the package fail safe?
 
 The harness starts the real ``perception_node``, ``inference_node`` and ``executor_node``
-in one process (rclpy, MultiThreadedExecutor, as ``l1flow run`` composes them) on a small
+in one process (rclpy, each on a MultiThreadedExecutor of its own, so that one can be
+destroyed and started again while the others run) on a small
 untrained bundle (one RGB-D camera with points + end-effector proprioception, exported for
 ONNX Runtime on the CPU), and plays the world around them itself:
 
 - a camera: colour (rgb8), aligned depth (16UC1) and CameraInfo at 10 Hz;
 - an arm: ``/joint_states`` at 100 Hz whose position is the last command received on the
-  forward-position controller topic (a perfect position controller);
-- a GUARD: a second subscription on the controller topic that checks every command on its
-  own, without the executor's bookkeeping (rules below).
+  forward-position controller topic (a perfect position controller), clipped to its bounds;
+- a GUARD on the controller topic that checks every command on its own, without the
+  executor's bookkeeping (rules below). The arm and the guard run in a second process
+  (:class:`ArmGuard`), so that they do not compete with the nodes for one interpreter.
 
 Each case: wait until the graph streams normally, inject the fault, watch, clear it, and
 wait for normal operation (a chunk made from fresh data accepted by the executor, the
@@ -22,14 +24,16 @@ Guard rules, for every command on the controller topic (A = 4 action dimensions)
 
 1. finite, A values;
 2. inside the configured position limits: ``lower - 1e-9 <= p <= upper + 1e-9``;
-3. per-step change: ``|p_k - p_(k-1)| <= max_velocity * (clip(dt_src, T, 2T) + T) + 1e-9``
-   per dimension, with ``T`` the control period and ``dt_src`` the difference of the two
+3. per-step change: ``|p_k - p_prev| <= max_velocity * (clip(dt_src, g T, 2 g T) + T) + 1e-9``
+   per dimension, with ``T`` the control period, ``dt_src`` the difference of the two
    commands' middleware source timestamps (stamped when published, so bunching on the
-   way to the guard does not matter). The elapsed time is taken as at least one period
-   (a command published early after a late one) and at most two: the executor never
+   way to the guard does not matter) and ``g`` the difference of their publication
+   sequence numbers (commands lost in transport in between; 1 normally). The elapsed time
+   is taken as at least one period per command and at most two: the executor never
    integrates more than two periods in one tick, so after a stall, or after a gap in the
    stream (disabled, no subscriber), a command may not leap. One more period of slack
-   covers the time between the executor reading its clock and publishing.
+   covers the time between the executor reading its clock and publishing. After the
+   guard (re)subscribes, the first command is judged against the arm's position.
 
 "Arm held" (cases where only invalid or no data is on offer): after the fault starts, the
 arm must come to rest within ``SETTLE_MAX_S`` (the executor's starvation rule: the running
@@ -866,7 +870,12 @@ class Harness:
         else:
             res.reason_seen = True
             res.behaviour = "; ".join(res.reasons[:2]) or "no fault reported"
-        res.behaviour = _short(res.behaviour)
+        if ctx.behaviour:
+            res.behaviour = ctx.behaviour
+        root = str(Path(self.assets["bundle"]).resolve().parent)
+        res.behaviour = _short(res.behaviour.replace(root, "$WORKDIR"))
+        res.reasons = [x.replace(root, "$WORKDIR") for x in res.reasons]
+        res.notes = [x.replace(root, "$WORKDIR") for x in res.notes]
         if ctx.recovered_at is not None:
             res.recovered = True
             res.recover_s = round((ctx.recovered_at - ctx.cleared_at) * 1e-9, 2)
@@ -875,7 +884,7 @@ class Harness:
         return res
 
 
-def _short(text: str, n: int = 110) -> str:
+def _short(text: str, n: int = 150) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -896,6 +905,7 @@ class CaseContext:
         self.cleared_at: int = t0
         self.recovered_at: int | None = None
         self.answers: list[str] = []  # parameter-set answers etc., as "node: reason"
+        self.behaviour = ""  # what the case saw, where no node reason is expected
 
     def fault(self, **sensor_changes: Any) -> None:
         self.onset = time.time_ns()
@@ -1012,9 +1022,15 @@ def _chunk_out_of_limits(c: CaseContext) -> None:
     """A valid chunk whose targets lie far outside the position limits: clamped, never sent."""
     c.fault(cameras=False)
     time.sleep(0.5)
+    t0 = time.time_ns()
     for _ in range(4):
         c.w.send_chunk(time.time_ns(), target=(5.0, -5.0, 5.0, 5.0), fingerprint="faults:out_of_limits")
         time.sleep(0.2)
+    rep = c.w.controller.request(op="since", t=t0)
+    p = np.asarray(rep["p"]).reshape(-1, len(JOINTS))
+    if p.size:
+        reached = ", ".join(f"{n} {lo:+.3f}..{hi:+.3f}" for n, lo, hi in zip(JOINTS, p.min(0), p.max(0)))
+        c.behaviour = f"executor: clamped to the limits; commands spanned {reached}"
     c.clear()
     c.wait_recovered()
 
@@ -1057,6 +1073,8 @@ def _restart_inference(c: CaseContext) -> None:
 
 def _cpu_starvation(c: CaseContext) -> None:
     n = os.cpu_count() or 2
+    ex = c.h.nodes["executor_node"]
+    d0, m0 = ex.timing_stats()["deadlines"], ex.timing_stats()["missed_ticks"]
     c.fault()
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
@@ -1067,7 +1085,10 @@ def _cpu_starvation(c: CaseContext) -> None:
         for p in procs:
             p.wait()
     c.res.notes.append(f"{n} busy processes (one per core) for 4 s")
-    timing = c.h.nodes["executor_node"].timing_stats()
+    timing = ex.timing_stats()
+    dl, ms = timing["deadlines"] - d0, timing["missed_ticks"] - m0
+    c.behaviour = (f"executor: streamed on; {ms:.0f} of {dl:.0f} control deadlines missed "
+                   f"({100 * ms / max(dl, 1):.0f} %)")
     c.res.notes.append(f"executor period error over its last {timing['periods']:.0f} periods: p50 "
                        f"{timing['period_error_p50_us']:.0f} us, p99 {timing['period_error_p99_us']:.0f} us, max "
                        f"{timing['period_error_max_us']:.0f} us")
@@ -1222,22 +1243,11 @@ def run_suite(cases: list[Case], workdir: str | Path, log: Callable[[str], None]
         h.start()
         for case in cases:
             r = h.run_case(case)
-            _anonymise(r, [str(Path(workdir).resolve()), str(workdir)])
             log(f"  {r.name:<30} {'survived' if r.survived else 'FAILED'}  {r.behaviour}")
             results.append(r)
     finally:
         h.close()
     return results
-
-
-def _anonymise(r: CaseResult, workdirs: list[str]) -> None:
-    """The run's working directory shows as $WORKDIR (reports are shared)."""
-    def sub(x: str) -> str:
-        for w in workdirs:
-            x = x.replace(w, "$WORKDIR")
-        return x
-
-    r.behaviour, r.reasons, r.notes = sub(r.behaviour), [sub(x) for x in r.reasons], [sub(x) for x in r.notes]
 
 
 def machine() -> str:
