@@ -91,7 +91,10 @@ REST_S = 0.25  # "at rest": every command of the last REST_S within HOLD_TOL of 
 SETTLE_MAX_S = 5.0  # the arm must come to rest within this after the fault starts
 HOLD_S = 0.8  # then it must stay there this long (bad messages are injected meanwhile)
 HOLD_TOL = 1e-3  # "held": within this of the position at the start of the hold window
-GRACE_S = 0.05  # chunks stamped this long after the fault began are made from faulty data
+# Chunks stamped this long after the fault began are made from faulty data: a camera frame
+# may pair with a joint state up to the synchroniser's slop (0.02 s) older, published up to
+# one joint-state period (0.01 s) before the change; twice that, to be safe.
+GRACE_S = 0.1
 # A chunk made from the last good observation may still arrive this long after the fault
 # began (perception and inference drop observations older than 0.5 s): no hold before it.
 MIN_SETTLE_S = 0.8
@@ -347,12 +350,13 @@ class ArmGuard:
 
         next_t = time.monotonic()
         while not self._stop.is_set():
-            with self.lock:
-                on, names, offset, arm = self.js_on, list(self.js_names), self.js_offset, self.arm.copy()
+            with self.lock:  # stamped with the state it was read with: a change orders with stamps
+                on, names, arm = self.js_on, list(self.js_names), self.arm.copy()
+                stamp = time.time_ns() + self.js_offset
             if on:
                 pos = [float(arm[JOINTS.index(n)]) if n in JOINTS else 0.0 for n in names]
                 try:
-                    self.pub_js.publish(joint_state_to_msg(names, pos, time.time_ns() + offset))
+                    self.pub_js.publish(joint_state_to_msg(names, pos, stamp))
                 except Exception:  # the context is going down
                     return
             next_t += 1.0 / JOINT_HZ
@@ -553,9 +557,9 @@ class World:
         from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
         from l1flow_ros.perception.geometry import CameraIntrinsics
 
-        with self.lock:
+        with self.lock:  # stamped with the state it was read with (see ArmGuard._js_loop)
             s = self.sensors
-        stamp = time.time_ns() + s.stamp_offset_ns
+            stamp = time.time_ns() + s.stamp_offset_ns
         h, w = s.size
         if s.camera_info:
             intr = CameraIntrinsics(fx=40.0, fy=40.0, cx=(IMG_W - 1) / 2, cy=(IMG_H - 1) / 2, width=IMG_W,
@@ -838,10 +842,13 @@ class Harness:
         # Chunks the inference node made from a poisoned observation or an injected embedding
         # (the harness's own chunks carry a "faults:" fingerprint).
         late = ctx.onset + int(GRACE_S * 1e9)
-        res.invalid_chunks = sum(
-            1 for t_rx, t_obs, fp in chunks
-            if not fp.startswith("faults:") and (t_obs in poisoned or t_obs in injected
-                                                 or (ctx.no_valid_data and late <= t_obs and t_rx <= ctx.cleared_at)))
+        bad = [(t_rx, t_obs) for t_rx, t_obs, fp in chunks
+               if not fp.startswith("faults:") and (t_obs in poisoned or t_obs in injected
+                                                    or (ctx.no_valid_data and late <= t_obs and t_rx <= ctx.cleared_at))]
+        res.invalid_chunks = len(bad)
+        res.notes += [f"chunk from invalid data: observation {(t_obs - ctx.onset) * 1e-6:.0f} ms after the fault "
+                      f"began, received {(t_rx - ctx.onset) * 1e-6:.0f} ms after (cleared at "
+                      f"{(ctx.cleared_at - ctx.onset) * 1e-6:.0f} ms)" for t_rx, t_obs in bad[:3]]
         if ctx.hold is not None:
             t0, t1 = ctx.hold
             m = (cmd_t >= t0) & (cmd_t <= t1)
@@ -913,9 +920,9 @@ class CaseContext:
         self.behaviour = ""  # what the case saw, where no node reason is expected
 
     def fault(self, **sensor_changes: Any) -> None:
-        self.onset = time.time_ns()
         if sensor_changes:
-            self.w.set_sensors(**sensor_changes)
+            self.w.set_sensors(**sensor_changes)  # returns once the arm process applied it
+        self.onset = time.time_ns()
 
     def settle(self) -> None:
         """Wait until the arm is at rest (the executor's starvation rule: the running chunk
