@@ -262,9 +262,11 @@ class SensorState:
 
     @property
     def poisoned(self) -> bool:
-        """A camera frame published in this state is invalid data."""
+        """A camera frame published in this state is invalid data. (Joint-state faults are not
+        the frame's: a frame may still pair with a good joint state sent just before the
+        change; those cases are judged by the stamps after the fault began.)"""
         return (self.depth != "ok" or self.encoding not in ("rgb8", "bgr8") or self.size != (IMG_H, IMG_W)
-                or not set(JOINTS) <= set(self.joint_names) or self.stamp_offset_ns != 0)
+                or self.stamp_offset_ns != 0)
 
 
 class ArmGuard:
@@ -1107,6 +1109,38 @@ def _restart_inference(c: CaseContext) -> None:
     c.wait_recovered()
 
 
+def _kill_inference(c: CaseContext) -> None:
+    """The inference node as a process of its own (as ``ros2 run`` starts it), killed with
+    SIGKILL while the executor streams: no clean shutdown, no last message. Then the
+    in-process node is started again."""
+    h = c.h
+    h._remove_node("inference_node")
+    args = [f"{k}:={json.dumps(v) if isinstance(v, list) else v}" for k, v in _params(h.assets)["inference_node"].items()]
+    cmd = [sys.executable, "-m", "l1flow_ros.nodes.inference_node", "--ros-args"]
+    for a in [*args, "autostart:=true"]:
+        cmd += ["-p", a]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t_start = time.time_ns()
+        if not h.wait(lambda: h.accepted_since(t_start), 120.0):
+            raise RuntimeError("the inference node process did not start streaming in 120 s")
+        c.fault()
+        proc.kill()
+        proc.wait(timeout=10.0)
+        c.res.notes.append(f"inference node process {proc.pid} killed (SIGKILL), exit code {proc.returncode}")
+        c.settle()
+        time.sleep(HOLD_S)
+        c.wait_reason()
+        c.end_hold()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        c.clear()
+        h._add_node("inference_node")
+    c.wait_recovered()
+
+
 def _cpu_starvation(c: CaseContext) -> None:
     n = os.cpu_count() or 2
     ex = c.h.nodes["executor_node"]
@@ -1252,6 +1286,8 @@ CASES: tuple[Case, ...] = (
          ("executor_node", r"disable")),
     Case("inference_restart", "inference node destroyed; 1.75 s later a new one configured + activated",
          _restart_inference, ("executor_node", r"starved")),
+    Case("inference_killed", "inference node in its own process, killed (SIGKILL) while the executor streams",
+         _kill_inference, ("executor_node", r"starved")),
     Case("cpu_starvation", "one busy process per core for 4 s while streaming at 500 Hz", _cpu_starvation,
          None),
 )
