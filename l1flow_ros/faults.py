@@ -825,7 +825,7 @@ class Harness:
             w.clear_sensors()
             w.connect_controller()
         t_end = time.time_ns()
-        res.missed_ticks = self.missed_ticks() - missed0
+        res.missed_ticks = self.missed_ticks() - (missed0 if ctx.missed0 is None else ctx.missed0)
         res.nodes_alive = self.nodes_alive()
         time.sleep(0.05)  # commands still on their way to the guard
         rep = w.controller.request(op="report", cmd=rep0["n_cmd"], viol=rep0["n_viol"])
@@ -920,6 +920,7 @@ class CaseContext:
         self.recovered_at: int | None = None
         self.answers: list[str] = []  # parameter-set answers etc., as "node: reason"
         self.behaviour = ""  # what the case saw, where no node reason is expected
+        self.missed0: int | None = None  # missed ticks counted from here (set by a case's preparation)
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:
@@ -1124,6 +1125,7 @@ def _kill_inference(c: CaseContext) -> None:
         t_start = time.time_ns()
         if not h.wait(lambda: h.accepted_since(t_start), 120.0):
             raise RuntimeError("the inference node process did not start streaming in 120 s")
+        c.missed0 = h.missed_ticks()  # the process start-up (imports) is preparation, not the fault
         c.fault()
         proc.kill()
         proc.wait(timeout=10.0)
