@@ -228,7 +228,8 @@ class Totals:
 
     @property
     def ok(self) -> bool:
-        return (self.survived == self.tried - self.not_run and self.outside_limits == 0 and self.from_invalid == 0
+        # A case that could not run did not survive either.
+        return (self.survived == self.tried and self.outside_limits == 0 and self.from_invalid == 0
                 and self.invalid_chunks == 0)
 
 
