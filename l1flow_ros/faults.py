@@ -225,6 +225,7 @@ class Totals:
     outside_limits: int
     from_invalid: int
     invalid_chunks: int
+    lost_commands: int
 
     @property
     def ok(self) -> bool:
@@ -242,6 +243,7 @@ def totals(results: list[CaseResult]) -> Totals:
         outside_limits=sum(r.outside_limits for r in results),
         from_invalid=sum(r.from_invalid for r in results),
         invalid_chunks=sum(r.invalid_chunks for r in results),
+        lost_commands=sum(r.lost_commands for r in results),
     )
 
 
@@ -825,7 +827,9 @@ class Harness:
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
-        t_end = time.time_ns()
+            for name in ("executor_node", "perception_node", "inference_node"):
+                if name not in self.nodes:
+                    self._add_node(name)
         res.missed_ticks = self.missed_ticks() - (missed0 if ctx.missed0 is None else ctx.missed0)
         res.nodes_alive = self.nodes_alive()
         time.sleep(0.05)  # commands still on their way to the guard
@@ -894,7 +898,6 @@ class Harness:
             res.recovered = True
             res.recover_s = round((ctx.recovered_at - ctx.cleared_at) * 1e-9, 2)
         res.judge()
-        del t_end
         return res
 
 
@@ -1372,6 +1375,7 @@ def markdown(results: list[CaseResult], command: str) -> str:
         f"| commands outside limits | {t.outside_limits} |",
         f"| commands from invalid data | {t.from_invalid} |",
         f"| chunks from invalid observations | {t.invalid_chunks} |",
+        f"| commands lost on the way to the guard (judged across the gap) | {t.lost_commands} |",
         "",
     ]
     notes = [(r.name, n) for r in results for n in r.notes]
