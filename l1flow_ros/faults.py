@@ -584,7 +584,10 @@ class World:
             dep = image_to_msg(np.full((h, w), np.nan if s.depth == "nan" else np.inf, np.float32), "32FC1", stamp,
                                CAM)
         with self.lock:
-            if s.poisoned or not s.camera_info:
+            # A frame sent while CameraInfo is withheld is valid (a camera's intrinsics do not
+            # change): encoding it once CameraInfo arrives is right. Chunks made while none
+            # had arrived are caught by the no-valid-data window instead.
+            if s.poisoned:
                 self.poisoned_stamps.add(stamp)
             self.frames_sent += 1
         self.pub_color.publish(col)
