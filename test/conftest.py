@@ -12,7 +12,9 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread: the models in tests are tiny, and OpenMP threads that spin at barriers
+# stall for minutes when the cores are busy with other work (seen on a loaded 2-core machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -395,6 +395,10 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
     e = Embedder(assets["bundle"], warmup=False)
     spec, dt_ns = e.obs_spec, int(round(e.period_s * 1e9))
     rig = rig_factory(max_observation_age=5.0)
+    # The encoder loads in the background: on a loaded machine that can outlast the frames' age limit.
+    deadline = time.monotonic() + 120
+    while rig.node._pipe is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     # Observations on the dataset's time grid: frame k stamped exactly s0 + k * dt, sent once that
     # time has come; the next one only after the node has encoded this one (none dropped).
     s0 = rig.now_ns() + 200_000_000

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 L1FLOW = str(Path(sys.executable).parent / "l1flow")
 
@@ -24,6 +26,7 @@ def _run(args, cwd, timeout=600):
     return r.stdout
 
 
+@pytest.mark.timeout(900)  # two pipeline runs + the table: ~2 min idle, far more on a loaded machine
 def test_short_pipeline_closes_the_loop(tmp_path):
     out = tmp_path / "run"
     args = ["pipeline", "--task", "reach-v3", "--demos", "2", "--train-steps", "20", "--methods", "l1flow",
