@@ -184,4 +184,5 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
         results.append({"method": m, **asdict(res)})
         results_path.write_text(json.dumps(results, indent=2))  # after each method: a stop loses one at most
         print(res.table())
+    results_path.write_text(json.dumps(results, indent=2))  # every method, in order (earlier runs' too)
     return results
