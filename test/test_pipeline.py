@@ -58,6 +58,11 @@ def test_short_pipeline_closes_the_loop(tmp_path):
     assert "$ l1flow" not in again, "a finished stage ran again"
     assert {f: f.stat().st_mtime_ns for f in mtimes} == mtimes
     assert json.loads((out / "results.json").read_text()) == res
+    # A method added later is trained and evaluated alone; the ones evaluated before stay in results.json.
+    more = _run([*args[:args.index("--methods") + 1], "l1flow,ofp", *args[args.index("--methods") + 2:],
+                 "--distill-steps", "4", "--resume"], tmp_path)
+    assert "l1flow: evaluated in an earlier run" in more.replace("   ", "")
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["l1flow", "ofp"]
 
     # The results table of docs/BENCHMARKS.md is made from such run folders.
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "results_table.py"), str(out), "--iters", "10",

@@ -184,5 +184,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
         results.append({"method": m, **asdict(res)})
         results_path.write_text(json.dumps(results, indent=2))  # after each method: a stop loses one at most
         print(res.table())
-    results_path.write_text(json.dumps(results, indent=2))  # every method, in order (earlier runs' too)
+    text = json.dumps(results, indent=2)  # every method, in order (earlier runs' too)
+    if not results_path.is_file() or results_path.read_text() != text:
+        results_path.write_text(text)
     return results
