@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,50 +25,33 @@ LABEL = {"l1flow": "L1 Flow 2-step", "imle": "IMLE 1-step", "ofp": "OFP 1-step",
          "ddim": "DDIM 10"}
 
 
-def time_policies(bundles: dict[str, Path], iters: int, rounds: int, threads: int) -> dict[str, list[float]]:
-    """Milliseconds per chunk (policy graph only) for every bundle, interleaved in ``rounds``."""
-    from l1flow_ros.runtime.backends import noise_shape, open_policy
+def time_chunks(bundles: dict[str, Path], iters: int, rounds: int, threads: int) -> dict[str, list[float]]:
+    """Milliseconds per call of every bundle's policy graph and of the (shared) encoder,
+    interleaved in ``rounds`` (onnxruntime CPU)."""
+    from l1flow_ros.runtime.backends import noise_shape, open_encoder, open_policy
+    from l1flow_ros.runtime.bench import Row, measure_interleaved
 
     rng = np.random.default_rng(0)
-    runs = {}
+    runs = []
     for m, d in bundles.items():
         pol = open_policy(d, "onnxruntime", threads=threads)
         cond = rng.standard_normal((1, pol.cond_dim), dtype=np.float32)
         noise = rng.standard_normal(noise_shape(pol.sampler, pol.horizon, pol.action_dim), dtype=np.float32)
         pol.warmup(10)
-        runs[m] = (lambda p=pol, c=cond, n=noise: p.run(c, n))
-    out: dict[str, list[float]] = {m: [] for m in runs}
-    for _ in range(rounds):
-        for m, fn in runs.items():
-            for _ in range(iters // rounds):
-                t0 = time.perf_counter()
-                fn()
-                out[m].append(1e3 * (time.perf_counter() - t0))
-    return out
-
-
-def time_encoder(bundle: Path, iters: int, threads: int) -> list[float]:
-    """Milliseconds per observation of the shared encoder (encoder.onnx) on onnxruntime CPU."""
-    from l1flow_ros.runtime.backends import open_encoder
-
-    enc = open_encoder(bundle, "onnxruntime", threads=threads)
-    rng = np.random.default_rng(1)
+        runs.append((Row(m, "onnxruntime-cpu", True), (lambda p=pol, c=cond, n=noise: p.run(c, n))))
+    enc = open_encoder(next(iter(bundles.values())), "onnxruntime", threads=threads)
     obs = {k: rng.standard_normal(s).astype(np.float32) for k, s in enc.input_shapes.items()}
     enc.warmup(10)
-    ms = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        enc.run(obs)
-        ms.append(1e3 * (time.perf_counter() - t0))
-    return ms
+    runs.append((Row("encoder", "onnxruntime-cpu", True), (lambda: enc.run(obs))))
+    return {row.sampler: row.samples_ms for row in measure_interleaved(runs, iters, rounds, log=lambda _: None)}
 
 
 def task_rows(run: Path, iters: int, rounds: int, threads: int) -> tuple[str, list[dict], float]:
     results = {r["method"]: r for r in json.loads((run / "results.json").read_text())}
     methods = [m for m in ORDER if m in results]
     bundles = {m: run / "bundles" / m for m in methods}
-    lat = time_policies(bundles, iters, rounds, threads)
-    enc = float(np.median(time_encoder(bundles[methods[0]], iters, threads)))
+    lat = time_chunks(bundles, iters, rounds, threads)
+    enc = float(np.median(lat["encoder"]))
     task = results[methods[0]]["task"]
     rows = []
     for m in methods:

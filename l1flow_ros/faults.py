@@ -628,15 +628,9 @@ class World:
         self.pub_chunk.publish(msg)
 
     def call(self, client: Any, request: Any, timeout: float = 15.0) -> Any:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} not available")
-        fut = client.call_async(request)
-        end = time.monotonic() + timeout
-        while not fut.done():
-            if time.monotonic() > end:
-                raise RuntimeError(f"service {client.srv_name} did not answer in {timeout} s")
-            time.sleep(0.005)
-        return fut.result()
+        from l1flow_ros.nodes.composition import call_service
+
+        return call_service(client, request, timeout)
 
 
 # ------------------------------------------------------------------------------- the graph
@@ -728,14 +722,13 @@ class Harness:
         return node
 
     def _remove_node(self, name: str) -> None:
+        from l1flow_ros.nodes.composition import destroy_nodes
+
         node = self.nodes.pop(name)
         ex, spinner = self._spinners.pop(name)
         ex.shutdown(timeout_sec=5.0)
         spinner.join(timeout=5.0)
-        close = getattr(node, "close", None)
-        if close:
-            close()
-        node.destroy_node()
+        destroy_nodes([node])
 
     def restart_node(self, name: str) -> None:
         self._remove_node(name)

@@ -105,10 +105,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join([head, *rows])
 
 
-def _done(marker: Path) -> bool:
-    return marker.is_file()
-
-
 def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[dict]:
     from dataclasses import asdict
 
@@ -118,7 +114,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
     resume = bool(args.resume)
     # A stage's marker file is written only once the stage finished; --resume skips those stages.
     print(f"== 1. teleop + record: {args.demos} scripted demonstrations of {args.task}")
-    if resume and _done(out / ".recorded"):
+    if resume and (out / ".recorded").is_file():
         print("   (done in an earlier run)")
     else:
         rec = ["record", "--task", args.task, "--demos", str(args.demos), "--out", str(episodes),
@@ -126,7 +122,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
         _cli(rec + (["--offline"] if args.offline_record else []))
         (out / ".recorded").write_text(f"{args.demos}\n")
     print("== 2. dataset")
-    if resume and _done(out / ".dataset"):
+    if resume and (out / ".dataset").is_file():
         print("   (done in an earlier run)")
     else:
         cfg = out / "dataset.yaml"
@@ -142,7 +138,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
     print("== 3. train")
     for m, objective in (("l1flow", "l1flow"), ("fm", "fm"), ("ddim", "ddpm")):
         if m in need:
-            if resume and _done(bundles / m / ".trained"):
+            if resume and (bundles / m / ".trained").is_file():
                 print(f"   {m}: done in an earlier run")
                 continue
             _cli(["train", "--objective", objective, "--out", str(bundles / m), "--steps", str(args.train_steps),
@@ -152,7 +148,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
     dwarm = str(max(1, min(100, args.distill_steps // 10)))
     for m, teacher in (("imle", "fm"), ("ofp", "l1flow")):
         if m in methods:
-            if resume and _done(bundles / m / ".trained"):
+            if resume and (bundles / m / ".trained").is_file():
                 print(f"   {m}: done in an earlier run")
                 continue
             _cli(["distill", "--method", m, "--teacher", str(bundles / teacher), "--out", str(bundles / m),
@@ -162,7 +158,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
             (bundles / m / ".trained").write_text(f"{args.distill_steps}\n")
     print("== 5. export")
     for m in methods:
-        if resume and _done(bundles / m / ".exported"):
+        if resume and (bundles / m / ".exported").is_file():
             print(f"   {m}: done in an earlier run")
             continue
         _cli(["export", str(bundles / m)])

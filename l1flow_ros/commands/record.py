@@ -85,6 +85,7 @@ def record_demos_ros(
     from std_srvs.srv import Trigger
     from tqdm import tqdm
 
+    from l1flow_ros.nodes.composition import call_service
     from l1flow_ros.nodes.recorder_node import RecorderNode
     from l1flow_ros.nodes.sim_robot_node import SimRobotNode
     from l1flow_ros.nodes.teleop_node import TeleopNode
@@ -125,16 +126,7 @@ def record_demos_ros(
         threading.Thread(target=ex.spin, daemon=True).start()
 
         def call(name: str) -> Trigger.Response:
-            c = clients[name]
-            if not c.wait_for_service(timeout_sec=10.0):
-                raise RuntimeError(f"service of {name} not available")
-            fut = c.call_async(Trigger.Request())
-            deadline = time.monotonic() + 10.0
-            while not fut.done():
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name}: no answer")
-                time.sleep(0.01)
-            return fut.result()
+            return call_service(clients[name], Trigger.Request(), 10.0)
 
         limit = timeout_s if timeout_s > 0 else 1.5 * sim.sim.max_episode_steps * sim.sim.dt
         kept: list[Path] = []

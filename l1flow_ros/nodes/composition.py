@@ -26,6 +26,31 @@ def _parse_override(text: str) -> tuple[str, str]:
     return node, rest
 
 
+def call_service(client, request, timeout: float = 10.0):
+    """Call a service from a thread other than the spinning executor's; its response.
+
+    RuntimeError when the service is not there or does not answer within ``timeout`` s.
+    """
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"service {client.srv_name} not available")
+    fut = client.call_async(request)
+    end = time.monotonic() + timeout
+    while not fut.done():
+        if time.monotonic() > end:
+            raise RuntimeError(f"service {client.srv_name} did not answer in {timeout} s")
+        time.sleep(0.005)
+    return fut.result()
+
+
+def destroy_nodes(nodes) -> None:
+    """Close (where a node has ``close``) and destroy every node, in order."""
+    for n in nodes:
+        close = getattr(n, "close", None)
+        if close:
+            close()
+        n.destroy_node()
+
+
 def start_nodes(context, names: list[str], overrides: list[str] = ()) -> list:
     """Instantiate the named nodes in ``context``; lifecycle nodes are configured + activated."""
     per_node: dict[str, list[str]] = {}
@@ -69,11 +94,7 @@ def run_graph(path: Path, names: list[str], duration: float = 0.0, threads: int 
                 executor.spin()
             finally:
                 executor.shutdown()
-                for n in nodes:
-                    close = getattr(n, "close", None)
-                    if close:
-                        close()
-                    n.destroy_node()
+                destroy_nodes(nodes)
             print(f"l1flow run: stopped after {time.monotonic() - t0:.1f} s")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

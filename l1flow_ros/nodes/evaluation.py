@@ -31,7 +31,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.graph import config_path, nodes_in_config
 from l1flow_ros.nodes.chunk_conv import stamp_to_ns
-from l1flow_ros.nodes.composition import start_nodes
+from l1flow_ros.nodes.composition import call_service, destroy_nodes, start_nodes
 
 EE = ("ee_x", "ee_y", "ee_z", "gripper")
 
@@ -121,15 +121,7 @@ class _Probe(Node):
             self.executed.append((time.monotonic() - age, [msg.position[i] for i in idx]))
 
     def call(self, client, request, timeout: float = 10.0):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} not available")
-        fut = client.call_async(request)
-        t_end = time.monotonic() + timeout
-        while not fut.done():
-            if time.monotonic() > t_end:
-                raise RuntimeError(f"service {client.srv_name} did not answer")
-            time.sleep(0.01)
-        return fut.result()
+        return call_service(client, request, timeout)
 
 
 def _f(d: dict[str, str], k: str) -> float:
@@ -232,11 +224,7 @@ def evaluate_graph(
     finally:
         if executor is not None:
             executor.shutdown()
-        for n in nodes:
-            close = getattr(n, "close", None)
-            if close:
-                close()
-            n.destroy_node()
+        destroy_nodes(nodes)
         context.try_shutdown()
         if spinner is not None:
             spinner.join(timeout=5.0)

@@ -157,6 +157,12 @@ def bench_inference(bundle: str | Path, workdir: str | Path, samplers: tuple[str
             except Exception as e:
                 row.error = str(e).splitlines()[0][:200]
                 runs.append((row, None))
+    return measure_interleaved(runs, iters, rounds, log)
+
+
+def measure_interleaved(runs: list[tuple[Row, Any]], iters: int, rounds: int, log=print) -> list[Row]:
+    """Time every ``(row, fn)`` (``fn`` None: skipped) ``iters`` times, interleaved in ``rounds``
+    so that every function sees the same machine state; milliseconds go to ``row.samples_ms``."""
     per_round = max(1, iters // rounds)
     for r in range(rounds):
         log(f"round {r + 1}/{rounds}")
