@@ -46,9 +46,10 @@ class Harness:
         rel10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.out_topic = OUTPUT_TOPICS[output]
         if output == "joint_trajectory":
-            io.create_subscription(JointTrajectory, self.out_topic, self._store(self.trajs), rel10)
+            self.out_sub = io.create_subscription(JointTrajectory, self.out_topic, self._store(self.trajs), rel10)
         else:
-            io.create_subscription(Float64MultiArray, self.out_topic, self._on_cmd, QoSProfile(depth=1000))
+            self.out_sub = io.create_subscription(Float64MultiArray, self.out_topic, self._on_cmd,
+                                                  QoSProfile(depth=1000))
         io.create_subscription(JointTrajectory, "/l1flow/executor/tail", self._store(self.tails), rel1)
         io.create_subscription(DiagnosticArray, "/diagnostics", self._store(self.diags), 10)
         self.chunk_pub = io.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel1)
@@ -62,7 +63,8 @@ class Harness:
         self.thread.start()
         assert self.wait(lambda: self.chunk_pub.get_subscription_count() > 0
                          and self.js_pub.get_subscription_count() > 0
-                         and io.count_publishers(self.out_topic) > 0
+                         and self.out_sub.get_publisher_count() > 0  # matched both ways: the
+                         and self.node._out_pub.get_subscription_count() > 0  # first command counts
                          and self.enable_cli.service_is_ready(), 20.0), "discovery timed out"
 
     def _spin(self) -> None:

@@ -154,8 +154,14 @@ def test_limits_hold_for_a_chunk_that_asks_for_a_jump():
     lim = Limits.build(3, **LIM)
     s = make(lim)
     a = np.tile([3.0, -0.4, 0.2], (10, 1))  # x beyond the bound, all far from rest
-    s.add_chunk(chunk(0, a), 0)
-    _, ps, vs, _ = run(s, 0, 4000 * MS)
+    # Receding horizon: the same request every 100 ms (a plan that ends while the command is
+    # still catching up stops instead, see test_plan_end_while_catching_up_...).
+    out = []
+    for k in range(40):
+        s.add_chunk(chunk(k * 100 * MS, a), k * 100 * MS)
+        out.append(run(s, k * 100 * MS, (k + 1) * 100 * MS))
+    ps = np.concatenate([o[1] for o in out])
+    vs = np.concatenate([o[2] for o in out])
     assert_within(lim, ps, vs, TICK * 1e-9)
     assert s.stats().limited_ticks > 0
     # It settles on the (clipped) target without overshooting it.
@@ -324,6 +330,30 @@ def test_plan_end_is_starvation_and_stays_put():
     assert modes[-1] == Mode.STARVED and s.stats().starvation_events == 1
     assert np.all(vs[-10:] == 0.0)
 
+
+
+def test_plan_end_while_catching_up_stops_short_of_the_last_waypoint():
+    # The chunk asks for 1.0 within 0.4 s (2.5 / s); the limits allow 0.3 / s, so the command
+    # lags when the plan ends. It decelerates there (<= 0.3^2 / (2 * 2) = 22.5 mm more) and
+    # holds, instead of going on toward the already-due last waypoint at full speed.
+    lim = Limits.build(3, max_velocity=[0.3] * 3, max_acceleration=[2.0] * 3)
+    s = make(lim, execute_steps=4)
+    s.add_chunk(chunk(0, ramp(10, 0.0, 0.25)), 0)
+    _, ps, vs, modes = run(s, 0, 1500 * MS)
+    assert_within(lim, ps, vs, TICK * 1e-9)
+    i_end = modes.index(Mode.STARVED)
+    assert i_end == pytest.approx(200, abs=1)  # the plan ends at 0.4 s
+    at_end = ps[i_end - 1, 0]
+    assert 0.05 < at_end < 0.13  # lagging far behind 1.0
+    assert ps[-1, 0] <= at_end + 0.3**2 / (2 * 2.0) + 1e-6
+    assert np.all(vs[i_end + 100:] == 0.0) and np.all(ps[i_end + 100:] == ps[-1])
+    assert s.stats().starvation_events == 1
+    # A fresh chunk resumes from where it stopped, without a jump.
+    held = ps[-1].copy()
+    s.add_chunk(chunk(1500 * MS, ramp(10, held[0], 0.01)), 1500 * MS)
+    _, ps2, vs2, modes2 = run(s, 1500 * MS, 1700 * MS)
+    assert set(modes2) == {Mode.TRACK}
+    assert_within(lim, ps2, vs2, TICK * 1e-9, held, np.zeros(3))
 
 # -- rejection ----------------------------------------------------------------------------------
 

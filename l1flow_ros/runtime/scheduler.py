@@ -26,7 +26,10 @@ What happens to a chunk:
 Every tick, the plan is evaluated and passed through the limiter of
 :mod:`l1flow_ros.runtime.safety` (position, velocity, acceleration limits; binary gripper).
 When the plan runs out (or no chunk arrived for ``starvation_timeout_s``) the command
-decelerates within the acceleration limits and holds: stale actions are never replayed.
+decelerates within the acceleration limits and holds: stale actions are never replayed. A
+command that tracked the plan is at rest on its last waypoint when it ends; one that was
+still catching up (the limits acted) stops where it is, short of that waypoint, rather than
+going on toward it at up to full speed.
 The next valid chunk resumes from the held state.
 """
 
@@ -406,6 +409,19 @@ class ChunkScheduler:
         self._wp_n = np.zeros(0)
         self._version += 1
 
+    def _lagging(self, h: float) -> bool:
+        """True when the command is further from the plan's end than one tick of ``h`` s at
+        full speed on some continuous joint (lock held)."""
+        lo, hi, vmax, _, binary = self._limits.as_lists()
+        end = self._plan.p_end
+        if 0 < self._cfg.max_tick_s < h:
+            h = self._cfg.max_tick_s
+        for j, p in enumerate(self._p):
+            goal = min(max(end[j], lo[j]), hi[j])
+            if not binary[j] and abs(goal - p) > vmax[j] * h:
+                return True
+        return False
+
     def command(self, t_ns: int) -> tuple[np.ndarray, np.ndarray, Mode]:
         """The command for the control tick at ``t_ns``: (A,) positions, (A,) velocities, mode."""
         t = int(t_ns)
@@ -425,6 +441,10 @@ class ChunkScheduler:
                 elif t >= self._plan.end_ns:
                     self._mode = Mode.STARVED
                     st.starvation_events += 1
+                    # A command still catching up with the plan (limits acted) would go on
+                    # toward the last, already-due waypoint at up to full speed: stop instead.
+                    if self._lagging(h):
+                        self._stop()
             p_ref, v_ref, a_ref = self._plan.eval(t)
             if 0 < self._cfg.max_tick_s < h:
                 h = self._cfg.max_tick_s
