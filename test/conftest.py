@@ -37,6 +37,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: one torch thread (whatever OMP_NUM_THREADS
+    says) avoids OpenMP spin contention. Modules opt in with ``pytestmark``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def ros_context():
     """An initialised rclpy context, shut down after the test."""

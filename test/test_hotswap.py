@@ -29,14 +29,7 @@ ENCODER_SWITCH_DELAY = 0.15  # s, the fake perception's "encoder load" time
 PLANNING_PERIOD = TINY_ACTION.n_action_steps * TINY_ACTION.dt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,16 +33,7 @@ from l1flow_ros.runtime.runner import PolicyRunner, Tail, resample_tail
 from l1flow_ros.runtime.synthetic import TINY_ACTION, TINY_OBS, make_bundle
 from l1flow_ros.spec import SamplerSpec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

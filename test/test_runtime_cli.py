@@ -9,15 +9,7 @@ import pytest
 from l1flow_ros.cli import main
 from l1flow_ros.runtime.synthetic import make_bundle
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_export_command_writes_graphs_and_fails_cleanly(tmp_path, capsys):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -52,6 +52,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.runtime.safety import Limits
 from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.spec import ActionSpec
@@ -311,7 +312,7 @@ class ExecutorNode(Node):
         out_qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self._out_pub = self.create_publisher(out_type, OUTPUT_TOPICS[cfg.output], out_qos)
         self._tail_pub = self.create_publisher(JointTrajectory, "/l1flow/executor/tail", reliable1)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, NODE_NAME, hardware_id="")
         self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, reliable1)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self.create_service(SetBool, "/l1flow/executor/enable", self._on_enable)
@@ -675,14 +676,7 @@ class ExecutorNode(Node):
             "replan_due": self._scheduler.replan_due(now) if self._scheduler.ready else True,
             "control_thread": self._thread_note,
         }
-        status = DiagnosticStatus(level=level, name=NODE_NAME, message=message, hardware_id="")
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = ns_to_stamp(now)
-        try:
-            self._diag_pub.publish(msg)
-        except Exception:  # the publisher is gone: the node is shutting down
-            pass
+        self._diag.publish(level, message, values, stamp_ns=now)
 
     # -- shutdown -------------------------------------------------------------------------------
 

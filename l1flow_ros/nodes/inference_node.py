@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -58,6 +58,7 @@ from l1flow_ros.nodes.chunk_conv import (
     stamp_to_ns,
 )
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.runtime.backends import BACKENDS, DEFAULT_PROVIDERS
 from l1flow_ros.runtime.checkpoint import CheckpointRejected, validate_checkpoint
 from l1flow_ros.runtime.hotswap import HeadSwitcher
@@ -68,7 +69,6 @@ NODE_NAME = "inference_node"
 ERROR_HOLD_S = 1.0  # a problem stays on /diagnostics at least this long after it last happened
 
 RELIABLE_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-RELIABLE_10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -183,7 +183,7 @@ class InferenceNode(LifecycleNode):
 
         self._io_group = MutuallyExclusiveCallbackGroup()
         self._infer_group = MutuallyExclusiveCallbackGroup()
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
+        self._diag = Diagnostics(self, NODE_NAME)
         # Latched: perception nodes started later still learn the bundle in use.
         self._pub_ckpt = self.create_publisher(String, "/l1flow/checkpoint", LATCHED_1)
         self._pub_chunk = None
@@ -500,14 +500,7 @@ class InferenceNode(LifecycleNode):
             "embeddings_overwritten": str(self._mailbox.dropped),
             **{k: str(v) for k, v in self._counts.items()},
         }
-        st = DiagnosticStatus(name=NODE_NAME, hardware_id="l1flow", level=level, message=message)
-        st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        try:
-            self._pub_diag.publish(arr)
-        except Exception:  # publisher gone during shutdown
-            pass
+        self._diag.publish(level, message, vals)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -53,6 +53,7 @@ from std_msgs.msg import String
 from l1flow_ros.graph import resolve_path
 from l1flow_ros.nodes.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.nodes.sensor_conv import (
     camera_frame_from_msgs,
     camera_info_from_msg,
@@ -201,7 +202,7 @@ class PerceptionNode(Node):
         self._ckpt_error: str | None = None
         self._pub_emb = self.create_publisher(Image, "/l1flow/embedding", RELIABLE_1)
         self._pub_cloud = self.create_publisher(PointCloud2, "/l1flow/perception/cloud", RELIABLE_1)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
+        self._diag = Diagnostics(self, NODE_NAME)
         self._calib: dict[str, np.ndarray] = {}
         self._calib_error: str | None = None
         self._load_calibration()
@@ -596,7 +597,6 @@ class PerceptionNode(Node):
         if on_change and state == self._last_diag_state:
             return
         self._last_diag_state = state
-        st = DiagnosticStatus(name=NODE_NAME, hardware_id="l1flow", level=level, message=message)
         vals = {
             "fingerprint": pipe.embedder.fingerprint if pipe else "",
             "backend": pipe.embedder.backend if pipe else self.cfg.encoder_backend,
@@ -612,13 +612,7 @@ class PerceptionNode(Node):
             for s in pipe.sync.streams:
                 t = pipe.sync.last_stamp(s)
                 vals[f"age_s/{s}"] = "never" if t is None else f"{(now - t) * 1e-9:.3f}"
-        st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        try:
-            self._pub_diag.publish(arr)
-        except Exception:  # publisher gone during shutdown
-            pass
+        self._diag.publish(level, message, vals)
 
     # ------------------------------------------------------------------ realsense / shutdown
 

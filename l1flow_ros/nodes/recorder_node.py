@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -33,6 +32,7 @@ from std_srvs.srv import Trigger
 
 from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import ERROR, OK, Diagnostics
 
 NODE_NAME = "recorder_node"
 
@@ -147,7 +147,7 @@ class RecorderNode(Node):
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.create_subscription(Bool, self.cfg.success_topic, self._on_success, latched)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, NODE_NAME, hardware_id="recorder")
         self.create_service(Trigger, "/recorder/start", self._on_start)
         self.create_service(Trigger, "/recorder/stop", self._on_stop)
         self.create_service(Trigger, "/recorder/discard", self._on_discard)
@@ -262,17 +262,13 @@ class RecorderNode(Node):
                 w = None
             recording, count = w is not None, (w.count if w is not None else 0)
             current = str(w.path) if w is not None else ""
-        st = DiagnosticStatus(name=NODE_NAME, hardware_id="recorder")
         if time.monotonic() - self._last_error_time < 5.0:
-            st.level, st.message = DiagnosticStatus.ERROR, self._last_error
+            level, message = ERROR, self._last_error
         else:
-            st.level, st.message = DiagnosticStatus.OK, "recording" if recording else "idle"
+            level, message = OK, "recording" if recording else "idle"
         vals = {"recording": recording, "file": current, "messages": count, "episodes_saved": self._n_saved,
                 "episodes_discarded": self._n_discarded, "last_file": self._last_file}
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self._pub_diag.publish(arr)
+        self._diag.publish(level, message, vals)
 
     def close(self) -> None:
         """Finish an open episode on shutdown so no recording is lost."""

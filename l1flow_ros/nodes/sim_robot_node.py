@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -39,6 +38,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
 from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
 from l1flow_ros.perception.geometry import CameraIntrinsics
 from l1flow_ros.sim.metaworld_env import (
@@ -128,7 +128,7 @@ class SimRobotNode(Node):
         self._pub_js = self.create_publisher(JointState, "/joint_states", reliable10)
         self._pub_state = self.create_publisher(Float64MultiArray, "/sim/state", reliable10)
         self._pub_success = self.create_publisher(Bool, "/sim/success", latched)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, NODE_NAME)
         self._cam_pubs = {}
         self._cam_info = {}
         h, w = self.cfg.image_height, self.cfg.image_width
@@ -359,18 +359,14 @@ class SimRobotNode(Node):
         self._pub_success.publish(Bool(data=bool(success)))
 
     def _publish_diagnostics(self) -> None:
-        st = DiagnosticStatus()
-        st.name = NODE_NAME
-        st.hardware_id = f"metaworld/{self.cfg.task}"
-        recent_error = time.monotonic() - self._last_error_time < 2.0
-        if recent_error:
-            st.level, st.message = DiagnosticStatus.ERROR, self._last_error
+        if time.monotonic() - self._last_error_time < 2.0:
+            level, message = ERROR, self._last_error
         elif self._render_error:
-            st.level, st.message = DiagnosticStatus.ERROR, self._render_error
+            level, message = ERROR, self._render_error
         elif self._n_overruns:
-            st.level, st.message = DiagnosticStatus.WARN, f"physics fell behind real time {self._n_overruns} times"
+            level, message = WARN, f"physics fell behind real time {self._n_overruns} times"
         else:
-            st.level, st.message = DiagnosticStatus.OK, "running"
+            level, message = OK, "running"
         with self._lock:
             values = {
                 "task": self.cfg.task,
@@ -389,11 +385,7 @@ class SimRobotNode(Node):
             bad_commands=self._n_bad_commands,
             last_error=self._last_error,
         )
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [st]
-        self._pub_diag.publish(arr)
+        self._diag.publish(level, message, values, hardware_id=f"metaworld/{self.cfg.task}")
 
     def close(self) -> None:
         """Stop the physics and render threads (idempotent)."""

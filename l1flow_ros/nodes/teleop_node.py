@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -27,6 +26,7 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
 from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import ERROR, OK, Diagnostics
 from l1flow_ros.sim.metaworld_env import ACTION_NAMES, ScriptedExpert, SimError
 from l1flow_ros.sim.teleop import JoyConfig, JoyTeleop, LeaderConfig, LeaderMirror, TeleopError
 
@@ -102,7 +102,7 @@ class TeleopNode(Node):
 
         reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._pub = self.create_publisher(Float64MultiArray, "/forward_position_controller/commands", reliable10)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, NODE_NAME)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self.create_subscription(Joy, "/joy", self._on_joy, 10)
         self.create_subscription(JointState, "/leader/joint_states", self._on_leader, reliable10)
@@ -232,18 +232,13 @@ class TeleopNode(Node):
 
     # ------------------------------------------------------------------ reporting
     def _publish_diagnostics(self) -> None:
-        st = DiagnosticStatus(name=NODE_NAME, hardware_id=f"teleop/{self.cfg.mode}")
         if time.monotonic() - self._last_error_time < 2.0:
-            st.level, st.message = DiagnosticStatus.ERROR, self._last_error
+            level, message = ERROR, self._last_error
         else:
-            st.level = DiagnosticStatus.OK
-            st.message = "enabled" if self.cfg.enabled else "paused"
+            level, message = OK, "enabled" if self.cfg.enabled else "paused"
         vals = {"mode": self.cfg.mode, "enabled": self.cfg.enabled, "commands_sent": self._n_sent,
                 "bad_inputs": self._n_bad, "last_error": self._last_error}
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self._pub_diag.publish(arr)
+        self._diag.publish(level, message, vals, hardware_id=f"teleop/{self.cfg.mode}")
 
 
 def main(args: list[str] | None = None) -> None:
