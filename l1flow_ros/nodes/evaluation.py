@@ -6,8 +6,10 @@ same parameter file as ``l1flow run sim``. Per episode: disable the executor, re
 sim (next seed), enable the executor, wait for success or the time limit.
 
 Measured on the wire: success per episode, observation -> chunk latency (chunk publish
-time minus its observation stamp), the inference node's own inference time, and the
-executor's control-period error, from /diagnostics.
+time minus its observation stamp) split into where it goes (observation stamp -> the
+camera frame on the wire -> the embedding on the wire -> the chunk on the wire), the
+inference node's own inference time, and the executor's control-period error, from
+/diagnostics.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -46,6 +48,10 @@ class EvalResult:
     episode_s: list[float] = field(default_factory=list)
     chunk_latency_ms_p50: float = float("nan")  # observation stamp -> chunk on the wire
     chunk_latency_ms_p99: float = float("nan")
+    frame_latency_ms_p50: float = float("nan")  # observation stamp -> camera frame on the wire
+    embedding_latency_ms_p50: float = float("nan")  # observation stamp -> embedding on the wire
+    embedding_latency_ms_p99: float = float("nan")
+    perception_ms_p50: float = float("nan")  # perception node's own work per observation
     inference_ms_p50: float = float("nan")  # inference node's own timing (last window)
     inference_ms_p99: float = float("nan")
     sampler: str = ""
@@ -63,6 +69,8 @@ class EvalResult:
             ("success", f"{self.successes}/{self.episodes} ({100 * self.success_rate:.0f} %)"),
             ("chunks received", str(self.chunks)),
             ("obs -> chunk latency p50 / p99", f"{self.chunk_latency_ms_p50:.1f} / {self.chunk_latency_ms_p99:.1f} ms"),
+            ("  obs -> frame / embedding p50", f"{self.frame_latency_ms_p50:.1f} / {self.embedding_latency_ms_p50:.1f} ms"),
+            ("perception time p50", f"{self.perception_ms_p50:.2f} ms"),
             ("inference time p50 / p99", f"{self.inference_ms_p50:.2f} / {self.inference_ms_p99:.2f} ms"),
             ("control period error p50 / p99 / max",
              f"{self.period_error_us_p50:.0f} / {self.period_error_us_p99:.0f} / {self.period_error_us_max:.0f} us"),
@@ -75,13 +83,15 @@ class EvalResult:
 class _Probe(Node):
     """Watches the graph from outside: success, chunks, commands, joint states, diagnostics."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, camera: str = "", **kwargs) -> None:
         super().__init__("l1flow_eval", **kwargs)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.lock = threading.Lock()
         self.success = False
         self.latency_ms: list[float] = []
+        self.frame_ms: list[float] = []
+        self.embedding_ms: list[float] = []
         self.diag: dict[str, dict[str, str]] = {}
         self.record = False
         self.commanded: list[tuple[float, list[float]]] = []
@@ -89,6 +99,10 @@ class _Probe(Node):
         self.create_subscription(Bool, "/sim/success", self._on_success, latched)
         self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, 10)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.create_subscription(Image, "/l1flow/embedding", self._age_into(self.embedding_ms), 10)
+        if camera:
+            self.create_subscription(Image, f"/{camera}/color/image_raw", self._age_into(self.frame_ms),
+                                     qos_profile_sensor_data)
         # Depth 1: a busy process must not replay a backlog (which would show as a fake lag).
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_cmd, 1)
         self.create_subscription(JointState, "/joint_states", self._on_js, 1)
@@ -98,6 +112,18 @@ class _Probe(Node):
     def _on_success(self, msg: Bool) -> None:
         with self.lock:
             self.success = bool(msg.data)
+
+    def _age_into(self, into: list[float]):
+        def cb(msg) -> None:
+            lat = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-6
+            with self.lock:
+                into.append(lat)
+        return cb
+
+    def clear_latencies(self) -> None:
+        with self.lock:
+            for x in (self.latency_ms, self.frame_ms, self.embedding_ms):
+                x.clear()
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
         lat = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-6
@@ -122,6 +148,10 @@ class _Probe(Node):
 
     def call(self, client, request, timeout: float = 10.0):
         return call_service(client, request, timeout)
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if x.size else float("nan")
 
 
 def _f(d: dict[str, str], k: str) -> float:
@@ -165,7 +195,7 @@ def evaluate_graph(
     nodes, executor, spinner = [], None, None
     try:
         nodes = start_nodes(context, names, overrides)
-        probe = _Probe(context=context)
+        probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=context)
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         for n in [*nodes, probe]:
             executor.add_node(n)
@@ -178,7 +208,7 @@ def evaluate_graph(
             time.sleep(0.05)
         if not probe.latency_ms:
             raise RuntimeError("no action chunk within 60 s: is the graph running? (see /diagnostics)")
-        probe.latency_ms.clear()
+        probe.clear_latencies()
         ok, durations = 0, []
         for ep in range(episodes):
             probe.call(probe.enable_cli, SetBool.Request(data=False))
@@ -203,13 +233,19 @@ def evaluate_graph(
         time.sleep(1.1)  # one more diagnostics period
         with probe.lock:
             lat = np.asarray(probe.latency_ms, dtype=np.float64)
+            frame = np.asarray(probe.frame_ms, dtype=np.float64)
+            emb = np.asarray(probe.embedding_ms, dtype=np.float64)
             inf_d = dict(probe.diag.get("inference_node", {}))
             ex_d = dict(probe.diag.get("executor_node", {}))
+            per_d = dict(probe.diag.get("perception_node", {}))
         res = EvalResult(
             task=str(sim_task), bundle=bundle, episodes=episodes, successes=ok,
             success_rate=ok / max(episodes, 1), episode_s=durations,
             chunk_latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else float("nan"),
             chunk_latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            frame_latency_ms_p50=_pct(frame, 50),
+            embedding_latency_ms_p50=_pct(emb, 50), embedding_latency_ms_p99=_pct(emb, 99),
+            perception_ms_p50=_f(per_d, "total_ms_p50"),
             inference_ms_p50=_f(inf_d, "inference_ms_p50"), inference_ms_p99=_f(inf_d, "inference_ms_p99"),
             sampler=inf_d.get("sampler", ""),
             period_error_us_p50=_f(ex_d, "period_error_p50_us"),
