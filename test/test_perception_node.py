@@ -97,7 +97,7 @@ class Rig:
         self.embs: list = []
         self.diags: list = []
         self.clouds: list = []
-        self.io.create_subscription(Image, "/l1flow/embedding", self.embs.append, RELIABLE_1)
+        self.emb_sub = self.io.create_subscription(Image, "/l1flow/embedding", self.embs.append, RELIABLE_1)
         self.io.create_subscription(PointCloud2, "/l1flow/perception/cloud", self.clouds.append, RELIABLE_1)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE_10)
         self.ex = MultiThreadedExecutor(num_threads=4, context=ctx)
@@ -112,6 +112,15 @@ class Rig:
         deadline = time.monotonic() + (120 if wait_ready else 0)
         while time.monotonic() < deadline and not self.fingerprint_reported():
             time.sleep(0.05)
+        if wait_ready:
+            # Every sensor topic the node listens to, matched both ways, and the embedding topic:
+            # a frame sent before discovery completes is lost in part (a set that never completes).
+            listened = {sub.topic_name for sub in self.node.subscriptions}
+            pubs = [p for p in self.pub.values() if p.topic_name in listened]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                    all(p.get_subscription_count() > 0 for p in pubs) and self.emb_sub.get_publisher_count() > 0):
+                time.sleep(0.05)
 
     def fingerprint_reported(self) -> bool:
         return any(kv.key == "fingerprint" and kv.value for _, st in list(self.diags) for kv in st.values)
