@@ -70,6 +70,7 @@ def test_short_pipeline_closes_the_loop(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-3000:]
     assert "| reach-v3 | L1 Flow 2-step | l1flow:2 |" in table.stdout
+    assert "| reach-v3 | hold still (no policy) | - | 0/1 (0 %) |" in table.stdout  # reach needs motion
     rows = json.loads((tmp_path / "t.json").read_text())[0]["rows"]
     assert rows[0]["policy_ms_p50"] > 0 and rows[0]["chunk_ms_p50"] > rows[0]["policy_ms_p50"]
 
