@@ -13,15 +13,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from l1flow_ros.nodes.chunk_conv import ns_to_stamp
+
 TOPIC = "/diagnostics"
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-def _stamp(ns: int):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 class Diagnostics:
@@ -40,7 +36,7 @@ class Diagnostics:
                               hardware_id=self.hardware_id if hardware_id is None else hardware_id)
         st.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
-        arr.header.stamp = (_stamp(int(stamp_ns)) if stamp_ns is not None
+        arr.header.stamp = (ns_to_stamp(stamp_ns) if stamp_ns is not None
                             else self._node.get_clock().now().to_msg())
         try:
             self._pub.publish(arr)

@@ -97,7 +97,7 @@ class _Probe(Node):
         self.commanded: list[tuple[float, list[float]]] = []
         self.executed: list[tuple[float, list[float]]] = []
         self.create_subscription(Bool, "/sim/success", self._on_success, latched)
-        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, 10)
+        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._age_into(self.latency_ms), 10)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
         self.create_subscription(Image, "/l1flow/embedding", self._age_into(self.embedding_ms), 10)
         if camera:
@@ -114,6 +114,7 @@ class _Probe(Node):
             self.success = bool(msg.data)
 
     def _age_into(self, into: list[float]):
+        """A callback appending each message's age (now - header stamp, ms) to ``into``."""
         def cb(msg) -> None:
             lat = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-6
             with self.lock:
@@ -124,11 +125,6 @@ class _Probe(Node):
         with self.lock:
             for x in (self.latency_ms, self.frame_ms, self.embedding_ms):
                 x.clear()
-
-    def _on_chunk(self, msg: JointTrajectory) -> None:
-        lat = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-6
-        with self.lock:
-            self.latency_ms.append(lat)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
@@ -145,9 +141,6 @@ class _Probe(Node):
             # Measured at the sim's stamp, mapped onto this process's monotonic clock.
             age = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) * 1e-9
             self.executed.append((time.monotonic() - age, [msg.position[i] for i in idx]))
-
-    def call(self, client, request, timeout: float = 10.0):
-        return call_service(client, request, timeout)
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -211,17 +204,17 @@ def evaluate_graph(
         probe.clear_latencies()
         ok, durations = 0, []
         for ep in range(episodes):
-            probe.call(probe.enable_cli, SetBool.Request(data=False))
+            call_service(probe.enable_cli, SetBool.Request(data=False))
             # Commands already queued for the sim would drag the reset arm back to the last
             # episode's goal: let them drain before the reset.
             time.sleep(0.3)
-            probe.call(probe.reset_cli, Trigger.Request())
+            call_service(probe.reset_cli, Trigger.Request())
             with probe.lock:
                 probe.success = False
             time.sleep(0.4)  # fresh observations of the new episode before the arm moves
             probe.record = ep == 0
             t0 = time.monotonic()
-            probe.call(probe.enable_cli, SetBool.Request(data=True))
+            call_service(probe.enable_cli, SetBool.Request(data=True))
             while time.monotonic() - t0 < episode_timeout and not probe.success:
                 time.sleep(0.02)
             probe.record = False
@@ -229,7 +222,7 @@ def evaluate_graph(
             ok += int(probe.success)
             durations.append(round(dur, 2))
             log(f"episode {ep + 1}/{episodes}: {'success' if probe.success else 'failure'} in {dur:.1f} s")
-        probe.call(probe.enable_cli, SetBool.Request(data=False))
+        call_service(probe.enable_cli, SetBool.Request(data=False))
         time.sleep(1.1)  # one more diagnostics period
         with probe.lock:
             lat = np.asarray(probe.latency_ms, dtype=np.float64)
@@ -241,8 +234,7 @@ def evaluate_graph(
         res = EvalResult(
             task=str(sim_task), bundle=bundle, episodes=episodes, successes=ok,
             success_rate=ok / max(episodes, 1), episode_s=durations,
-            chunk_latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else float("nan"),
-            chunk_latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            chunk_latency_ms_p50=_pct(lat, 50), chunk_latency_ms_p99=_pct(lat, 99),
             frame_latency_ms_p50=_pct(frame, 50),
             embedding_latency_ms_p50=_pct(emb, 50), embedding_latency_ms_p99=_pct(emb, 99),
             perception_ms_p50=_f(per_d, "total_ms_p50"),

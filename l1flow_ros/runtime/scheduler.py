@@ -414,8 +414,6 @@ class ChunkScheduler:
         full speed on some continuous joint (lock held)."""
         lo, hi, vmax, _, binary = self._limits.as_lists()
         end = self._plan.p_end
-        if 0 < self._cfg.max_tick_s < h:
-            h = self._cfg.max_tick_s
         for j, p in enumerate(self._p):
             goal = min(max(end[j], lo[j]), hi[j])
             if not binary[j] and abs(goal - p) > vmax[j] * h:
@@ -431,6 +429,8 @@ class ChunkScheduler:
             h = (t - self._t_last) * 1e-9
             if h <= 0:  # same or earlier tick: repeat, never extrapolate backwards
                 return np.array(self._p), np.array(self._v), self._mode
+            if 0 < self._cfg.max_tick_s < h:
+                h = self._cfg.max_tick_s
             st = self._stats
             if self._mode == Mode.TRACK:
                 timeout = self._cfg.starvation_timeout_s
@@ -446,8 +446,6 @@ class ChunkScheduler:
                     if self._lagging(h):
                         self._stop()
             p_ref, v_ref, a_ref = self._plan.eval(t)
-            if 0 < self._cfg.max_tick_s < h:
-                h = self._cfg.max_tick_s
             p, v, limited = limit_step(self._limits, self._p, self._v, p_ref, v_ref, h,
                                        self._plan.next_stop(t))
             self._p, self._v, self._a_ref, self._t_last = p, v, a_ref, t
