@@ -48,17 +48,22 @@ def run(args: argparse.Namespace) -> int:
         from l1flow_ros.commands.record import record_demos_ros
 
         print(f"== 1. teleop: scripted expert drives the arm through the node graph, recording {args.demos} episodes")
-        files = record_demos_ros(task, args.demos, out / "episodes", cams, (96, 96), seed=0, progress=False,
-                                 expert_speed=0.5)
-        print(f"   {len(files)} MCAP episodes in {out / 'episodes'}")
+        try:
+            files = record_demos_ros(task, args.demos, out / "episodes", cams, (96, 96), seed=0, progress=False,
+                                     expert_speed=0.5, log_file=out / "nodes_teleop.log")
+        except (RuntimeError, ValueError) as e:
+            print(f"l1flow demo: {e}", file=sys.stderr)
+            return 1
+        print(f"   {len(files)} MCAP episodes in {out / 'episodes'} (node output: {out / 'nodes_teleop.log'})")
     print(f"== 2. deploy: {args.episodes} seeded episodes, sim -> perception -> inference -> executor (500 Hz)")
     try:
-        res = evaluate_graph(bundle, task, args.episodes, backend=args.backend, plot=out / "demo.png")
+        res = evaluate_graph(bundle, task, args.episodes, backend=args.backend, plot=out / "demo.png",
+                             log_file=out / "nodes_deploy.log")
     except (RuntimeError, ValueError) as e:
         print(f"l1flow demo: {e}", file=sys.stderr)
         return 1
     print("== 3. results")
     print(res.table())
     (out / "results.json").write_text(result_json(res))
-    print(f"plot: {out / 'demo.png'}   results: {out / 'results.json'}")
+    print(f"plot: {out / 'demo.png'}   results: {out / 'results.json'}   node output: {out / 'nodes_deploy.log'}")
     return 0

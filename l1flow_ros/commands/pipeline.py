@@ -176,7 +176,8 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
             results.append(earlier[m])
             continue
         res = evaluate_graph(bundles / m, args.task, args.episodes, episode_timeout=args.episode_timeout,
-                             backend="onnxruntime", log=lambda s, m=m: print(f"   [{m}] {s}", flush=True))
+                             backend="onnxruntime", log=lambda s, m=m: print(f"   [{m}] {s}", flush=True),
+                             log_file=out / f"nodes_eval_{m}.log")
         results.append({"method": m, **asdict(res)})
         results_path.write_text(json.dumps(results, indent=2))  # after each method: a stop loses one at most
         print(res.table())

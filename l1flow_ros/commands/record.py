@@ -3,7 +3,8 @@
     l1flow record --task button-press-v3 --demos 20 --out episodes/
     l1flow record --task drawer-open-v3 --demos 20 --out episodes/ --offline   # no ROS, faster
 
-By default the demonstrations go through the ROS node graph a user would run:
+By default the demonstrations go through the ROS node graph a user would run, one process
+per node (as ``ros2 launch l1flow_ros teleop.launch.py`` starts them):
 sim_robot_node (real-time physics, cameras) <- teleop_node (mode expert) on
 /forward_position_controller/commands, recorder_node writing one file per episode,
 episodes started / stopped / discarded through the recorder's services and the sim reset
@@ -62,6 +63,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Meta-World's task horizon: 500 physics steps of 12.5 ms.
+TASK_HORIZON_S = 500 * 0.0125
+
+
+def record_graph_params(path: Path, task: str, out_dir: Path, cameras: tuple[str, ...],
+                        image_size: tuple[int, int], seed: int, camera_rate_hz: float,
+                        expert_speed: float) -> Path:
+    """The recording graph's parameter file: sim_robot_node, teleop_node (expert), recorder_node."""
+    import yaml
+
+    calib = str((out_dir / "calibration.yaml").resolve())
+    params = {
+        "sim_robot_node": {"task": task, "cameras": list(cameras), "image_height": int(image_size[0]),
+                           "image_width": int(image_size[1]), "camera_rate_hz": float(camera_rate_hz),
+                           "seed": int(seed), "calibration_file": calib},
+        "teleop_node": {"mode": "expert", "task": task, "enabled": False, "expert_speed": float(expert_speed)},
+        "recorder_node": {"output_dir": str(out_dir.resolve()), "cameras": list(cameras), "task": task,
+                          "calibration_file": calib},
+    }
+    path.write_text(yaml.safe_dump({k: {"ros__parameters": v} for k, v in params.items()}, sort_keys=False))
+    return path
+
+
 def record_demos_ros(
     task: str,
     num: int,
@@ -74,78 +98,86 @@ def record_demos_ros(
     progress: bool = True,
     max_attempts: int | None = None,
     expert_speed: float = 1.0,
+    log_file: str | Path | None = None,
 ) -> list[Path]:
-    """Run sim + expert teleop + recorder in this process and keep ``num`` successful episodes."""
+    """Run sim + expert teleop + recorder, one process each, and keep ``num`` successful episodes.
+
+    This process drives the episodes through the nodes' services (``/sim/reset``,
+    ``/recorder/{start,stop,discard}``, teleop's ``enabled`` parameter) and watches
+    ``/sim/success``. The nodes' output goes to ``log_file`` (default: ``out_dir/nodes.log``).
+    """
     import threading
 
     import rclpy
+    from rcl_interfaces.srv import SetParameters
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Bool
     from std_srvs.srv import Trigger
     from tqdm import tqdm
 
+    from l1flow_ros.graph.launcher import ProcessGraph
     from l1flow_ros.nodes.composition import call_service
-    from l1flow_ros.nodes.recorder_node import RecorderNode
-    from l1flow_ros.nodes.sim_robot_node import SimRobotNode
-    from l1flow_ros.nodes.teleop_node import TeleopNode
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    calib = out_dir / "calibration.yaml"
+    params = record_graph_params(out_dir / "record_graph.yaml", task, out_dir, cameras, image_size, seed,
+                                 camera_rate_hz, expert_speed)
+    graph = ProcessGraph(params, log_file=log_file or out_dir / "nodes.log")
     ctx = Context()
-    rclpy.init(context=ctx)
-    nodes = []
-    ex = None
+    rclpy.init(args=[], context=ctx)
+    ctl, ex, spinner = None, None, None
     try:
-        sim = SimRobotNode(context=ctx, parameter_overrides=[
-            Parameter("task", value=task), Parameter("cameras", value=list(cameras)),
-            Parameter("image_height", value=int(image_size[0])), Parameter("image_width", value=int(image_size[1])),
-            Parameter("camera_rate_hz", value=float(camera_rate_hz)), Parameter("seed", value=int(seed)),
-            Parameter("calibration_file", value=str(calib)),
-        ])
-        nodes.append(sim)
-        teleop = TeleopNode(context=ctx, parameter_overrides=[
-            Parameter("mode", value="expert"), Parameter("task", value=task), Parameter("enabled", value=False),
-            Parameter("expert_speed", value=float(expert_speed)),
-        ])
-        nodes.append(teleop)
-        rec = RecorderNode(context=ctx, parameter_overrides=[
-            Parameter("output_dir", value=str(out_dir)), Parameter("cameras", value=list(cameras)),
-            Parameter("task", value=task), Parameter("calibration_file", value=str(calib)),
-        ])
-        nodes.append(rec)
+        graph.start()
         ctl = rclpy.create_node("l1flow_record", context=ctx)
-        nodes.append(ctl)
+        solved = threading.Event()
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        ctl.create_subscription(Bool, "/sim/success", lambda m: solved.set() if m.data else solved.clear(),
+                                latched)
         clients = {n: ctl.create_client(Trigger, s) for n, s in (
             ("reset", "/sim/reset"), ("start", "/recorder/start"), ("stop", "/recorder/stop"),
             ("discard", "/recorder/discard"))}
-        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-        for n in nodes:
-            ex.add_node(n)
-        threading.Thread(target=ex.spin, daemon=True).start()
+        teleop_params = ctl.create_client(SetParameters, "/teleop_node/set_parameters")
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(ctl)
+        spinner = threading.Thread(target=ex.spin, daemon=True)
+        spinner.start()
 
         def call(name: str) -> Trigger.Response:
-            return call_service(clients[name], Trigger.Request(), 10.0)
+            graph.check()
+            return call_service(clients[name], Trigger.Request(), 30.0)
 
-        limit = timeout_s if timeout_s > 0 else 1.5 * sim.sim.max_episode_steps * sim.sim.dt
+        def teleop(enabled: bool) -> None:
+            graph.check()
+            req = SetParameters.Request(parameters=[Parameter("enabled", value=enabled).to_parameter_msg()])
+            res = call_service(teleop_params, req, 30.0)
+            if not res.results[0].successful:
+                raise RuntimeError(f"teleop_node refused enabled={enabled}: {res.results[0].reason}")
+
+        limit = timeout_s if timeout_s > 0 else 1.5 * TASK_HORIZON_S / max(expert_speed, 0.1)
         kept: list[Path] = []
         attempts = max_attempts if max_attempts is not None else max(2 * num, num + 10)
         bar = tqdm(total=num, desc=f"demos {task}", unit="ep", disable=not progress)
         for attempt in range(attempts):
             if len(kept) >= num:
                 break
-            teleop.set_parameters([Parameter("enabled", value=False)])
+            teleop(False)
             if attempt > 0:
                 call("reset")  # seeds: seed (the sim's first episode), seed + 1, ...
+            t_end = time.monotonic() + 30.0
+            while solved.is_set() and time.monotonic() < t_end:  # the reset's "not solved" arrives
+                time.sleep(0.01)
             time.sleep(3.0 / camera_rate_hz)  # frames of the new episode before recording
             if not call("start").success:
                 raise RuntimeError("recorder refused to start an episode")
-            teleop.set_parameters([Parameter("enabled", value=True)])
+            teleop(True)
             t0 = time.monotonic()
-            while not sim.sim.success and time.monotonic() - t0 < limit:
+            while not solved.is_set() and time.monotonic() - t0 < limit:
                 time.sleep(0.02)
-            if sim.sim.success:
+            if solved.is_set():
                 time.sleep(0.3)  # a few frames of the solved state
                 r = call("stop")
                 if not r.success:
@@ -155,13 +187,17 @@ def record_demos_ros(
             else:
                 call("discard")
         bar.close()
-        teleop.set_parameters([Parameter("enabled", value=False)])
+        teleop(False)
         if len(kept) < num:
-            raise RuntimeError(f"{task}: only {len(kept)} of {num} scripted episodes succeeded in {attempts} tries")
+            raise RuntimeError(f"{task}: only {len(kept)} of {num} scripted episodes succeeded in {attempts} tries"
+                               f" (node output: {graph.log_file})")
         return kept
     finally:
+        graph.stop()
         if ex is not None:
             ex.shutdown()
-        for n in reversed(nodes):
-            n.destroy_node()
+        if ctl is not None:
+            ctl.destroy_node()
         ctx.try_shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)

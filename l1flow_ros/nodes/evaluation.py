@@ -1,8 +1,9 @@
 """Evaluate a bundle through the full node graph on the simulated arm.
 
 sim_robot_node -> perception_node -> inference_node -> executor_node -> sim_robot_node,
-all real nodes in one process (composition, MultiThreadedExecutor), started from the
-same parameter file as ``l1flow run sim``. Per episode: disable the executor, reset the
+one process per node (:class:`l1flow_ros.graph.launcher.ProcessGraph`, as ``l1flow run sim``
+and ``ros2 launch l1flow_ros sim.launch.py`` start them), from the same parameter file. This
+process only watches and drives episodes (one probe node on a single-threaded executor). Per episode: disable the executor, reset the
 sim (next seed), enable the executor, wait for success or the time limit.
 
 Measured on the wire: success per episode, observation -> chunk latency (chunk publish
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -31,9 +32,10 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from l1flow_ros.graph import config_path, nodes_in_config
+from l1flow_ros.graph import config_path, nodes_in_config, parameter_value
+from l1flow_ros.graph.launcher import ProcessGraph
 from l1flow_ros.nodes.chunk_conv import stamp_to_ns
-from l1flow_ros.nodes.composition import call_service, destroy_nodes, start_nodes
+from l1flow_ros.nodes.composition import call_service
 
 EE = ("ee_x", "ee_y", "ee_z", "gripper")
 
@@ -164,8 +166,13 @@ def evaluate_graph(
     backend: str | None = None,
     plot: str | Path | None = None,
     log=print,
+    log_file: str | Path | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``."""
+    """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``.
+
+    The nodes' own output goes to ``log_file`` (each line prefixed with the node's name), or to
+    standard output when None.
+    """
     from l1flow_ros.policy.bundle import read_manifest
 
     bundle = str(Path(bundle).resolve())
@@ -183,21 +190,22 @@ def evaluate_graph(
     if backend:
         overrides.append(f"inference_node:backend:={backend}")
         overrides.append(f"perception_node:encoder_backend:={backend}")
+    sim_task = task or parameter_value(path, "sim_robot_node", "task")
+    graph = ProcessGraph(path, names, overrides, log_file=log_file)
     context = rclpy.Context()
-    rclpy.init(args=["--ros-args", "--params-file", str(path)], context=context)
-    nodes, executor, spinner = [], None, None
+    rclpy.init(args=[], context=context)
+    probe, executor, spinner = None, None, None
     try:
-        nodes = start_nodes(context, names, overrides)
+        graph.start()
         probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=context)
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
-        for n in [*nodes, probe]:
-            executor.add_node(n)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(probe)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        sim_task = next(n for n in nodes if n.get_name() == "sim_robot_node").get_parameter("task").value
         # Wait for the first chunk: perception has its encoder and the chain is live.
         t_end = time.monotonic() + 60.0
         while not probe.latency_ms and time.monotonic() < t_end:
+            graph.check()
             time.sleep(0.05)
         if not probe.latency_ms:
             raise RuntimeError("no action chunk within 60 s: is the graph running? (see /diagnostics)")
@@ -217,6 +225,7 @@ def evaluate_graph(
             call_service(probe.enable_cli, SetBool.Request(data=True))
             while time.monotonic() - t0 < episode_timeout and not probe.success:
                 time.sleep(0.02)
+            graph.check()
             probe.record = False
             dur = time.monotonic() - t0
             ok += int(probe.success)
@@ -250,9 +259,11 @@ def evaluate_graph(
             _plot(Path(plot), probe.commanded, probe.executed, lat, res)
         return res
     finally:
+        graph.stop()
         if executor is not None:
             executor.shutdown()
-        destroy_nodes(nodes)
+        if probe is not None:
+            probe.destroy_node()
         context.try_shutdown()
         if spinner is not None:
             spinner.join(timeout=5.0)

@@ -3,8 +3,8 @@
 One description serves both ways of starting the graph:
 - ``launch/*.launch.py`` (launch_ros, on a full ROS 2 install) start one process per node
   with ``parameters=[<config file>]``;
-- ``l1flow run <config>`` starts the same nodes in one process (composition) with the
-  same parameter file, for machines without the ``ros2`` command line.
+- ``l1flow run <config>`` (:mod:`l1flow_ros.graph.launcher`) starts the same nodes, one OS
+  process per node, with the same parameter file, where the ``ros2`` command line is missing.
 
 A graph is its parameter file: the nodes are the file's top-level keys.
 """
@@ -28,6 +28,10 @@ NODE_CLASSES: dict[str, str] = {
     "executor_node": "l1flow_ros.nodes.executor_node:ExecutorNode",
 }
 
+# Lifecycle nodes: configured and activated by whoever starts the graph (launch file,
+# launcher, in-process composition). test_launch checks this against the classes.
+LIFECYCLE_NODES: frozenset[str] = frozenset({"inference_node"})
+
 # The graphs the package ships: name -> parameter file in config/.
 GRAPHS: dict[str, str] = {
     "policy": "policy.yaml",
@@ -47,7 +51,7 @@ def share_dir() -> Path:
             pass
     except ImportError:
         pass
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -94,3 +98,12 @@ def resolve_path(value: str) -> str:
     if isinstance(value, str) and value.startswith(prefix):
         return str(share_dir() / value[len(prefix):])
     return value
+
+
+def parameter_value(path: str | Path, node: str, name: str, default=None):
+    """One node's parameter as the file sets it (``default`` where it does not)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for key, body in data.items():
+        if str(key).lstrip("/") == node and isinstance(body, dict):
+            return (body.get("ros__parameters") or {}).get(name, default)
+    return default

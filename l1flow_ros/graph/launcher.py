@@ -1,0 +1,333 @@
+"""One OS process per node, as ``ros2 launch`` starts a graph: ``l1flow run`` and every tool.
+
+    l1flow run sim                                   # config/sim.yaml, Ctrl-C to stop
+    l1flow run my_arm.yaml -p inference_node:checkpoint:=/path/to/bundle
+
+What it does, the way launch / launch_ros do it for the launch files in ``launch/``:
+
+- each node of the parameter file runs as its own process: its console script (or
+  ``python -m l1flow_ros.nodes.<node>`` where the scripts are not on disk) with
+  ``--ros-args --params-file <file>`` and the node's ``-p name:=value`` overrides;
+- lifecycle nodes (:data:`l1flow_ros.graph.LIFECYCLE_NODES`) are configured, then
+  activated, through their ``change_state`` services, as the launch files' event handlers do;
+- every line a node prints (stdout and stderr) comes out prefixed with ``[node]``, to the
+  terminal or to a log file;
+- Ctrl-C or SIGTERM stops them all: SIGINT to each node (rclpy's handler shuts the node down
+  cleanly), SIGTERM after ``stop_timeout`` s, SIGKILL after that. Each node runs in a session
+  of its own, so a terminal's Ctrl-C reaches it once, from here, never twice; and each is
+  tied to this process (``PR_SET_PDEATHSIG``), so no node outlives a launcher that is killed;
+- a node that exits or crashes while the graph runs is reported with the end of its output,
+  the rest are stopped, and ``l1flow run`` exits non-zero.
+
+Why processes and not threads: in one Python process every node shares one interpreter
+lock with the executor's 500 Hz control thread, and rclpy's MultiThreadedExecutor was
+measured to starve an 80 Hz topic with two subscribers in the process to about 3 Hz (see
+:mod:`l1flow_ros.nodes.composition`). Separate processes are also what a user gets from
+``ros2 launch``, so the tools measure what is deployed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+from l1flow_ros.graph import LIFECYCLE_NODES, NODE_CLASSES, nodes_in_config
+
+_PR_SET_PDEATHSIG = 1
+
+
+class GraphError(RuntimeError):
+    """A node of the graph could not be started, configured or kept running."""
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, list[str]]:
+    """``["node:name:=value", ...]`` -> ``{"node": ["name:=value", ...]}``."""
+    per_node: dict[str, list[str]] = {}
+    for text in overrides:
+        node, sep, rest = text.partition(":")
+        if not sep or ":=" not in rest:
+            raise ValueError(f"override {text!r} is not NODE:NAME:=VALUE")
+        per_node.setdefault(node, []).append(rest)
+    return per_node
+
+
+def node_command(name: str, params_file: str | Path, params: Sequence[str] = ()) -> list[str]:
+    """The command line that runs node ``name`` as ``ros2 run`` / launch_ros would."""
+    if name not in NODE_CLASSES:
+        raise ValueError(f"unknown node {name!r}; known: {sorted(NODE_CLASSES)}")
+    script = Path(sys.executable).parent / name
+    exe = [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", f"l1flow_ros.nodes.{name}"]
+    ros_args = ["--ros-args", "--params-file", str(params_file)]
+    for p in params:
+        ros_args += ["-p", p]
+    return [*exe, *ros_args]
+
+
+def _tie_to_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), own session."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Proc:
+    """One node's process and the thread that copies its output, prefixed."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], sink: IO[str], lock: threading.Lock):
+        self.name = name
+        self.cmd = cmd
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._sink, self._lock = sink, lock
+        self.popen = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, errors="replace", start_new_session=True, preexec_fn=_tie_to_parent,
+        )
+        self._reader = threading.Thread(target=self._copy, name=f"out_{name}", daemon=True)
+        self._reader.start()
+
+    def _copy(self) -> None:
+        for line in self.popen.stdout:
+            self.tail.append(line)
+            with self._lock:
+                try:
+                    self._sink.write(f"[{self.name}] {line}")
+                    self._sink.flush()
+                except ValueError:  # sink closed at shutdown
+                    return
+
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def join_output(self, timeout: float = 2.0) -> None:
+        self._reader.join(timeout)
+
+
+class ProcessGraph:
+    """The nodes of one parameter file, one process each.
+
+    ``with ProcessGraph(path, overrides=[...]) as g:`` starts every node and brings the
+    lifecycle nodes to active; leaving the block stops them all. ``g.wait()`` blocks until a
+    node exits (returns its name) or ``timeout``. Start it from a thread that lives as long as
+    the graph: the children are tied to the thread that started them.
+    """
+
+    def __init__(
+        self,
+        params_file: str | Path,
+        names: Sequence[str] | None = None,
+        overrides: Iterable[str] = (),
+        log_file: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        lifecycle_timeout: float = 120.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.params_file = Path(params_file)
+        self.names = list(names) if names is not None else nodes_in_config(self.params_file)
+        self.overrides = parse_overrides(overrides)
+        unknown = sorted(set(self.overrides) - set(self.names))
+        if unknown:
+            raise ValueError(f"overrides for nodes not in the graph: {unknown}; graph: {self.names}")
+        self.log_file = Path(log_file) if log_file else None
+        self.env = dict(os.environ if env is None else env)
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.lifecycle_timeout = lifecycle_timeout
+        self.stop_timeout = stop_timeout
+        self.procs: dict[str, _Proc] = {}
+        self.exit_codes: dict[str, int] = {}
+        self._sink: IO[str] = sys.stdout
+        self._own_sink = False
+        self._lock = threading.Lock()
+
+    # -- start / stop ---------------------------------------------------------------------------
+
+    def start(self) -> ProcessGraph:
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._sink, self._own_sink = self.log_file.open("a", buffering=1), True
+        try:
+            for name in self.names:
+                cmd = node_command(name, self.params_file, self.overrides.get(name, ()))
+                self.procs[name] = _Proc(name, cmd, self.env, self._sink, self._lock)
+            lifecycle = [n for n in self.names if n in LIFECYCLE_NODES]
+            if lifecycle:
+                self._activate(lifecycle)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """SIGINT every node, then SIGTERM / SIGKILL what is still running; the exit codes."""
+        for p in self.procs.values():
+            p.signal(signal.SIGINT)
+        for sig, grace in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 3.0), (None, 3.0)):
+            end = time.monotonic() + grace
+            while time.monotonic() < end and any(p.returncode() is None for p in self.procs.values()):
+                time.sleep(0.02)
+            if sig is None:
+                break
+            for p in self.procs.values():
+                if p.returncode() is None:
+                    self._say(f"{p.name} did not stop in {grace:.0f} s: {signal.Signals(sig).name}")
+                    p.signal(sig)
+        for name, p in self.procs.items():
+            p.join_output()
+            rc = p.returncode()
+            self.exit_codes[name] = rc if rc is not None else -9
+        if self._own_sink:
+            with self._lock:
+                self._sink.close()
+            self._sink, self._own_sink = sys.stdout, False
+        return dict(self.exit_codes)
+
+    def __enter__(self) -> ProcessGraph:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def exited(self) -> dict[str, int]:
+        """Nodes whose process has ended, with their exit codes."""
+        return {n: rc for n, p in self.procs.items() if (rc := p.returncode()) is not None}
+
+    def check(self) -> None:
+        """GraphError naming the first node that is no longer running, with its last output."""
+        gone = self.exited()
+        if gone:
+            name, rc = next(iter(gone.items()))
+            raise GraphError(f"{name} exited with code {rc}; its last output:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        p = self.procs[name]
+        p.join_output(0.5)
+        return "".join(list(p.tail)[-lines:]).rstrip()
+
+    def wait(self, timeout: float | None = None, stop_event: threading.Event | None = None) -> str | None:
+        """Block until a node exits (its name), ``stop_event`` is set or ``timeout`` s pass (None)."""
+        end = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+        while end is None or time.monotonic() < end:
+            gone = self.exited()
+            if gone:
+                return next(iter(gone))
+            if stop_event is not None and stop_event.wait(0.05):
+                return None
+            if stop_event is None:
+                time.sleep(0.05)
+        return None
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            try:
+                self._sink.write(f"[launcher] {text}\n")
+                self._sink.flush()
+            except ValueError:
+                pass
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _activate(self, names: list[str]) -> None:
+        """configure, then activate, each lifecycle node through its change_state service."""
+        import rclpy
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        from rclpy.executors import SingleThreadedExecutor
+
+        ctx = rclpy.Context()
+        rclpy.init(args=[], context=ctx)
+        try:
+            node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=ctx,
+                                     enable_rosout=False, start_parameter_services=False)
+            ex = SingleThreadedExecutor(context=ctx)
+            ex.add_node(node)
+            try:
+                for name in names:
+                    client = node.create_client(ChangeState, f"/{name}/change_state")
+                    for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
+                                       (Transition.TRANSITION_ACTIVATE, "activate")):
+                        self._transition(ex, client, name, tid, label)
+                    self._say(f"{name}: configured and active")
+            finally:
+                ex.shutdown()
+                node.destroy_node()
+        finally:
+            ctx.try_shutdown()
+
+    def _transition(self, ex, client, name: str, transition_id: int, label: str) -> None:
+        from lifecycle_msgs.srv import ChangeState
+
+        end = time.monotonic() + self.lifecycle_timeout
+        while not client.service_is_ready():
+            self._check_alive(name, f"waiting for its change_state service to {label}")
+            if time.monotonic() > end:
+                raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s")
+            ex.spin_once(timeout_sec=0.1)
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        fut = client.call_async(req)
+        while not fut.done():
+            self._check_alive(name, f"during {label}")
+            if time.monotonic() > end:
+                raise GraphError(f"{name}: {label} did not finish within {self.lifecycle_timeout:.0f} s")
+            ex.spin_once(timeout_sec=0.1)
+        if not fut.result().success:
+            raise GraphError(f"{name}: {label} failed; its last output:\n{self.tail(name)}")
+
+    def _check_alive(self, name: str, doing: str) -> None:
+        rc = self.procs[name].returncode()
+        if rc is not None:
+            raise GraphError(f"{name} exited with code {rc} {doing}; its last output:\n{self.tail(name)}")
+
+
+def run(params_file: str | Path, names: Sequence[str] | None = None, overrides: Iterable[str] = (),
+        duration: float = 0.0) -> int:
+    """``l1flow run``: start the graph, stop it on Ctrl-C / SIGTERM / ``duration``; the exit code.
+
+    0 when stopped on request; 1 when a node exited on its own (or could not be started).
+    """
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    graph = ProcessGraph(params_file, names, overrides)
+    t0 = time.monotonic()
+    try:
+        try:
+            graph.start()
+        except GraphError as e:
+            print(f"l1flow run: {e}", file=sys.stderr)
+            return 1
+        if stop.is_set():
+            return 0
+        pids = ", ".join(f"{n} (pid {p.popen.pid})" for n, p in graph.procs.items())
+        print(f"l1flow run: running {pids}; Ctrl-C stops", flush=True)
+        gone = graph.wait(timeout=duration, stop_event=stop)
+        if gone is not None:
+            rc = graph.procs[gone].returncode()
+            print(f"l1flow run: {gone} exited with code {rc}; stopping the graph", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        codes = graph.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        bad = {n: c for n, c in codes.items() if c not in (0, None)}
+        print(f"l1flow run: stopped after {time.monotonic() - t0:.1f} s"
+              + (f"; exit codes {bad}" if bad else ""), flush=True)
