@@ -446,3 +446,116 @@ def test_parameter_files_may_write_integers_for_floats(ros_context):
         ExecutorNode(context=ros_context, parameter_overrides=[Parameter("rate_hz", value="fast")])
     with pytest.raises(ValueError, match="output"):
         ExecutorNode(context=ros_context, parameter_overrides=[Parameter("output", value="torque")])
+
+
+class ExecutorProcess:
+    """executor_node as its own OS process (as ros2 launch starts it), fed and watched from here."""
+
+    def __init__(self, ctx, tmp_path, **params):
+        import subprocess
+        import sys
+
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+        from std_srvs.srv import SetBool
+        from trajectory_msgs.msg import JointTrajectory
+
+        overrides = {"joint_names": NAMES, "rate_hz": 500.0, "gripper_joints": ["gripper"], **params}
+        cli = []
+        for k, v in overrides.items():
+            value = "[" + ", ".join(f'"{x}"' for x in v) + "]" if isinstance(v, list) else str(v)
+            cli += ["-p", f"{k}:={value}"]
+        self.log_path = tmp_path / "executor_node.log"
+        self._log = open(self.log_path, "w")  # closed in close()
+        # The environment carries this test's ROS_DOMAIN_ID and localhost-only discovery.
+        self.proc = subprocess.Popen([sys.executable, "-m", "l1flow_ros.nodes.executor_node", "--ros-args", *cli],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.io = io = __import__("rclpy").create_node("executor_process_test_io", context=ctx)
+        self.n_cmds = 0
+        rel1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.out_sub = io.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
+                                              self._on_cmd, QoSProfile(depth=1000))
+        self.chunk_pub = io.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel1)
+        self.js_pub = io.create_publisher(JointState, "/joint_states", 10)
+        self.enable_cli = io.create_client(SetBool, "/l1flow/executor/enable")
+        self.ex = SingleThreadedExecutor(context=ctx)
+        self.ex.add_node(io)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.ex.spin_once(timeout_sec=0.05)
+
+    def _on_cmd(self, msg) -> None:
+        self.n_cmds += 1
+
+    def stream(self) -> None:
+        """Enable the node and run a chunk, until commands arrive: the control thread publishes."""
+        from sensor_msgs.msg import JointState
+        from std_srvs.srv import SetBool
+
+        from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+        from l1flow_ros.spec import Chunk
+
+        assert Harness.wait(lambda: self.proc.poll() is not None or (
+            self.js_pub.get_subscription_count() > 0 and self.chunk_pub.get_subscription_count() > 0
+            and self.out_sub.get_publisher_count() > 0 and self.enable_cli.service_is_ready()), 60.0), \
+            "discovery timed out"
+        assert self.proc.poll() is None, self.output()
+        q0 = [0.0, 0.0, 0.3, -1.0]
+        enabled = False
+        for _ in range(100):
+            js = JointState(name=NAMES, position=q0)
+            self.js_pub.publish(js)
+            fut = self.enable_cli.call_async(SetBool.Request(data=True))
+            assert Harness.wait(fut.done, 10.0), "enable service did not answer"
+            if fut.result().success:
+                enabled = True
+                break
+            time.sleep(0.05)  # /joint_states not there yet
+        assert enabled, fut.result().message
+        a = np.tile(q0, (30, 1))
+        a[:, 0] = 0.002 * np.arange(1, 31)
+        self.chunk_pub.publish(chunk_to_msg(Chunk(self.io.get_clock().now().nanoseconds, 0.1, a, tuple(NAMES))))
+        n0 = self.n_cmds
+        assert Harness.wait(lambda: self.n_cmds > n0 + 50, 20.0), "the node does not stream"
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        self.ex.shutdown()
+        self.io.destroy_node()
+        self._log.close()
+
+
+@pytest.mark.parametrize("sigints", [1, 2])
+def test_own_process_stops_cleanly_on_sigint(ros_context, tmp_path, sigints):
+    """Ctrl-C under ros2 launch: the terminal's SIGINT, and launch's own a moment later. The
+    control thread stops before the context goes: exit code 0, no failed publish, no traceback."""
+    import signal
+
+    p = ExecutorProcess(ros_context, tmp_path)
+    try:
+        p.stream()
+        for i in range(sigints):
+            if i:
+                time.sleep(0.01)  # the second one lands while the node is stopping
+            p.proc.send_signal(signal.SIGINT)
+        rc = p.proc.wait(timeout=30.0)  # a hang guard, not a timing requirement
+        out = p.output()
+        assert rc == 0, out
+        for bad in ("Failed to publish", "context is invalid", "Traceback", "control tick failed"):
+            assert bad not in out, out
+    finally:
+        p.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -40,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -51,7 +54,6 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
-from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.runtime.safety import Limits
 from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
@@ -330,6 +332,9 @@ class ExecutorNode(Node):
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control_loop, name="l1flow_executor", daemon=True)
+        # A context shut down from elsewhere destroys this node first (close() joins the
+        # thread); the hook is the backstop for a context that goes without that.
+        self.context.on_shutdown(self.close)
         self._thread.start()
 
     # -- parameters --------------------------------------------------------------------------------
@@ -503,6 +508,8 @@ class ExecutorNode(Node):
             try:
                 self._tick()
             except Exception as e:  # keep streaming; the reason goes to the log
+                if self._stop.is_set() or not self.context.ok():
+                    break  # shut down under us (e.g. rclpy's own signal handler): stop quietly
                 self.get_logger().error(f"control tick failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=1.0)
             next_t += period
@@ -693,8 +700,64 @@ class ExecutorNode(Node):
         super().destroy_node()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _spin(executor, stop: threading.Event, failure: list[BaseException]) -> None:
+    """The executor thread of main(): callbacks until ``stop`` or the context goes away."""
+    try:
+        while not stop.is_set() and executor.context.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        pass
+    except BaseException as e:  # a failing callback ends the node, as rclpy.spin would
+        failure.append(e)
+
+
 def main(args: list[str] | None = None) -> None:
-    spin_node(ExecutorNode, args)
+    """Console script: one executor thread, one control thread, this thread waits for a stop.
+
+    SIGINT and SIGTERM are blocked in every thread of the process (the mask is set before
+    rclpy and Fast DDS start theirs, which inherit it) and taken here with sigtimedwait, not
+    by rclpy's handler, which would shut the context down under the running control thread.
+    The first one stops the control thread (joined), then the executor, then the context;
+    a second one during that (a terminal Ctrl-C plus launch's SIGINT) stays pending and is
+    dropped at exit: the exit code is 0 either way. A context shut down from elsewhere ends
+    the executor thread, and the same sequence follows.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    take_signals = threading.current_thread() is threading.main_thread()
+    if take_signals:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    failure: list[BaseException] = []
+    try:
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if take_signals else None):
+            node = ExecutorNode()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            stop = threading.Event()
+            spinner = threading.Thread(target=_spin, args=(executor, stop, failure), name="l1flow_executor_spin")
+            spinner.start()
+            try:
+                while spinner.is_alive():
+                    if take_signals:
+                        if signal.sigtimedwait(STOP_SIGNALS, 0.2) is not None:
+                            break
+                    else:
+                        spinner.join(0.2)
+            finally:
+                node.close()  # the control thread first: it never publishes on a dead context
+                stop.set()
+                executor.wake()
+                spinner.join(timeout=5.0)
+                executor.shutdown(timeout_sec=1.0)
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    if failure:
+        raise failure[0]
 
 
 if __name__ == "__main__":
