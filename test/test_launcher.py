@@ -149,6 +149,7 @@ def test_run_starts_each_node_in_its_own_process_and_stops_on_sigint(tmp_path):
         assert _wait_gone(pids.values()), "a node outlived l1flow run"
         assert "exit codes" not in run.text, run.text  # every node exited 0
         assert "Traceback" not in run.text, run.text
+        assert "context is invalid" not in run.text, run.text  # no publish after the context is gone
     finally:
         run.kill()
 
@@ -193,3 +194,20 @@ def test_a_lifecycle_node_that_cannot_configure_fails_the_run(tmp_path):
         assert "inference_node: configure failed" in run.text, run.text
     finally:
         run.kill()
+
+
+def test_one_node_restarts_while_the_rest_run(tmp_path):
+    from l1flow_ros.graph.launcher import ProcessGraph
+
+    with ProcessGraph(_light_graph(tmp_path), log_file=tmp_path / "nodes.log") as g:
+        first = {n: p.popen.pid for n, p in g.procs.items()}
+        g.wait_discovered()
+        g.restart_node("teleop_node")
+        assert g.exit_codes["teleop_node"] == 0  # stopped cleanly by SIGINT
+        assert g.procs["teleop_node"].popen.pid != first["teleop_node"]
+        assert g.procs["executor_node"].popen.pid == first["executor_node"]
+        time.sleep(1.0)
+        assert not g.exited()
+        g.check()
+    assert set(g.exit_codes) == {"executor_node", "teleop_node"}
+    assert "[teleop_node]" in (tmp_path / "nodes.log").read_text()

@@ -198,6 +198,28 @@ class ProcessGraph:
             self._sink, self._own_sink = sys.stdout, False
         return dict(self.exit_codes)
 
+    def stop_node(self, name: str, sig: int = signal.SIGINT, timeout: float | None = None) -> int:
+        """Stop one node (``sig`` first, SIGKILL after ``timeout`` s); its exit code."""
+        p = self.procs[name]
+        p.signal(sig)
+        try:
+            rc = p.popen.wait(self.stop_timeout if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            p.signal(signal.SIGKILL)
+            rc = p.popen.wait()
+        p.join_output()
+        self.exit_codes[name] = rc
+        return rc
+
+    def restart_node(self, name: str, sig: int = signal.SIGINT) -> None:
+        """Stop one node and start it again with the same command (lifecycle nodes re-activated)."""
+        if self.procs[name].returncode() is None:
+            self.stop_node(name, sig)
+        cmd = self.procs[name].cmd
+        self.procs[name] = _Proc(name, cmd, self.env, self._sink, self._lock)
+        if name in LIFECYCLE_NODES:
+            self._activate([name])
+
     def __enter__(self) -> ProcessGraph:
         return self.start()
 
@@ -234,6 +256,35 @@ class ProcessGraph:
             if stop_event is None:
                 time.sleep(0.05)
         return None
+
+    def wait_discovered(self, names: Iterable[str] | None = None, timeout: float = 60.0) -> None:
+        """Block until the named nodes (default: all) are on the ROS graph; GraphError if not.
+
+        A node on the graph has initialised rclpy, so from then on SIGINT stops it cleanly.
+        """
+        import rclpy
+
+        want = set(self.names if names is None else names)
+        ctx = rclpy.Context()
+        rclpy.init(args=[], context=ctx)
+        try:
+            node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=ctx,
+                                     enable_rosout=False, start_parameter_services=False)
+            try:
+                end = time.monotonic() + timeout
+                while True:
+                    seen = {n for n, _ in node.get_node_names_and_namespaces()}
+                    if want <= seen:
+                        return
+                    for n in want - seen:
+                        self._check_alive(n, "before it joined the ROS graph")
+                    if time.monotonic() > end:
+                        raise GraphError(f"not on the ROS graph after {timeout:.0f} s: {sorted(want - seen)}")
+                    time.sleep(0.05)
+            finally:
+                node.destroy_node()
+        finally:
+            ctx.try_shutdown()
 
     def _say(self, text: str) -> None:
         with self._lock:
