@@ -19,9 +19,21 @@ deadline skipped because the thread woke more than one period late. Each row als
 the floor of the machine under the same load: a bare Python thread that only sleeps to the
 same deadlines ("bare loop"); the ratio shows what the node adds to it.
 
+``--process`` runs the executor as deployed, one process per node: ``python -m
+l1flow_ros.nodes.executor_node`` (its own main(): executor thread + control thread) in a
+child process; this process stands in for the arm (``/joint_states`` at ``--joint-hz``,
+a subscriber on the command topic) and for inference (the chunk publisher; with load
+``inference`` the real inference node in a third process), and reads the child's timing
+from its ``/diagnostics``: missed ticks and deadlines over the measured time exactly, max
+over the whole time, p50 / p99 over the node's last window (8192 periods: the last 16 s at
+500 Hz). The child is stopped with SIGINT; its exit code and any failed publish are
+reported. ``gil`` does not apply (nothing else runs in the child).
+
     python bench/bench_jitter.py                        # all configurations, 8 s each
     python bench/bench_jitter.py --seconds 4 --loads idle cpu --rates 500
     python bench/bench_jitter.py --realtime-priority 80  # SCHED_FIFO if permitted
+    python bench/bench_jitter.py --process --seconds 32 --rates 500 --spins 200 --loads idle cpu \
+        --realtime-priority 50
 """
 
 from __future__ import annotations
@@ -103,12 +115,19 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
         ctx.try_shutdown()
 
 
-def _bare_loop(rate: float, spin_us: int, seconds: float) -> np.ndarray:
-    """The floor: a Python thread that only sleeps to the same absolute deadlines."""
+def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0) -> tuple[np.ndarray, int]:
+    """The floor: a Python thread that only sleeps to the same absolute deadlines (at the
+    control thread's SCHED_FIFO priority when one is given): |period error| in us, missed."""
     from l1flow_ros.nodes.executor_node import _sleep_until
 
+    if rt_prio > 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_prio))
+        except (OSError, AttributeError):
+            pass
     period = int(round(1e9 / rate))
     errs: list[int] = []
+    missed = 0
     nxt, last = time.monotonic_ns() + period, 0
     end = time.monotonic_ns() + int(seconds * 1e9)
     while nxt < end:
@@ -118,9 +137,10 @@ def _bare_loop(rate: float, spin_us: int, seconds: float) -> np.ndarray:
             errs.append(wake - last - period)
         last = wake
         if wake - nxt >= period:
+            missed += (wake - nxt) // period
             nxt += (wake - nxt) // period * period
         nxt += period
-    return np.abs(np.array(errs)) * 1e-3
+    return np.abs(np.array(errs)) * 1e-3, missed
 
 
 def _start_load(load: str, embed_hz: float = 30.0) -> tuple[object, list]:
@@ -144,18 +164,19 @@ def _start_load(load: str, embed_hz: float = 30.0) -> tuple[object, list]:
     return stop, workers
 
 
-def measure_bare(rate: float, load: str, spin_us: int, seconds: float) -> dict[str, float]:
+def measure_bare(rate: float, load: str, spin_us: int, seconds: float, rt_prio: int = 0) -> dict[str, float]:
     stop, workers = _start_load(load)
     time.sleep(1.0)
-    err = [None]
-    t = threading.Thread(target=lambda: err.__setitem__(0, _bare_loop(rate, spin_us, seconds)))
+    out = [None]
+    t = threading.Thread(target=lambda: out.__setitem__(0, _bare_loop(rate, spin_us, seconds, rt_prio)))
     t.start()
     t.join()
     stop.set()
     for w in workers:
         w.join(timeout=5)
-    e = err[0]
-    return {"p50": float(np.percentile(e, 50)), "p99": float(np.percentile(e, 99)), "max": float(e.max())}
+    e, missed = out[0]
+    return {"p50": float(np.percentile(e, 50)), "p99": float(np.percentile(e, 99)), "max": float(e.max()),
+            "missed": missed}
 
 
 def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: float, rt_prio: int,
@@ -230,6 +251,158 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     }
 
 
+def _ros_list(values: list) -> str:
+    return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else repr(v) for v in values) + "]"
+
+
+def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: float, rt_prio: int,
+                    affinity: list[int], switch_interval: float = 0.0001, joint_hz: float = 100.0) -> dict[str, float]:
+    """executor_node as its own process (its console-script main()), timed from its /diagnostics."""
+    import signal
+    import subprocess
+    import tempfile
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+    from std_srvs.srv import SetBool
+    from trajectory_msgs.msg import JointTrajectory
+
+    from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+    from l1flow_ros.spec import Chunk
+
+    names = ["ee_x", "ee_y", "ee_z", "gripper"] if load == "inference" else ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
+    dim = len(names)
+    params = {
+        "joint_names": _ros_list(names), "rate_hz": repr(float(rate)), "spin_us": str(spin_us),
+        "gripper_joints": '["gripper"]', "max_velocity": _ros_list([1.0] * dim),
+        "max_acceleration": _ros_list([10.0] * dim), "lower": _ros_list([-3.0] * dim),
+        "upper": _ros_list([3.0] * dim), "realtime_priority": str(rt_prio), "diagnostics_period": "1.0",
+        "python_switch_interval": repr(float(switch_interval)),
+    }
+    if affinity:
+        params["cpu_affinity"] = _ros_list([int(c) for c in affinity])
+    cli = [x for k, v in params.items() for x in ("-p", f"{k}:={v}")]
+    log = tempfile.TemporaryFile(mode="w+")
+    child = subprocess.Popen([sys.executable, "-m", "l1flow_ros.nodes.executor_node", "--ros-args", *cli],
+                             stdout=log, stderr=subprocess.STDOUT)
+    ctx = Context()
+    rclpy.init(context=ctx)
+    io = rclpy.create_node("bench_arm_and_chunks", context=ctx)
+    diags: list[dict[str, str]] = []
+    n_cmds = [0]
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name == "executor_node":
+                d = {kv.key: kv.value for kv in st.values}
+                d.setdefault("received", str(time.monotonic()))
+                diags.append(d)
+
+    io.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    out = io.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
+                                 lambda m: n_cmds.__setitem__(0, n_cmds[0] + 1), QoSProfile(depth=10))
+    pub = io.create_publisher(JointTrajectory, "/l1flow/action_chunk",
+                              QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    js_pub = io.create_publisher(JointState, "/joint_states", 10)
+    enable = io.create_client(SetBool, "/l1flow/executor/enable")
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(io)
+    stop_spin = threading.Event()
+
+    def spin_loop() -> None:
+        while not stop_spin.is_set():
+            ex.spin_once(timeout_sec=0.05)
+
+    spin = threading.Thread(target=spin_loop, daemon=True)
+    spin.start()
+    stop_js = threading.Event()
+    js = JointState(name=list(names), position=[0.0] * dim)
+
+    def joint_states() -> None:  # the arm's state stream, at its own rate
+        nxt = time.monotonic()
+        while not stop_js.is_set():
+            js_pub.publish(js)
+            nxt += 1.0 / joint_hz
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    stop_load, workers = None, []
+    try:
+        end = time.monotonic() + 60
+        while not (enable.service_is_ready() and out.get_publisher_count() > 0 and pub.get_subscription_count() > 0):
+            if time.monotonic() > end or child.poll() is not None:
+                raise RuntimeError("executor_node did not come up")
+            time.sleep(0.05)
+        if joint_hz > 0:
+            threading.Thread(target=joint_states, daemon=True).start()
+        for _ in range(200):
+            if joint_hz <= 0:
+                js_pub.publish(js)
+            fut = enable.call_async(SetBool.Request(data=True))
+            while not fut.done():
+                time.sleep(0.01)
+            if fut.result().success:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"executor_node would not enable: {fut.result().message}")
+        stop_load, workers = _start_load(load)
+        rng = np.random.default_rng(0)
+        time.sleep(2.0)  # settle (discovery, load start-up)
+        n0 = len(diags)
+        while len(diags) == n0:  # the first report after settling is the baseline
+            time.sleep(0.01)
+        d0 = diags[-1]
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            if load != "inference":
+                a = np.cumsum(rng.normal(scale=0.01, size=(16, dim)), axis=0)
+                pub.publish(chunk_to_msg(Chunk(io.get_clock().now().nanoseconds, 0.1, a, tuple(names))))
+            time.sleep(1.0 / chunk_hz)
+        n1 = len(diags)
+        while len(diags) == n1:
+            time.sleep(0.01)
+        d1 = diags[-1]
+        during = diags[n0 - 1:]
+    finally:
+        if stop_load is not None:
+            stop_load.set()
+        for w in workers:
+            w.join(timeout=5)
+        stop_js.set()
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+        try:
+            rc = child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            rc = child.wait()
+        stop_spin.set()
+        spin.join(timeout=5.0)
+        ex.shutdown()
+        io.destroy_node()
+        ctx.try_shutdown()
+    log.seek(0)
+    text = log.read()
+    f = lambda d, k: float(d.get(k, "nan"))  # noqa: E731
+    return {
+        # Deadlines from the node's count; from the time between both reports where it has none.
+        "periods": int(f(d1, "deadlines") - f(d0, "deadlines") if "deadlines" in d1
+                       else round((f(d1, "received") - f(d0, "received")) * rate)),
+        "p50": f(d1, "period_error_p50_us"),
+        "p99": f(d1, "period_error_p99_us"), "max": max(f(d, "period_error_max_us") for d in during),
+        "missed": f(d1, "missed_ticks") - f(d0, "missed_ticks"),
+        "chunks": int(f(d1, "chunks_accepted") - f(d0, "chunks_accepted")),
+        "rejected": int(f(d1, "chunks_rejected") - f(d0, "chunks_rejected")),
+        "exit": rc, "clean": rc == 0 and "Failed to publish" not in text and "Traceback" not in text,
+        "thread": d1.get("control_thread", ""),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured time per configuration")
@@ -242,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-affinity", type=int, nargs="*", default=[])
     ap.add_argument("--switch-interval", type=float, default=0.0001,
                     help="the node's python_switch_interval (s): GIL hand-over to the control thread")
+    ap.add_argument("--process", action="store_true",
+                    help="run executor_node as its own process (as deployed) instead of in this one")
+    ap.add_argument("--joint-hz", type=float, default=100.0, help="--process: rate of /joint_states (0 = once)")
     args = ap.parse_args(argv)
+    if args.process:
+        return _main_process(args)
 
     print(f"# executor jitter: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, {args.seconds:.0f} s per row")
@@ -255,11 +433,34 @@ def main(argv: list[str] | None = None) -> int:
             for load in args.loads:
                 r = measure(rate, load, spin, args.seconds, args.chunk_hz, args.realtime_priority,
                             args.cpu_affinity, args.switch_interval)
-                b = measure_bare(rate, load, spin, args.seconds)
+                b = measure_bare(rate, load, spin, args.seconds, args.realtime_priority)
                 print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{r['max']:.1f} | {r['missed']:.0f} | {r['chunks']} / {r['rejected']} | {b['p99']:.1f} | "
                       f"{r['p99'] / b['p99']:.2f} |",
                       flush=True)
+    return 0
+
+
+def _main_process(args: argparse.Namespace) -> int:
+    loads = [x for x in args.loads if x != "gil"]  # nothing else runs inside the child
+    print(f"# executor jitter, one process per node: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {args.seconds:.0f} s per row, "
+          f"/joint_states at {args.joint_hz:g} Hz, chunks at {args.chunk_hz:g} Hz")
+    print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
+    print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks | missed / min "
+          "| chunks run / rejected | exit | bare-loop p99 us | bare-loop missed | control thread |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rate in args.rates:
+        for spin in args.spins:
+            for load in loads:
+                r = measure_process(rate, load, spin, args.seconds, args.chunk_hz, args.realtime_priority,
+                                    args.cpu_affinity, args.switch_interval, args.joint_hz)
+                b = measure_bare(rate, load, spin, args.seconds, args.realtime_priority)
+                per_min = r["missed"] / max(r["periods"], 1) * rate * 60
+                print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                      f"{r['max']:.1f} | {r['missed']:.0f} | {per_min:.1f} | {r['chunks']} / {r['rejected']} | "
+                      f"{r['exit']}{'' if r['clean'] else ' (unclean)'} | {b['p99']:.1f} | {b['missed']} | "
+                      f"{r['thread']} |", flush=True)
     return 0
 
 

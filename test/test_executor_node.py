@@ -334,6 +334,47 @@ def test_malformed_chunks_are_rejected_and_the_node_keeps_running(make_harness):
     assert h.wait(lambda: int(diag_values(h.last_diag())["chunks_accepted"]) == 1, 3.0)
 
 
+def test_an_oversized_chunk_is_rejected_unread(make_harness):
+    h = make_harness(max_chunk_bytes=4096)
+    started(h, (0.0, 0.0, 0.3, -1.0))
+    big = np.tile([0.1, 0.0, 0.3, -1.0], (200, 1))  # ~10 kB serialized
+    h.chunk(h.now(), big)
+    assert h.wait(lambda: h.node._rejections == 1, 5.0)
+    assert h.node._scheduler.stats().rejected.total() == 0  # never reached the scheduler
+    h.chunk(h.now(), big[:8])  # the node keeps running
+    assert h.wait(lambda: h.last_cmd()[0] > 0.05, 5.0)
+
+
+def test_executor_thread_priority(ros_context):
+    import os
+
+    from rclpy.parameter import Parameter
+
+    from l1flow_ros.nodes.executor_node import ExecutorNode
+
+    with pytest.raises(ValueError, match="executor_priority"):
+        ExecutorNode(context=ros_context, parameter_overrides=[
+            Parameter("realtime_priority", value=10), Parameter("executor_priority", value=10)])
+    node = ExecutorNode(context=ros_context, parameter_overrides=[Parameter("realtime_priority", value=10)])
+    try:
+        assert node.config.executor_thread_priority == 9  # default: one step below the control thread
+        seen = {}
+
+        def spinning_thread() -> None:  # a throwaway thread: the test's own keep their scheduling
+            seen["note"] = node.setup_executor_thread()
+            seen["policy"] = os.sched_getscheduler(0)
+
+        t = threading.Thread(target=spinning_thread)
+        t.start()
+        t.join()
+        if seen["note"] == "SCHED_FIFO 9":
+            assert seen["policy"] == os.SCHED_FIFO
+        else:  # no privilege for real-time scheduling here: said so, normal scheduling kept
+            assert "not permitted" in seen["note"] and seen["policy"] == os.SCHED_OTHER
+    finally:
+        node.destroy_node()
+
+
 def test_joint_trajectory_output_and_tail(make_harness):
     from l1flow_ros.nodes.chunk_conv import duration_to_ns, stamp_to_ns
 
@@ -545,7 +586,8 @@ def test_own_process_stops_cleanly_on_sigint(ros_context, tmp_path, sigints):
     control thread stops before the context goes: exit code 0, no failed publish, no traceback."""
     import signal
 
-    p = ExecutorProcess(ros_context, tmp_path)
+    # Twice: also with the real-time threads (normal scheduling, said so, where not permitted).
+    p = ExecutorProcess(ros_context, tmp_path, **({"realtime_priority": 20} if sigints == 2 else {}))
     try:
         p.stream()
         for i in range(sigints):

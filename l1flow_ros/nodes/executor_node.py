@@ -23,13 +23,45 @@ jump). ``/l1flow/executor/tail`` carries the unexecuted planned tail for warm st
 (header.stamp = time base, point k due at stamp + time_from_start). ``/diagnostics`` reports
 period error p50 / p99 / max, missed ticks, starvation events, chunk age and rejected chunks.
 
-The control thread is not a timer of the shared executor: a busy executor (inference in the
-same process) cannot delay it beyond the GIL hand-over, which this node shortens with
-``python_switch_interval``.
+Threads. The console script (``main()``, one process as ``ros2 launch`` starts it) runs:
+
+- the **executor thread** (the main thread): a SingleThreadedExecutor with every
+  subscription, the enable service, the parameter services and the timers (diagnostics,
+  tail, controller check). At ``executor_priority`` (default: one SCHED_FIFO step below the
+  control thread when ``realtime_priority`` is set): this thread holds the GIL while a
+  callback runs, and at normal priority on a busy machine it is preempted while holding it,
+  so the control thread, woken on time, waits for another process's time slice (1-4 ms:
+  missed ticks). Measured on a loaded 2-core VM at 500 Hz, 32 s: 153 missed ticks with the
+  executor thread at normal priority, 0 one step below the control thread;
+- the **control thread**: its own loop on absolute monotonic deadlines (``rate_hz``), not a
+  timer of the executor; SCHED_FIFO ``realtime_priority`` and ``cpu_affinity`` when set
+  (without the privilege, CAP_SYS_NICE or an rtprio limit, the node logs it and keeps normal
+  scheduling; ``/diagnostics`` says which: ``control_thread``, ``executor_thread``); it busy-waits
+  the last ``spin_us`` before each deadline (that holds the GIL: only on an isolated core);
+- a thread asleep on a pipe that SIGINT / SIGTERM write to (``signal.set_wakeup_fd``; rclpy's
+  own handler is not installed, it would shut the context down under the running control
+  thread). The first signal stops and joins the control thread, then the executor, then the
+  context goes; a second one while stopping (a terminal's Ctrl-C plus launch's SIGINT) is
+  ignored, and the exit code is 0.
+
+What keeps the executor thread from delaying a deadline: the GIL is handed over every
+``python_switch_interval`` (0.1 ms) of Python, so what counts is the longest call into C
+that holds it. Action chunks are taken serialized and rejected unread above
+``max_chunk_bytes`` (deserializing is one such call: 5 ms for 1000 points of 100 joints);
+conversion and plan building run outside every lock, the scheduler's lock only covers
+installing the plan; ``/joint_states`` redoes its name lookup only when the names change;
+diagnostics statistics are one partition. After start-up main() freezes the garbage
+collector's generations (``gc.freeze``): a full collection of this process otherwise holds
+the GIL ~15 ms, seven missed ticks at 500 Hz, whichever thread triggers it.
+
+Composed into another process (``l1flow run``, tests), the node runs under that process's
+executor and signal handling; its control thread stops quietly if the context is shut down
+under it, and ``setup_executor_thread()`` gives the thread that spins it its priority.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -48,6 +80,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
@@ -108,7 +141,11 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "spin_us": (_I, 0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "
                        "on an isolated core (the spin holds the GIL)", False),
     "realtime_priority": (_I, 0, "SCHED_FIFO priority of the control thread (0 = normal scheduling)", True),
+    "executor_priority": (_I, -1, "SCHED_FIFO priority of the thread main() runs the callbacks on; -1 = "
+                                  "realtime_priority - 1 (it holds the GIL the control thread needs); 0 = normal "
+                                  "scheduling", True),
     "cpu_affinity": (_IA, [], "CPUs the control thread may run on (empty = any)", True),
+    "max_chunk_bytes": (_I, 65536, "action chunks larger than this (serialized) are rejected unread", True),
     "python_switch_interval": (_D, 0.0001, "sys.setswitchinterval for this process (s): how long a busy Python "
                                "thread can keep the control thread waiting for the GIL; 0 = leave as is", True),
 }
@@ -145,6 +182,8 @@ class ExecutorConfig:
     diagnostics_period: float
     spin_us: int
     realtime_priority: int
+    executor_priority: int
+    max_chunk_bytes: int
     cpu_affinity: tuple[int, ...]
     python_switch_interval: float
 
@@ -172,9 +211,22 @@ class ExecutorConfig:
             raise ValueError("spin_us must be >= 0 and shorter than the period")
         if not 0 <= cfg.realtime_priority <= 99:
             raise ValueError("realtime_priority must be in [0, 99]")
+        if not -1 <= cfg.executor_priority <= 99:
+            raise ValueError("executor_priority must be in [-1, 99]")
+        if cfg.executor_priority > 0 and cfg.executor_priority >= cfg.realtime_priority:
+            raise ValueError("executor_priority must be below realtime_priority (the control thread comes first)")
+        if cfg.max_chunk_bytes < 1024:
+            raise ValueError("max_chunk_bytes must be >= 1024")
         if not cfg.python_switch_interval >= 0:
             raise ValueError("python_switch_interval must be >= 0")
         return cfg
+
+    @property
+    def executor_thread_priority(self) -> int:
+        """The SCHED_FIFO priority for the executor thread (0 = normal scheduling)."""
+        if self.executor_priority >= 0:
+            return self.executor_priority
+        return max(self.realtime_priority - 1, 0)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -296,6 +348,8 @@ class ExecutorNode(Node):
         # streaming resumes from the measured position (no jump to where the plan went meanwhile).
         self._controller_lost = False
         self._js_ok_t: float | None = None  # monotonic time of the last usable /joint_states
+        self._js_names: object = None  # the last /joint_states name list, and where joint_names are in it
+        self._js_index: list[int] | None = None
         self._js_problem = ""  # why the last unusable /joint_states was ignored
         # Timing, written by the control thread only.
         self._periods = np.zeros(TIMING_WINDOW, dtype=np.int64)  # period error, ns
@@ -305,6 +359,7 @@ class ExecutorNode(Node):
         self._ticks = 0  # commands computed
         self._wakes = 0  # control-loop wake-ups (one per deadline not skipped)
         self._thread_note = ""
+        self._executor_note = "as the spinning executor runs it"  # set by setup_executor_thread()
 
         reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -315,7 +370,9 @@ class ExecutorNode(Node):
         self._out_pub = self.create_publisher(out_type, OUTPUT_TOPICS[cfg.output], out_qos)
         self._tail_pub = self.create_publisher(JointTrajectory, "/l1flow/executor/tail", reliable1)
         self._diag = Diagnostics(self, NODE_NAME, hardware_id="")
-        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, reliable1)
+        # Raw: the size is checked before the message is deserialized (one C call that holds the
+        # GIL for as long as the message is big: 5 ms for 1000 points of 100 joints).
+        self.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, reliable1, raw=True)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self.create_service(SetBool, "/l1flow/executor/enable", self._on_enable)
         if cfg.limits_from_checkpoint:
@@ -400,9 +457,19 @@ class ExecutorNode(Node):
             self._last_rejection = reason
         self.get_logger().warning(f"rejected action chunk: {reason}", throttle_duration_sec=1.0)
 
-    def _on_chunk(self, msg: JointTrajectory) -> None:
+    def _on_chunk(self, data: bytes) -> None:
+        """A serialized JointTrajectory. Everything but the splice's commit runs unlocked:
+        the size check, deserialization, conversion and plan building (the scheduler builds
+        the plan outside its lock and only installs it under the lock)."""
         now = self._now_ns()
+        if not self._enabled:
+            self._ignored_disabled += 1
+            return
+        if len(data) > self._cfg.max_chunk_bytes:
+            self._reject(f"too large: {len(data)} bytes serialized (max_chunk_bytes {self._cfg.max_chunk_bytes})")
+            return
         try:
+            msg = deserialize_message(data, JointTrajectory)
             chunk = chunk_from_msg(msg, expected_names=self._cfg.joint_names)
         except MessageError as e:
             self._reject(f"malformed: {e}")
@@ -410,30 +477,28 @@ class ExecutorNode(Node):
         except Exception as e:  # a conversion bug must not kill the executor
             self._reject(f"malformed: unexpected {type(e).__name__}: {e}")
             return
-        with self._lock:
-            if not self._enabled:
-                self._ignored_disabled += 1
-                return
-            try:
-                self._scheduler.add_chunk(chunk, now)
-            except ChunkRejected as e:
-                reason = str(e)
-            else:
-                self._chunk_dt_ns = int(round(chunk.dt * 1e9))
-                return
-        self._reject(reason)
+        try:
+            self._scheduler.add_chunk(chunk, now)
+        except ChunkRejected as e:
+            self._reject(str(e))
+            return
+        self._chunk_dt_ns = int(round(chunk.dt * 1e9))
 
     def _on_joint_state(self, msg: JointState) -> None:
+        # At the arm's rate (up to 1 kHz): the name lookup is redone only when the names change.
         names = self._cfg.joint_names
         if len(msg.position) != len(msg.name):
             self._js_problem = f"/joint_states has {len(msg.position)} positions for {len(msg.name)} names"
             return
-        index = {n: i for i, n in enumerate(msg.name)}
-        missing = [n for n in names if n not in index]
-        if missing:
-            self._js_problem = f"/joint_states lacks {missing} (has {list(msg.name)[:8]})"
-            return
-        q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+        if msg.name != self._js_names:
+            index = {n: i for i, n in enumerate(msg.name)}
+            missing = [n for n in names if n not in index]
+            if missing:
+                self._js_problem = f"/joint_states lacks {missing} (has {list(msg.name)[:8]})"
+                return
+            self._js_names, self._js_index = list(msg.name), [index[n] for n in names]
+        pos = msg.position
+        q = np.array([pos[i] for i in self._js_index], dtype=np.float64)
         if not np.all(np.isfinite(q)):
             self._js_problem = "/joint_states has NaN or inf positions"
             return
@@ -486,6 +551,27 @@ class ExecutorNode(Node):
         self._thread_note = ", ".join(notes) or "normal scheduling"
         if notes:
             self.get_logger().info(f"control thread: {self._thread_note}")
+
+    def setup_executor_thread(self) -> str:
+        """Schedule the calling thread, the one that runs this node's callbacks, at
+        ``executor_priority`` (main() calls it; a composition may). Returns what was set.
+
+        That thread holds the GIL whenever a callback runs. At normal priority on a busy
+        machine it is preempted while holding it, and the control thread, woken on time,
+        waits for the rest of the other process's time slice (1-4 ms: missed ticks); one
+        SCHED_FIFO step below the control thread it runs its callback to the end first.
+        """
+        prio = self._cfg.executor_thread_priority
+        note = "normal scheduling"
+        if prio > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+                note = f"SCHED_FIFO {prio}"
+            except (OSError, AttributeError) as e:
+                note = f"SCHED_FIFO not permitted ({e}); normal scheduling"
+            self.get_logger().info(f"executor thread: {note}")
+        self._executor_note = note
+        return note
 
     def _control_loop(self) -> None:
         self._setup_thread()
@@ -616,12 +702,16 @@ class ExecutorNode(Node):
         """Period error (|actual - nominal|) p50 / p99 / max in microseconds over the last
         TIMING_WINDOW periods, and the missed-tick count."""
         n = min(self._n_periods, TIMING_WINDOW)
-        err = np.abs(self._periods[:n]) * 1e-3 if n else np.zeros(1)
+        # One partition (nearest rank), not two interpolated percentiles: this runs on the
+        # executor thread and holds the GIL the control thread may be waiting for.
+        err = np.abs(self._periods[:n]) if n else np.zeros(1, dtype=np.int64)
+        k50, k99 = (err.size - 1) // 2, (99 * (err.size - 1)) // 100
+        err.partition((k50, k99))
         return {
             "periods": float(n),
-            "period_error_p50_us": float(np.percentile(err, 50)),
-            "period_error_p99_us": float(np.percentile(err, 99)),
-            "period_error_max_us": float(err.max()),
+            "period_error_p50_us": float(err[k50]) * 1e-3,
+            "period_error_p99_us": float(err[k99]) * 1e-3,
+            "period_error_max_us": float(err[k99:].max()) * 1e-3,
             "missed_ticks": float(self._missed),
             "deadlines": float(self._wakes + self._missed),  # wake-ups + skipped deadlines
         }
@@ -673,6 +763,7 @@ class ExecutorNode(Node):
             "period_error_p99_us": round(timing["period_error_p99_us"], 1),
             "period_error_max_us": round(timing["period_error_max_us"], 1),
             "missed_ticks": self._missed,
+            "deadlines": int(timing["deadlines"]),
             "starvation_events": st.starvation_events,
             "chunk_age_ms": round(age, 1),
             "chunks_accepted": st.accepted,
@@ -682,6 +773,7 @@ class ExecutorNode(Node):
             "limited_ticks": st.limited_ticks,
             "replan_due": self._scheduler.replan_due(now) if self._scheduler.ready else True,
             "control_thread": self._thread_note,
+            "executor_thread": self._executor_note,
         }
         self._diag.publish(level, message, values, stamp_ns=now)
 
@@ -703,61 +795,66 @@ class ExecutorNode(Node):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _spin(executor, stop: threading.Event, failure: list[BaseException]) -> None:
-    """The executor thread of main(): callbacks until ``stop`` or the context goes away."""
-    try:
-        while not stop.is_set() and executor.context.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except ExternalShutdownException:
-        pass
-    except BaseException as e:  # a failing callback ends the node, as rclpy.spin would
-        failure.append(e)
+def _take_stop_signals() -> int:
+    """SIGINT / SIGTERM no longer raise or kill: each writes its number to the returned pipe
+    (whichever thread the kernel delivers it to), for a thread to read."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: None)  # the work is done by the thread reading the pipe
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    return read_fd
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console script: one executor thread, one control thread, this thread waits for a stop.
-
-    SIGINT and SIGTERM are blocked in every thread of the process (the mask is set before
-    rclpy and Fast DDS start theirs, which inherit it) and taken here with sigtimedwait, not
-    by rclpy's handler, which would shut the context down under the running control thread.
-    The first one stops the control thread (joined), then the executor, then the context;
-    a second one during that (a terminal Ctrl-C plus launch's SIGINT) stays pending and is
-    dropped at exit: the exit code is 0 either way. A context shut down from elsewhere ends
-    the executor thread, and the same sequence follows.
-    """
+    """Console script: this thread runs the callbacks, a second one the control loop, a third
+    one (blocked on a pipe) takes SIGINT / SIGTERM. See the module docstring."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    take_signals = threading.current_thread() is threading.main_thread()
-    if take_signals:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    failure: list[BaseException] = []
+    # Not rclpy's signal handler: it shuts the context down at once, under the running control
+    # thread. The first stop signal stops the control thread (joined), then the executor, then
+    # the context; a second one while stopping (a terminal's Ctrl-C plus launch's SIGINT) is
+    # ignored: the exit code is 0 either way.
+    own_signals = threading.current_thread() is threading.main_thread()
+    signal_fd = _take_stop_signals() if own_signals else -1
+    gc.collect()  # a full collection of this process costs ~15 ms: now, before the control thread
     try:
-        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if take_signals else None):
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if own_signals else None):
             node = ExecutorNode()
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             stop = threading.Event()
-            spinner = threading.Thread(target=_spin, args=(executor, stop, failure), name="l1flow_executor_spin")
-            spinner.start()
-            try:
-                while spinner.is_alive():
-                    if take_signals:
-                        if signal.sigtimedwait(STOP_SIGNALS, 0.2) is not None:
-                            break
-                    else:
-                        spinner.join(0.2)
-            finally:
+
+            def on_stop_signal() -> None:
+                while os.read(signal_fd, 1)[0] not in STOP_SIGNALS:
+                    pass
                 node.close()  # the control thread first: it never publishes on a dead context
                 stop.set()
-                executor.wake()
-                spinner.join(timeout=5.0)
+                try:
+                    executor.wake()
+                except Exception:  # the executor is already gone
+                    pass
+
+            if own_signals:
+                threading.Thread(target=on_stop_signal, name="l1flow_executor_signals", daemon=True).start()
+            # Everything alive now (modules, the node) stays: later full collections only look
+            # at what came after, and cost microseconds instead of the ~15 ms above.
+            gc.freeze()
+            node.setup_executor_thread()  # after the other threads exist: they keep normal scheduling
+            try:
+                while not stop.is_set() and executor.context.ok():
+                    executor.spin_once()
+            finally:
+                node.close()
                 executor.shutdown(timeout_sec=1.0)
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    if failure:
-        raise failure[0]
+    finally:
+        if own_signals:  # the interpreter's exit resets Python handlers to the default (die), not SIG_IGN
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
