@@ -3,19 +3,198 @@
 The same parameter file a launch file would pass to each node is passed here once with
 ``--params-file``: each node reads its own section. Lifecycle nodes are configured and
 activated in file order, as a launch file with lifecycle event handlers would do.
+
+Executors: :func:`make_executor` (nodes composed in one process) and :func:`spin_node` (a
+node's own process) both take each node's executor from :func:`executor_for`, the one place
+that chooses it:
+
+- every node gets an executor of its own, spun on a thread of its own, so a slow callback of
+  one node never holds up another node's callbacks, and no node's callbacks share a wait set
+  with another node's subscriptions;
+- a node whose ``callback_threads`` class attribute is 1 (the default: every node whose
+  callbacks only hand work to threads of its own or are short) gets a SingleThreadedExecutor;
+- a node that runs callback groups side by side (``callback_threads`` > 1: the inference node,
+  whose inference callback group must not hold up its I/O group) gets a MultiThreadedExecutor
+  with that many threads, with the busy loop described below taken out
+  (:class:`GuardedMultiThreadedExecutor`).
+
+Why not rclpy's MultiThreadedExecutor over every node (measured with rclpy 9.1.2,
+rmw_fastrtps_cpp 9.3.3, Fast DDS 3.2.3): with subscriptions whose callbacks take a few
+milliseconds, its spin thread loops without ever blocking, at 100 % of a core, and delivery of
+an 80 Hz topic falls (53 of 80 Hz, 100 messages lost out of a reliable depth-10 queue in 4 s,
+for 3 subscribers with 3 ms callbacks and 1 thread; a single-threaded executor delivers all 80).
+The loop, step by step:
+
+1. the executor hands a ready subscription's handler to a worker thread and marks the
+   subscription taken (``_executor_event``): it leaves the wait set until the worker has
+   taken the message;
+2. rclpy gives every subscription two QoS event handlers (incompatible QoS, incompatible
+   type; waitables in the subscription's callback group). They stay in the wait set, since
+   the group is not executing yet;
+3. rmw_fastrtps checks an event through its DataReader's StatusCondition, which stays
+   triggered while that reader holds an untaken message: ``rmw_wait`` returns at once with
+   nothing ready (``has_triggered_condition`` skips the wait);
+4. the executor rebuilds the wait set in Python and waits again, at once again, holding the
+   GIL nearly all the time; the worker that would take the message needs the GIL to start,
+   so the window of step 1 grows with every message and callback that queues behind it;
+   meanwhile each pass hands every not-yet-started task to the thread pool again (rclpy
+   issue 1452: thousands of re-submissions a second, each one a GIL hand-over).
+
+A SingleThreadedExecutor runs each handler before it waits again, so no subscription is ever
+marked taken while its executor waits: ``rmw_wait`` blocks until there is work, and the loop
+cannot start. :class:`GuardedMultiThreadedExecutor` leaves a subscription's event handlers out
+of the wait set while the subscription itself is out of it (step 2), which removes the only
+condition that makes ``rmw_wait`` return with nothing to do; every pass of its spin thread is
+then caused by work (a message, a timer, a handler starting or ending). Separate processes
+(``l1flow run``, ``ros2 launch``) are unaffected by all this, but still share nothing, while
+nodes composed here share one GIL.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.event_handler import EventHandler
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.task import Future
 
 from l1flow_ros.graph import node_class
+
+
+class GuardedMultiThreadedExecutor(MultiThreadedExecutor):
+    """rclpy's MultiThreadedExecutor whose wait never returns with nothing to do.
+
+    A subscription's QoS event handlers are left out of the wait set while the subscription
+    is (its handler is queued or taking the message): rmw_fastrtps reports them triggered
+    while the subscription's reader holds the message, which made the stock executor spin
+    (module docstring). Reads rclpy's ``_executor_event`` flag; without it (another rclpy),
+    this is the stock executor.
+    """
+
+    def __init__(self, num_threads: int, *, context=None) -> None:
+        super().__init__(num_threads=num_threads, context=context)
+        # event handler -> weak reference to its subscription (or None: a publisher's)
+        self._event_parent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def can_execute(self, entity) -> bool:
+        if isinstance(entity, EventHandler):
+            if entity not in self._event_parent:
+                self._map_event_handlers()
+                self._event_parent.setdefault(entity, None)
+            ref = self._event_parent.get(entity)
+            sub = ref() if ref is not None else None
+            if sub is not None and getattr(sub, "_executor_event", False):
+                return False
+        return super().can_execute(entity)
+
+    def _map_event_handlers(self) -> None:
+        for node in self.get_nodes():
+            for sub in node.subscriptions:
+                for h in getattr(sub, "event_handlers", ()):
+                    self._event_parent[h] = weakref.ref(sub)
+
+
+def executor_for(node, context=None) -> Executor:
+    """The executor that spins ``node`` (and nothing else), chosen as the module docstring says."""
+    context = context if context is not None else node.context
+    threads = int(getattr(node, "callback_threads", 1))
+    ex = GuardedMultiThreadedExecutor(threads, context=context) if threads > 1 else SingleThreadedExecutor(
+        context=context)
+    ex.add_node(node)
+    return ex
+
+
+class NodeExecutors:
+    """Nodes composed in one process, each spun by its own executor (:func:`executor_for`) on
+    its own thread. The calls of an rclpy executor that compositions use: ``add_node``,
+    ``get_nodes``, ``spin`` (blocks until :meth:`shutdown`, the context's shutdown, or a
+    callback raising, which it re-raises), ``shutdown``."""
+
+    def __init__(self, nodes=(), context=None) -> None:
+        self.context = context if context is not None else rclpy.get_default_context()
+        self._lock = threading.Lock()
+        self._executors: dict = {}  # node -> its executor
+        self._threads: list[threading.Thread] = []
+        self._stop = Future()  # done: every spin loop returns
+        self._ended = threading.Event()
+        self._error: BaseException | None = None
+        self._spinning = False
+        self._is_shutdown = False
+        for n in nodes:
+            self.add_node(n)
+
+    def add_node(self, node) -> bool:
+        with self._lock:
+            if node in self._executors or self._is_shutdown:
+                return False
+            ex = executor_for(node, self.context)
+            self._executors[node] = ex
+            if self._spinning:
+                self._start(node, ex)
+        return True
+
+    def get_nodes(self) -> list:
+        with self._lock:
+            return list(self._executors)
+
+    def _start(self, node, ex: Executor) -> None:
+        t = threading.Thread(target=self._spin_one, args=(ex,), name=f"spin_{node.get_name()}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _spin_one(self, ex: Executor) -> None:
+        try:
+            ex.spin_until_future_complete(self._stop)
+        except ExternalShutdownException:
+            pass
+        except BaseException as e:  # a callback raised: spin() raises it, as rclpy's spin would
+            self._error = self._error or e
+        finally:
+            self._ended.set()
+
+    def spin(self) -> None:
+        with self._lock:
+            if self._spinning or self._is_shutdown:
+                raise RuntimeError("NodeExecutors.spin: already spinning or shut down")
+            self._spinning = True
+            for node, ex in self._executors.items():
+                self._start(node, ex)
+        while not self._ended.wait(0.1):  # a spin loop ends: shutdown, context shut down, error
+            if not self.context.ok():
+                break
+        self._stop_loops(5.0)
+        if self._error is not None:
+            raise self._error
+
+    def _stop_loops(self, timeout_sec: float | None) -> bool:
+        if not self._stop.done():
+            self._stop.set_result(True)  # wakes every executor
+        end = None if timeout_sec is None else time.monotonic() + timeout_sec
+        ok = True
+        for t in list(self._threads):
+            if t is not threading.current_thread():
+                t.join(None if end is None else max(0.0, end - time.monotonic()))
+                ok = ok and not t.is_alive()
+        return ok
+
+    def shutdown(self, timeout_sec: float | None = None) -> bool:
+        """Stop every spin loop (joined), then shut the executors down: no callback runs after."""
+        with self._lock:
+            self._is_shutdown = True
+        ok = self._stop_loops(timeout_sec)
+        for ex in list(self._executors.values()):
+            ok = ex.shutdown(timeout_sec=timeout_sec) and ok
+        return ok
+
+
+def make_executor(nodes, context=None) -> NodeExecutors:
+    """What spins ``nodes`` composed in one process: one executor per node (module docstring)."""
+    return NodeExecutors(nodes, context)
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -101,14 +280,12 @@ def run_graph(path: Path, names: list[str], duration: float = 0.0, threads: int 
     return 0
 
 
-def spin_node(node_cls, args: list[str] | None = None, threads: int = 1, close_first: bool = False) -> None:
+def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False) -> None:
     """The console-script body every node shares: init, spin until Ctrl-C or shutdown, clean up.
 
-    ``threads`` > 1 spins a MultiThreadedExecutor (nodes with their own callback groups);
-    a lifecycle node whose ``autostart`` parameter is true is configured and activated here.
+    The node's executor comes from :func:`executor_for` (as when nodes are composed); a
+    lifecycle node whose ``autostart`` parameter is true is configured and activated here.
     """
-    from rclpy.executors import SingleThreadedExecutor
-
     try:
         with rclpy.init(args=args):
             node = node_cls()
@@ -118,8 +295,7 @@ def spin_node(node_cls, args: list[str] | None = None, threads: int = 1, close_f
                     if step() != TransitionCallbackReturn.SUCCESS:
                         node.get_logger().error(f"autostart: {step.__name__} failed")
                         break
-            executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
-            executor.add_node(node)
+            executor = executor_for(node)
             try:
                 executor.spin()
             finally:

@@ -156,6 +156,11 @@ def tail_from_msg(msg: JointTrajectory, names: tuple[str, ...]) -> Tail:
 
 
 class InferenceNode(LifecycleNode):
+    # Callbacks that may run at once: inference (_infer_group), I/O (_io_group: embeddings, tail,
+    # diagnostics) and the default group (parameter and lifecycle services: a checkpoint swap is
+    # accepted or rejected while a chunk is being computed). composition.executor_for reads it.
+    callback_threads = 3
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         for name, (default, desc, live) in _PARAMS.items():
@@ -504,7 +509,7 @@ class InferenceNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(InferenceNode, args, threads=3, close_first=True)
+    spin_node(InferenceNode, args, close_first=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -209,19 +208,16 @@ class PerceptionNode(Node):
         self._retry_path: str | None = None  # a checkpoint that failed while no encoder runs
         self._retry_t = 0.0
 
-        self._sensor_group = ReentrantCallbackGroup()
-        self._ctl_group = MutuallyExclusiveCallbackGroup()
+        # One (default) callback group, a single-threaded executor (composition.executor_for):
+        # every callback only hands work over, to the synchroniser, the worker or the loader.
         self._ensure_subscriptions(self.cfg.cameras)
         self.create_subscription(
-            JointState, "/joint_states", lambda m: self._on_sensor("joint_states", m), RELIABLE_10,
-            callback_group=self._sensor_group,
+            JointState, "/joint_states", lambda m: self._on_sensor("joint_states", m), RELIABLE_10
         )
-        self.create_subscription(
-            String, "/l1flow/checkpoint", self._on_checkpoint_msg, LATCHED_1, callback_group=self._ctl_group
-        )
+        self.create_subscription(String, "/l1flow/checkpoint", self._on_checkpoint_msg, LATCHED_1)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.create_timer(self.cfg.diagnostics_period, self._on_diag_timer, callback_group=self._ctl_group)
+        self.create_timer(self.cfg.diagnostics_period, self._on_diag_timer)
 
         self._rs_source = None
         if self.cfg.source == "realsense":
@@ -298,23 +294,23 @@ class PerceptionNode(Node):
             subs = [
                 self.create_subscription(
                     Image, f"/{cam}/color/image_raw", lambda m, c=cam: self._on_sensor(f"{c}/color", m),
-                    qos_profile_sensor_data, callback_group=self._sensor_group,
+                    qos_profile_sensor_data,
                 ),
                 self.create_subscription(
                     CameraInfo, f"/{cam}/color/camera_info", lambda m, c=cam: self._on_info(c, m),
-                    qos_profile_sensor_data, callback_group=self._sensor_group,
+                    qos_profile_sensor_data,
                 ),
             ]
             if cam in self.cfg.cloud_cameras:
                 subs.append(self.create_subscription(
                     PointCloud2, f"/{cam}/depth/color/points", lambda m, c=cam: self._on_sensor(f"{c}/cloud", m),
-                    qos_profile_sensor_data, callback_group=self._sensor_group,
+                    qos_profile_sensor_data,
                 ))
             else:
                 subs.append(self.create_subscription(
                     Image, f"/{cam}/aligned_depth_to_color/image_raw",
                     lambda m, c=cam: self._on_sensor(f"{c}/depth", m),
-                    qos_profile_sensor_data, callback_group=self._sensor_group,
+                    qos_profile_sensor_data,
                 ))
             self._subs[cam] = subs
 
@@ -649,7 +645,7 @@ class PerceptionNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(PerceptionNode, args, threads=3)
+    spin_node(PerceptionNode, args)
 
 
 if __name__ == "__main__":
