@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, help="torch | onnxruntime | tensorrt (default: the file's)")
     p.add_argument("--plot", default=None, help="write a PNG: episode 1 trajectory + latency histogram")
     p.add_argument("--json", default=None, help="write the results as JSON")
+    p.add_argument("--one-process", action="store_true",
+                   help="compose every node into this process instead (to compare; deploy one process per node)")
     p.add_argument("--node-log", default=None, help="write the nodes' output here (default: the terminal)")
 
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
             task = None  # evaluate_graph reports the bundle's problem
     try:
         res = evaluate_graph(args.bundle, task, args.episodes, args.seed, args.timeout, args.config,
-                             args.backend, args.plot, log_file=args.node_log)
+                             args.backend, args.plot, log_file=args.node_log,
+                             composed=args.one_process)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"l1flow eval: {e}", file=sys.stderr)
         return 1

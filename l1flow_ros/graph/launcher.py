@@ -300,7 +300,6 @@ class ProcessGraph:
         """configure, then activate, each lifecycle node through its change_state service."""
         import rclpy
         from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
         from rclpy.executors import SingleThreadedExecutor
 
         ctx = rclpy.Context()
@@ -312,10 +311,9 @@ class ProcessGraph:
             ex.add_node(node)
             try:
                 for name in names:
-                    client = node.create_client(ChangeState, f"/{name}/change_state")
                     for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
                                        (Transition.TRANSITION_ACTIVATE, "activate")):
-                        self._transition(ex, client, name, tid, label)
+                        self._transition(ex, node, name, tid, label)
                     self._say(f"{name}: configured and active")
             finally:
                 ex.shutdown()
@@ -323,25 +321,57 @@ class ProcessGraph:
         finally:
             ctx.try_shutdown()
 
-    def _transition(self, ex, client, name: str, transition_id: int, label: str) -> None:
-        from lifecycle_msgs.srv import ChangeState
+    def _transition(self, ex, node, name: str, transition_id: int, label: str) -> None:
+        """One transition; robust to a request lost on the way (a server matched too early).
 
+        A request sent the moment discovery reports the service can be lost (services keep no
+        history for late-matching servers). When no answer comes for a while, the node's
+        ``get_state`` says where it is: at the goal (done), still at the start (re-sent), or in
+        the transition (keep waiting).
+        """
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        start, goal = {"configure": (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE),
+                       "activate": (State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE)}[label]
+        change = node.create_client(ChangeState, f"/{name}/change_state")
+        get = node.create_client(GetState, f"/{name}/get_state")
         end = time.monotonic() + self.lifecycle_timeout
-        while not client.service_is_ready():
-            self._check_alive(name, f"waiting for its change_state service to {label}")
-            if time.monotonic() > end:
-                raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s")
-            ex.spin_once(timeout_sec=0.1)
+
+        def spin_until(cond, until: float) -> bool:
+            while not cond():
+                self._check_alive(name, f"during {label}")
+                if time.monotonic() > min(until, end):
+                    return cond()
+                ex.spin_once(timeout_sec=0.05)
+            return True
+
+        if not spin_until(change.service_is_ready, end):
+            raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s")
         req = ChangeState.Request()
         req.transition.id = transition_id
-        fut = client.call_async(req)
-        while not fut.done():
-            self._check_alive(name, f"during {label}")
-            if time.monotonic() > end:
-                raise GraphError(f"{name}: {label} did not finish within {self.lifecycle_timeout:.0f} s")
-            ex.spin_once(timeout_sec=0.1)
-        if not fut.result().success:
-            raise GraphError(f"{name}: {label} failed; its last output:\n{self.tail(name)}")
+        futures = [change.call_async(req)]
+        try:
+            while True:
+                answered = spin_until(lambda: any(f.done() for f in futures), time.monotonic() + 10.0)
+                if answered and any(f.done() and f.result().success for f in futures):
+                    return
+                state = None
+                if get.service_is_ready():
+                    g = get.call_async(GetState.Request())
+                    if spin_until(g.done, time.monotonic() + 5.0):
+                        state = g.result().current_state.id
+                if state == goal:
+                    return
+                if answered:  # refused, and not at the goal
+                    raise GraphError(f"{name}: {label} failed; its last output:\n{self.tail(name)}")
+                if time.monotonic() > end:
+                    raise GraphError(f"{name}: {label} did not finish within {self.lifecycle_timeout:.0f} s")
+                if state == start:  # the request never arrived: send it again
+                    futures.append(change.call_async(req))
+        finally:
+            node.destroy_client(change)
+            node.destroy_client(get)
 
     def _check_alive(self, name: str, doing: str) -> None:
         rc = self.procs[name].returncode()

@@ -60,8 +60,11 @@ class EvalResult:
     period_error_us_p50: float = float("nan")  # executor control-period error
     period_error_us_p99: float = float("nan")
     period_error_us_max: float = float("nan")
-    missed_ticks: int = 0
+    missed_ticks: int = 0  # while the episodes ran (from the first chunk to the end)
+    missed_ticks_per_min: float = float("nan")
+    measured_s: float = 0.0  # the window the counts cover
     chunks: int = 0
+    graph: str = "process per node"  # or "one process" (composition, for side-by-side benchmarks)
 
     def table(self) -> str:
         rows = [
@@ -76,7 +79,9 @@ class EvalResult:
             ("inference time p50 / p99", f"{self.inference_ms_p50:.2f} / {self.inference_ms_p99:.2f} ms"),
             ("control period error p50 / p99 / max",
              f"{self.period_error_us_p50:.0f} / {self.period_error_us_p99:.0f} / {self.period_error_us_max:.0f} us"),
-            ("missed control ticks", str(self.missed_ticks)),
+            ("missed control ticks", f"{self.missed_ticks} in {self.measured_s:.0f} s "
+                                     f"({self.missed_ticks_per_min:.1f} per minute)"),
+            ("graph", self.graph),
         ]
         w = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
@@ -145,6 +150,52 @@ class _Probe(Node):
             self.executed.append((time.monotonic() - age, [msg.position[i] for i in idx]))
 
 
+def _missed(probe: _Probe) -> int:
+    """The executor's missed-tick count (cumulative since it started) as last reported."""
+    with probe.lock:
+        v = _f(probe.diag.get("executor_node", {}), "missed_ticks")
+    return 0 if np.isnan(v) else int(v)
+
+
+class ComposedGraph:
+    """Every node of a parameter file in this process, for side-by-side benchmarks only.
+
+    The same interface as :class:`~l1flow_ros.graph.launcher.ProcessGraph` (start, check,
+    stop); the nodes share this interpreter with the caller.
+    """
+
+    def __init__(self, path: Path, names: list[str], overrides: list[str]) -> None:
+        self.path, self.names, self.overrides = path, names, overrides
+        self.context, self.nodes, self.executor, self.spinner = None, [], None, None
+
+    def start(self) -> ComposedGraph:
+        from l1flow_ros.nodes.composition import make_executor, start_nodes
+
+        self.context = rclpy.Context()
+        rclpy.init(args=["--ros-args", "--params-file", str(self.path)], context=self.context)
+        self.nodes = start_nodes(self.context, self.names, self.overrides)
+        self.executor = make_executor(self.nodes, self.context)
+        self.spinner = threading.Thread(target=self.executor.spin, name="composed_spin", daemon=True)
+        self.spinner.start()
+        return self
+
+    def check(self) -> None:
+        if self.spinner is not None and not self.spinner.is_alive():
+            raise RuntimeError("the composed graph's executor stopped")
+
+    def stop(self) -> None:
+        from l1flow_ros.nodes.composition import destroy_nodes
+
+        if self.executor is not None:
+            self.executor.shutdown()
+        destroy_nodes(self.nodes)
+        self.nodes = []
+        if self.context is not None:
+            self.context.try_shutdown()
+        if self.spinner is not None:
+            self.spinner.join(timeout=5.0)
+
+
 def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
 
@@ -167,11 +218,14 @@ def evaluate_graph(
     plot: str | Path | None = None,
     log=print,
     log_file: str | Path | None = None,
+    composed: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``.
 
     The nodes' own output goes to ``log_file`` (each line prefixed with the node's name), or to
-    standard output when None.
+    standard output when None. ``composed``: every node in this process instead (one
+    executor, as :func:`l1flow_ros.nodes.composition.spin_nodes` runs them), to measure the
+    difference side by side; deployments run one process per node.
     """
     from l1flow_ros.policy.bundle import read_manifest
 
@@ -191,7 +245,8 @@ def evaluate_graph(
         overrides.append(f"inference_node:backend:={backend}")
         overrides.append(f"perception_node:encoder_backend:={backend}")
     sim_task = task or parameter_value(path, "sim_robot_node", "task")
-    graph = ProcessGraph(path, names, overrides, log_file=log_file)
+    graph = ComposedGraph(path, names, overrides) if composed else ProcessGraph(path, names, overrides,
+                                                                                    log_file=log_file)
     context = rclpy.Context()
     rclpy.init(args=[], context=context)
     probe, executor, spinner = None, None, None
@@ -210,6 +265,8 @@ def evaluate_graph(
         if not probe.latency_ms:
             raise RuntimeError("no action chunk within 60 s: is the graph running? (see /diagnostics)")
         probe.clear_latencies()
+        missed0 = _missed(probe)
+        t_measure = time.monotonic()
         ok, durations = 0, []
         for ep in range(episodes):
             call_service(probe.enable_cli, SetBool.Request(data=False))
@@ -240,6 +297,8 @@ def evaluate_graph(
             inf_d = dict(probe.diag.get("inference_node", {}))
             ex_d = dict(probe.diag.get("executor_node", {}))
             per_d = dict(probe.diag.get("perception_node", {}))
+        measured_s = time.monotonic() - t_measure
+        missed = max(_missed(probe) - missed0, 0)
         res = EvalResult(
             task=str(sim_task), bundle=bundle, episodes=episodes, successes=ok,
             success_rate=ok / max(episodes, 1), episode_s=durations,
@@ -252,8 +311,9 @@ def evaluate_graph(
             period_error_us_p50=_f(ex_d, "period_error_p50_us"),
             period_error_us_p99=_f(ex_d, "period_error_p99_us"),
             period_error_us_max=_f(ex_d, "period_error_max_us"),
-            missed_ticks=int(_f(ex_d, "missed_ticks")) if ex_d.get("missed_ticks") else 0,
-            chunks=int(lat.size),
+            missed_ticks=missed, missed_ticks_per_min=60.0 * missed / max(measured_s, 1e-9),
+            measured_s=round(measured_s, 1), chunks=int(lat.size),
+            graph="one process" if composed else "process per node",
         )
         if plot:
             _plot(Path(plot), probe.commanded, probe.executed, lat, res)
