@@ -138,6 +138,7 @@ class ProcessGraph:
         env: dict[str, str] | None = None,
         lifecycle_timeout: float = 120.0,
         stop_timeout: float = 10.0,
+        activate: bool = True,
     ) -> None:
         self.params_file = Path(params_file)
         self.names = list(names) if names is not None else nodes_in_config(self.params_file)
@@ -149,6 +150,7 @@ class ProcessGraph:
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.lifecycle_timeout = lifecycle_timeout
+        self.activate = activate  # False: lifecycle nodes are left unconfigured
         self.stop_timeout = stop_timeout
         self.procs: dict[str, _Proc] = {}
         self.exit_codes: dict[str, int] = {}
@@ -166,7 +168,7 @@ class ProcessGraph:
             for name in self.names:
                 cmd = node_command(name, self.params_file, self.overrides.get(name, ()))
                 self.procs[name] = _Proc(name, cmd, self.env, self._sink, self._lock)
-            lifecycle = [n for n in self.names if n in LIFECYCLE_NODES]
+            lifecycle = [n for n in self.names if n in LIFECYCLE_NODES and self.activate]
             if lifecycle:
                 self._activate(lifecycle)
         except BaseException:
@@ -217,7 +219,7 @@ class ProcessGraph:
             self.stop_node(name, sig)
         cmd = self.procs[name].cmd
         self.procs[name] = _Proc(name, cmd, self.env, self._sink, self._lock)
-        if name in LIFECYCLE_NODES:
+        if name in LIFECYCLE_NODES and self.activate:
             self._activate([name])
 
     def __enter__(self) -> ProcessGraph:
