@@ -1,20 +1,35 @@
 """Fault injection through the real node graph: does the package fail safe?
 
 The harness starts the real ``perception_node``, ``inference_node`` and ``executor_node``
-in one process (rclpy, each on a MultiThreadedExecutor of its own, so that one can be
-destroyed and started again while the others run) on a small
-untrained bundle (one RGB-D camera with points + end-effector proprioception, exported for
-ONNX Runtime on the CPU), and plays the world around them itself:
+one OS process per node, as ``ros2 launch`` (and ``l1flow run``) starts them
+(:class:`l1flow_ros.graph.launcher.ProcessGraph`: each node's console script with
+``--params-file``, the lifecycle inference node configured and activated; a node is
+stopped, killed or restarted as a process), on a small untrained bundle (one RGB-D camera
+with points + end-effector proprioception, exported for ONNX Runtime on the CPU). The
+nodes' parameters are written to a parameter file next to the bundle (``faults_graph.yaml``),
+their output to ``nodes.log``. The harness plays the world around them itself:
 
 - a camera: colour (rgb8), aligned depth (16UC1) and CameraInfo at 10 Hz;
 - an arm: ``/joint_states`` at 100 Hz whose position is the last command received on the
   forward-position controller topic (a perfect position controller), clipped to its bounds;
 - a GUARD on the controller topic that checks every command on its own, without the
-  executor's bookkeeping (rules below). The arm and the guard run in a second process
-  (:class:`ArmGuard`), so that they do not compete with the nodes for one interpreter.
+  executor's bookkeeping (rules below). The arm and the guard run in a process of their
+  own (:class:`ArmGuard`), apart from the harness's camera and probes.
+
+The harness never looks inside a node. What it knows of the nodes comes from what they
+publish and from the operating system: /diagnostics (every node's level, message and
+key/values, published every ``DIAG_PERIOD_S``; the executor's ``mode``, ``chunk_age_ms``,
+``missed_ticks``, ``deadlines``, ``period_error_*_us``; perception's ``fingerprint`` and
+``embeddings_published``), the chunk topic, the controller topic (the guard), each node's
+process (alive or its exit code), and the inference node's lifecycle ``get_state`` service.
+"The executor runs a chunk made from an observation stamped at or after t" is: its latest
+status has mode ``track`` and header stamp - ``chunk_age_ms`` >= t (snapped to the stamp
+of the chunk seen on the wire within the 0.1 ms rounding). "Nodes up": every process
+running, every node on /diagnostics within the last 2 s, the executor's control deadlines
+and perception's published embeddings advancing, the inference node ``active``.
 
 Each case: wait until the graph streams normally, inject the fault, watch, clear it, and
-wait for normal operation (a chunk made from fresh data accepted by the executor, the
+wait for normal operation (a chunk made from fresh data run by the executor, the
 nodes' /diagnostics back to OK). Recorded per case: what was injected, whether the nodes
 stayed up, the /diagnostics reason seen, whether the arm was held, commands outside the
 limits, commands that moved the arm while only invalid or stale data was on offer, chunks
@@ -61,6 +76,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -274,8 +290,8 @@ class SensorState:
 
 class ArmGuard:
     """The simulated arm and the guard, in a process of their own (``python -m l1flow_ros.faults
-    --controller``), so that checking 500 commands a second does not compete with the nodes
-    under test for one interpreter. One subscription on the controller topic: the arm follows
+    --controller``), so that checking 500 commands a second does not compete with the
+    harness's camera and probes for one interpreter. One subscription on the controller topic: the arm follows
     every command (a perfect position controller) and the guard checks it; ``/joint_states``
     at 100 Hz reports the arm's position. Driven by JSON lines on stdin (see :meth:`handle`)."""
 
@@ -469,6 +485,7 @@ class World:
 
     def __init__(self, context: Any) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
+        from lifecycle_msgs.srv import GetState
         from rcl_interfaces.srv import SetParameters
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -487,6 +504,9 @@ class World:
         self.frames_sent = 0
         self.chunks: list[tuple[int, int, str]] = []  # (receive ns, t_obs ns, fingerprint)
         self.diags: list[tuple[int, str, int, str]] = []  # (receive ns, node, level, message)
+        # Per node: (receive ns, header stamp ns, key/values) of every status it published.
+        self.diag_values: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
+        self.info_sent_ns = 0  # when CameraInfo was last published
         self.pub_color = n.create_publisher(Image, f"/{CAM}/color/image_raw", qos_profile_sensor_data)
         self.pub_depth = n.create_publisher(Image, f"/{CAM}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
         self.pub_info = n.create_publisher(CameraInfo, f"/{CAM}/color/camera_info", qos_profile_sensor_data)
@@ -496,6 +516,7 @@ class World:
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, rel(100))
         self.enable_cli = n.create_client(SetBool, "/l1flow/executor/enable")
         self.param_cli = n.create_client(SetParameters, "/inference_node/set_parameters")
+        self.state_cli = n.create_client(GetState, "/inference_node/get_state")
         self.rng = np.random.default_rng(0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._camera_loop, name="faults_camera", daemon=True)
@@ -523,11 +544,15 @@ class World:
             self.chunks.append((time.time_ns(), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_diag(self, msg: Any) -> None:
+        from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+
         now = time.time_ns()
+        stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
             for st in msg.status:
                 lvl = int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else int(st.level)
                 self.diags.append((now, st.name, lvl, st.message))
+                self.diag_values.setdefault(st.name, []).append((now, stamp, {kv.key: kv.value for kv in st.values}))
 
     # -- sensors --------------------------------------------------------------------------------
 
@@ -570,6 +595,8 @@ class World:
             intr = CameraIntrinsics(fx=40.0, fy=40.0, cx=(IMG_W - 1) / 2, cy=(IMG_H - 1) / 2, width=IMG_W,
                                     height=IMG_H)
             self.pub_info.publish(camera_info_to_msg(intr, stamp, CAM))
+            with self.lock:
+                self.info_sent_ns = time.time_ns()
         if not s.cameras:
             return
         rgb = self.rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -636,29 +663,61 @@ class World:
 # ------------------------------------------------------------------------------- the graph
 
 
+NODES = ("executor_node", "perception_node", "inference_node")  # started in this order
+DIAG_PERIOD_S = 0.1  # the nodes' diagnostics_period: the harness reads their state from /diagnostics
+
+
 def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {
         "perception_node": {
             "cameras": [CAM], "checkpoint": "", "calibration_file": assets["calibration"],
             "encoder_backend": "onnxruntime", "max_observation_age": 0.5, "slop": 0.02,
-            "diagnostics_period": 0.25,
+            "diagnostics_period": DIAG_PERIOD_S,
         },
         "inference_node": {
             "checkpoint": assets["bundle"], "backend": "onnxruntime", "providers": ["CPUExecutionProvider"],
-            "threads": 1, "warmup_iterations": 1, "max_observation_age": 0.5, "diagnostics_period": 0.25,
+            "threads": 1, "warmup_iterations": 1, "max_observation_age": 0.5,
+            "diagnostics_period": DIAG_PERIOD_S,
         },
         "executor_node": {
             "joint_names": list(JOINTS), "rate_hz": RATE_HZ, "output": "forward_position",
             "latency_margin": 0.01, "max_age": 1.0, "max_future": 0.1,
             "lower": list(LOWER), "upper": list(UPPER), "max_velocity": list(MAX_VEL),
             "max_acceleration": list(MAX_ACC), "gripper_joints": ["gripper"], "gripper_binary": False,
-            "start_enabled": True, "diagnostics_period": 0.25,
+            "start_enabled": True, "diagnostics_period": DIAG_PERIOD_S,
         },
     }
 
 
+def write_params(assets: dict[str, str], path: str | Path) -> Path:
+    """The nodes' parameters as a ROS 2 parameter file (``--params-file`` format)."""
+    import yaml
+
+    path = Path(path)
+    path.write_text(yaml.safe_dump({name: {"ros__parameters": _params(assets)[name]} for name in NODES},
+                                   sort_keys=False))
+    return path
+
+
+def _float(values: dict[str, str], key: str) -> float:
+    try:
+        return float(values.get(key, "nan"))
+    except ValueError:
+        return float("nan")
+
+
+@dataclass(frozen=True)
+class ExecutorState:
+    """One /diagnostics status of the executor node."""
+
+    stamp_ns: int  # the status's header stamp: when the executor took these values
+    mode: str  # hold | track | starved
+    t_obs_ns: int | None  # observation stamp of the running chunk (stamp - chunk_age_ms)
+    values: dict[str, str]
+
+
 class Harness:
-    """The node graph, the world around it, and the case runner."""
+    """The node graph (one process per node), the world around it, and the case runner."""
 
     def __init__(self, assets: dict[str, str], log: Callable[[str], None] = print,
                  camera_info_at_start: bool = True) -> None:
@@ -667,20 +726,28 @@ class Harness:
         self.camera_info_at_start = camera_info_at_start
         self.context = None
         self.executor = None
-        self.nodes: dict[str, Any] = {}
-        self._spinners: dict[str, tuple[Any, threading.Thread]] = {}
+        self.graph: Any = None  # l1flow_ros.graph.launcher.ProcessGraph
+        self.started_ns: dict[str, int] = {}  # when each node's current process was started
         self.world: World | None = None
         self._spinner: threading.Thread | None = None
         self.fingerprint = ""
+        self.exit_codes: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout: float = 120.0) -> None:
+        """Start the world, then the nodes (one process each, the inference node configured and
+        activated); with CameraInfo at start, wait until the graph streams. Call it from a
+        thread that lives as long as the harness: the node processes are tied to it."""
         import rclpy
         from rclpy.executors import MultiThreadedExecutor
 
+        from l1flow_ros.graph.launcher import ProcessGraph
+        from l1flow_ros.policy.bundle import read_manifest
+
+        root = Path(self.assets["calibration"]).parent
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(args=[], context=self.context)
         self.world = World(self.context)
         self.world.set_sensors(camera_info=self.camera_info_at_start)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
@@ -688,57 +755,32 @@ class Harness:
         self._spinner = threading.Thread(target=self.executor.spin, name="faults_spin", daemon=True)
         self._spinner.start()
         self.world.start()
-        self._add_node("executor_node")
-        self._add_node("perception_node")
-        self._add_node("inference_node")
-        from l1flow_ros.policy.bundle import read_manifest
-
         self.fingerprint = read_manifest(self.assets["bundle"], check_weights=False).fingerprint
+        log_file = root / "nodes.log"
+        self.log(f"faults: node output in {log_file}")
+        self.graph = ProcessGraph(write_params(self.assets, root / "faults_graph.yaml"), NODES, log_file=log_file)
+        t = time.time_ns()
+        self.graph.start()
+        self.started_ns = dict.fromkeys(NODES, t)
         if self.camera_info_at_start:
             if not self.wait(self.streaming, timeout):
-                raise RuntimeError("the node graph did not start streaming (see the log)")
+                raise RuntimeError(f"the node graph did not start streaming (see {log_file})")
 
-    def _add_node(self, name: str) -> Any:
-        """Start a node on an executor of its own (as in its own process): one can be destroyed
-        and started again while the others keep spinning."""
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-        from rclpy.parameter import Parameter
-
-        from l1flow_ros.graph import node_class
-
-        params = [Parameter(k, value=v) for k, v in _params(self.assets)[name].items()]
-        node = node_class(name)(context=self.context, parameter_overrides=params)
-        if isinstance(node, LifecycleNode):
-            for step in (node.trigger_configure, node.trigger_activate):
-                if step() != TransitionCallbackReturn.SUCCESS:
-                    raise RuntimeError(f"{name}: {step.__name__} failed")
-        ex = MultiThreadedExecutor(num_threads=3, context=self.context)
-        ex.add_node(node)
-        spinner = threading.Thread(target=ex.spin, name=f"faults_{name}", daemon=True)
-        spinner.start()
-        self.nodes[name] = node
-        self._spinners[name] = (ex, spinner)
-        return node
-
-    def _remove_node(self, name: str) -> None:
-        from l1flow_ros.nodes.composition import destroy_nodes
-
-        node = self.nodes.pop(name)
-        ex, spinner = self._spinners.pop(name)
-        ex.shutdown(timeout_sec=5.0)
-        spinner.join(timeout=5.0)
-        destroy_nodes([node])
+    def stop_node(self, name: str, sig: int) -> int:
+        """Stop one node's process with ``sig`` (SIGKILL after 10 s); its exit code."""
+        return self.graph.stop_node(name, sig)
 
     def restart_node(self, name: str) -> None:
-        self._remove_node(name)
-        self._add_node(name)
+        """Stop the node's process (SIGINT) if it runs and start a new one with the same
+        parameters (the inference node configured and activated again)."""
+        self.graph.restart_node(name)
+        self.started_ns[name] = time.time_ns()
 
     def close(self) -> None:
+        if self.graph is not None:
+            self.exit_codes = self.graph.stop()
         if self.world is not None:
             self.world.stop()
-        for name in list(self.nodes):
-            self._remove_node(name)
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=5.0)
         if self.world is not None:
@@ -748,7 +790,7 @@ class Harness:
         if self._spinner is not None:
             self._spinner.join(timeout=5.0)
 
-    # -- state queries ------------------------------------------------------------------------
+    # -- state queries (what the nodes publish) -----------------------------------------------
 
     @staticmethod
     def wait(cond: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
@@ -759,17 +801,59 @@ class Harness:
             time.sleep(poll)
         return cond()
 
-    @property
-    def scheduler(self) -> Any:
-        return self.nodes["executor_node"]._scheduler
+    def _executor_state(self, rx: int, stamp: int, values: dict[str, str]) -> ExecutorState:
+        # chunk_age_ms = stamp - observation stamp of the running chunk, rounded to 0.1 ms: the
+        # chunk on the wire whose stamp it names (within that rounding) gives the exact stamp.
+        age = _float(values, "chunk_age_ms")
+        t_obs = None
+        if age == age:
+            t_obs = stamp - int(round(age * 1e6))
+            with self.world.lock:
+                near = [t for _, t, _ in self.world.chunks[-200:] if abs(t - t_obs) <= 100_000]
+            if near:
+                t_obs = min(near, key=lambda t: abs(t - t_obs))
+        return ExecutorState(stamp, values.get("mode", ""), t_obs, values)
 
-    def missed_ticks(self) -> int:
-        return int(self.nodes["executor_node"].timing_stats()["missed_ticks"])
+    def executor_state(self, after_ns: int | None = None, timeout: float = 5.0) -> ExecutorState | None:
+        """The executor's latest /diagnostics status; with ``after_ns``, wait (at most
+        ``timeout``) for one stamped at or after it (None if none came)."""
+        end = time.monotonic() + timeout
+        while True:
+            with self.world.lock:
+                last = (self.world.diag_values.get("executor_node") or [None])[-1]
+            if last is not None and (after_ns is None or last[1] >= after_ns):
+                return self._executor_state(*last)
+            if after_ns is None or time.monotonic() > end:
+                return None
+            time.sleep(0.01)
+
+    def missed_ticks(self, after_ns: int | None = None) -> int:
+        """The executor's missed control ticks (cumulative, from /diagnostics)."""
+        st = self.executor_state(after_ns)
+        v = _float(st.values, "missed_ticks") if st is not None else float("nan")
+        return 0 if v != v else int(v)
+
+    @staticmethod
+    def _runs_chunk_since(st: ExecutorState | None, t_ns: int) -> bool:
+        return st is not None and st.mode == "track" and st.t_obs_ns is not None and st.t_obs_ns >= t_ns
 
     def accepted_since(self, t_ns: int) -> bool:
-        """The executor runs a chunk made from an observation stamped at or after ``t_ns``."""
-        st = self.scheduler.stats()
-        return st.chunk_t_obs_ns is not None and st.chunk_t_obs_ns >= t_ns and st.mode.value == "track"
+        """The executor runs a chunk made from an observation stamped at or after ``t_ns``
+        (its latest /diagnostics: mode track, header stamp - chunk_age_ms >= t_ns)."""
+        return self._runs_chunk_since(self.executor_state(), t_ns)
+
+    def first_accepted_since(self, t_ns: int) -> int | None:
+        """The stamp of the first executor status (stamped at or after ``t_ns``) that reports
+        running a chunk made from an observation stamped at or after ``t_ns``."""
+        with self.world.lock:
+            hist = list(self.world.diag_values.get("executor_node", ()))
+        k = len(hist)
+        while k > 0 and hist[k - 1][1] >= t_ns:
+            k -= 1
+        for rx, stamp, values in hist[k:]:
+            if self._runs_chunk_since(self._executor_state(rx, stamp, values), t_ns):
+                return stamp
+        return None
 
     def last_level(self, node: str, since_ns: int) -> int | None:
         with self.world.lock:
@@ -780,6 +864,12 @@ class Harness:
                     return lvl
         return None
 
+    def last_values(self, node: str, since_ns: int) -> dict[str, str] | None:
+        """The key/values of the node's latest status stamped at or after ``since_ns``."""
+        with self.world.lock:
+            hist = self.world.diag_values.get(node) or []
+            return dict(hist[-1][2]) if hist and hist[-1][1] >= since_ns else None
+
     def streaming(self) -> bool:
         """Chunks from fresh observations reach the executor and perception reports OK."""
         now = time.time_ns()
@@ -789,19 +879,53 @@ class Harness:
         return (self.accepted_since(t_ns) and self.last_level("perception_node", t_ns) == 0
                 and self.last_level("inference_node", t_ns) == 0)
 
-    def nodes_alive(self) -> bool:
-        p, e = self.nodes.get("perception_node"), self.nodes.get("executor_node")
-        i = self.nodes.get("inference_node")
-        threads = (p is not None and p._worker.is_alive() and p._loader.is_alive() and e is not None
-                   and e._thread.is_alive() and self._spinner is not None and self._spinner.is_alive()
-                   and all(t.is_alive() for _, t in self._spinners.values()))
-        now = time.time_ns()
+    def inference_state(self) -> str:
+        """The inference node's lifecycle state, asked through its get_state service."""
+        from lifecycle_msgs.srv import GetState
+
+        try:
+            return self.world.call(self.world.state_cli, GetState.Request(), timeout=5.0).current_state.label
+        except RuntimeError as e:
+            return f"unknown ({e})"
+
+    def alive_problems(self) -> list[str]:
+        """Why the graph is not up, from outside: a node process that ended; a node silent on
+        /diagnostics for 2 s; the executor's control deadlines not advancing (control thread
+        gone); perception publishing no embeddings (its worker gone); the inference node
+        not active (lifecycle get_state); the harness's own spinner gone."""
+        out = [f"{n} exited with code {rc}" for n, rc in self.graph.exited().items()]
+        if self._spinner is None or not self._spinner.is_alive():
+            out.append("the harness's executor stopped")
+        since = time.time_ns() - int(2e9)
         with self.world.lock:
-            recent = {name for t, name, _, _ in self.world.diags if t > now - int(2e9)}
-        return bool(threads and i is not None and i._active
-                    and {"perception_node", "inference_node", "executor_node"} <= recent)
+            recent = {n: [v for rx, _, v in hist if rx > since] for n, hist in self.world.diag_values.items()}
+        for name in NODES:
+            if not recent.get(name):
+                out.append(f"{name}: no /diagnostics for 2 s")
+        for name, key, what in (("executor_node", "deadlines", "control deadlines"),
+                                ("perception_node", "embeddings_published", "embeddings published")):
+            vals = [_float(v, key) for v in recent.get(name, ())]
+            if len(vals) >= 2 and not vals[-1] > vals[0]:
+                out.append(f"{name}: {what} not advancing over the last 2 s ({vals[0]:.0f})")
+        state = self.inference_state()
+        if state != "active":
+            out.append(f"inference_node: lifecycle state {state}")
+        return out
+
+    def nodes_alive(self) -> bool:
+        return not self.alive_problems()
 
     # -- one case --------------------------------------------------------------------------------
+
+    def _restart_exited(self, res: CaseResult) -> None:
+        """A node process that ended (crashed) is reported with its last output and started
+        again, so that the next case finds the whole graph."""
+        for name in list(self.graph.exited()):
+            res.notes.append(f"{name}'s last output: {_short(self.graph.tail(name, 5), 400)}")
+            try:
+                self.restart_node(name)
+            except RuntimeError as e:
+                res.notes.append(f"{name} could not be restarted: {e}")
 
     def run_case(self, case: Case) -> CaseResult:
         res = CaseResult(case.name, case.injected, expected=case.expect[1] if case.expect else "")
@@ -810,7 +934,9 @@ class Harness:
             w.set_sensors(camera_info=True)
         if case.needs_streaming and not self.wait(self.streaming, RECOVER_TIMEOUT_S):
             res.not_run = "the graph was not streaming normally before the case"
-            res.nodes_alive = self.nodes_alive()
+            res.notes += self.alive_problems()
+            res.nodes_alive = not res.notes
+            self._restart_exited(res)
             return res
         rep0 = w.controller.request(op="report", cmd=1 << 62, viol=1 << 62)
         with w.lock:
@@ -823,11 +949,11 @@ class Harness:
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
-            for name in ("executor_node", "perception_node", "inference_node"):
-                if name not in self.nodes:
-                    self._add_node(name)
-        res.missed_ticks = self.missed_ticks() - (missed0 if ctx.missed0 is None else ctx.missed0)
-        res.nodes_alive = self.nodes_alive()
+        res.missed_ticks = self.missed_ticks() - missed0
+        problems = self.alive_problems()
+        res.nodes_alive = not problems
+        res.notes += problems
+        self._restart_exited(res)
         time.sleep(0.05)  # commands still on their way to the guard
         rep = w.controller.request(op="report", cmd=rep0["n_cmd"], viol=rep0["n_viol"])
         cmd_t = np.asarray(rep["t"], dtype=np.int64)
@@ -920,7 +1046,6 @@ class CaseContext:
         self.recovered_at: int | None = None
         self.answers: list[str] = []  # parameter-set answers etc., as "node: reason"
         self.behaviour = ""  # what the case saw, where no node reason is expected
-        self.missed0: int | None = None  # missed ticks counted from here (set by a case's preparation)
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:
@@ -974,16 +1099,19 @@ class CaseContext:
             self.w.clear_sensors()
 
     def wait_recovered(self, since: int | None = None, timeout: float = RECOVER_TIMEOUT_S) -> None:
+        """Normal operation again: the executor reports running a chunk made from an
+        observation stamped after the clear (recovered at the stamp of the first such report)
+        and perception and inference report OK."""
         t = self.cleared_at if since is None else since
         end = time.monotonic() + timeout
         first = None
         while time.monotonic() < end:
-            if first is None and self.h.accepted_since(t):
-                first = time.time_ns()
+            if first is None:
+                first = self.h.first_accepted_since(t)
             if first is not None and self.h.healthy_since(t):
                 self.recovered_at = first
                 return
-            time.sleep(0.01)
+            time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -1021,11 +1149,18 @@ def _held(inject: Callable[[CaseContext], None] | None = None, **fault: Any) -> 
 
 
 def _camera_info_never(c: CaseContext) -> None:
-    if CAM in c.h.nodes["perception_node"]._intr:  # it has seen CameraInfo: start it afresh, none sent
+    h = c.h
+    with c.w.lock:
+        info_sent = c.w.info_sent_ns >= h.started_ns["perception_node"]
+    if info_sent:  # this perception process may have seen CameraInfo: start a new one, none sent
         c.w.set_sensors(camera_info=False)
-        c.h.restart_node("perception_node")
-    # The encoder loads once the inference node announces its bundle (seconds on a busy machine).
-    c.h.wait(lambda: c.h.nodes["perception_node"]._pipe is not None, 120.0)
+        h.restart_node("perception_node")
+        c.res.notes.append("perception node process restarted (SIGINT, then started again)")
+    # The encoder loads once the inference node announces its bundle (seconds on a busy machine):
+    # perception's /diagnostics then name its fingerprint.
+    t = h.started_ns["perception_node"]
+    if not h.wait(lambda: bool((h.last_values("perception_node", t) or {}).get("fingerprint")), 120.0):
+        c.res.notes.append("perception reported no encoder 120 s after its start")
     c.fault(camera_info=False)
     c.settle()
     time.sleep(HOLD_S)
@@ -1098,55 +1233,38 @@ def _disable_enable(c: CaseContext) -> None:
     c.wait_recovered()
 
 
-def _restart_inference(c: CaseContext) -> None:
-    c.fault()
-    c.h._remove_node("inference_node")
-    c.settle()
-    time.sleep(HOLD_S)
-    c.wait_reason()
-    c.end_hold()
-    c.clear()
-    c.h._add_node("inference_node")
-    c.wait_recovered()
+def _inference_down(sig: int) -> Callable[[CaseContext], None]:
+    """The graph's inference node process stopped with ``sig`` while the executor streams
+    (SIGINT: a clean shutdown; SIGKILL: no clean shutdown, no last message); once the arm is
+    held, a new process is started, configured and activated (the clear)."""
 
-
-def _kill_inference(c: CaseContext) -> None:
-    """The inference node as a process of its own (as ``ros2 run`` starts it), killed with
-    SIGKILL while the executor streams: no clean shutdown, no last message. Then the
-    in-process node is started again."""
-    h = c.h
-    h._remove_node("inference_node")
-    args = [f"{k}:={json.dumps(v) if isinstance(v, list) else v}" for k, v in _params(h.assets)["inference_node"].items()]
-    cmd = [sys.executable, "-m", "l1flow_ros.nodes.inference_node", "--ros-args"]
-    for a in [*args, "autostart:=true"]:
-        cmd += ["-p", a]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        t_start = time.time_ns()
-        if not h.wait(lambda: h.accepted_since(t_start), 120.0):
-            raise RuntimeError("the inference node process did not start streaming in 120 s")
-        c.missed0 = h.missed_ticks()  # the process start-up (imports) is preparation, not the fault
+    def run(c: CaseContext) -> None:
+        h = c.h
+        pid = h.graph.procs["inference_node"].popen.pid
         c.fault()
-        proc.kill()
-        proc.wait(timeout=10.0)
-        c.res.notes.append(f"inference node process {proc.pid} killed (SIGKILL), exit code {proc.returncode}")
-        c.settle()
-        time.sleep(HOLD_S)
-        c.wait_reason()
-        c.end_hold()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        c.clear()
-        h._add_node("inference_node")
-    c.wait_recovered()
+        try:
+            rc = h.stop_node("inference_node", sig)
+            c.res.notes.append(f"inference node process {pid} stopped with {signal.Signals(sig).name}, exit code {rc}")
+            c.settle()
+            time.sleep(HOLD_S)
+            c.wait_reason()
+            c.end_hold()
+        finally:
+            c.clear()
+            t = time.monotonic()
+            h.restart_node("inference_node")
+            c.res.notes.append(f"new inference node process configured and active {time.monotonic() - t:.1f} s "
+                               "after its start")
+        c.wait_recovered()
+
+    return run
 
 
 def _cpu_starvation(c: CaseContext) -> None:
     n = os.cpu_count() or 2
-    ex = c.h.nodes["executor_node"]
-    d0, m0 = ex.timing_stats()["deadlines"], ex.timing_stats()["missed_ticks"]
+    h = c.h
+    st0 = h.executor_state()
+    d0, m0 = _float(st0.values, "deadlines"), _float(st0.values, "missed_ticks")
     c.fault()
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
@@ -1156,14 +1274,20 @@ def _cpu_starvation(c: CaseContext) -> None:
             p.kill()
         for p in procs:
             p.wait()
+    t_end = time.time_ns()
     c.res.notes.append(f"{n} busy processes (one per core) for 4 s")
-    timing = ex.timing_stats()
-    dl, ms = timing["deadlines"] - d0, timing["missed_ticks"] - m0
+    # The executor's /diagnostics before the load and the first one after it: cumulative
+    # counts, so the difference spans the whole load (and up to one diagnostics period more).
+    st1 = h.executor_state(after_ns=t_end, timeout=10.0)
+    if st1 is None:
+        raise RuntimeError("no executor /diagnostics within 10 s after the load ended")
+    dl, ms = _float(st1.values, "deadlines") - d0, _float(st1.values, "missed_ticks") - m0
     c.behaviour = (f"executor: streamed on; {ms:.0f} of {dl:.0f} control deadlines missed "
                    f"({100 * ms / max(dl, 1):.0f} %)")
-    c.res.notes.append(f"executor period error over its last {timing['periods']:.0f} periods: p50 "
-                       f"{timing['period_error_p50_us']:.0f} us, p99 {timing['period_error_p99_us']:.0f} us, max "
-                       f"{timing['period_error_max_us']:.0f} us")
+    v = st1.values
+    c.res.notes.append(f"executor period error over its timing window (/diagnostics): p50 "
+                       f"{_float(v, 'period_error_p50_us'):.0f} us, p99 {_float(v, 'period_error_p99_us'):.0f} us, "
+                       f"max {_float(v, 'period_error_max_us'):.0f} us")
     c.clear()
     c.wait_recovered()
 
@@ -1286,10 +1410,10 @@ CASES: tuple[Case, ...] = (
          _engine_other_gpu, ("validate_checkpoint", r"rejected: .*another target")),
     Case("disable_enable", "execution disabled mid-chunk for 1 s, then enabled", _disable_enable,
          ("executor_node", r"disable")),
-    Case("inference_restart", "inference node destroyed; 1.75 s later a new one configured + activated",
-         _restart_inference, ("executor_node", r"starved")),
-    Case("inference_killed", "inference node in its own process, killed (SIGKILL) while the executor streams",
-         _kill_inference, ("executor_node", r"starved")),
+    Case("inference_restart", "inference node process stopped (SIGINT); once the arm is held, a new one "
+         "started, configured + activated", _inference_down(signal.SIGINT), ("executor_node", r"starved")),
+    Case("inference_killed", "inference node process killed (SIGKILL) while the executor streams; then started "
+         "again", _inference_down(signal.SIGKILL), ("executor_node", r"starved")),
     Case("cpu_starvation", "one busy process per core for 4 s while streaming at 500 Hz", _cpu_starvation,
          None),
 )
@@ -1314,7 +1438,7 @@ def run_suite(cases: list[Case], workdir: str | Path, log: Callable[[str], None]
     h = Harness(assets, log, camera_info_at_start=not info_first)
     results = []
     try:
-        log("faults: starting perception_node, inference_node, executor_node")
+        log(f"faults: starting {', '.join(NODES)}, one process each")
         h.start()
         for case in cases:
             r = h.run_case(case)
@@ -1322,6 +1446,8 @@ def run_suite(cases: list[Case], workdir: str | Path, log: Callable[[str], None]
             results.append(r)
     finally:
         h.close()
+        bad = {n: rc for n, rc in h.exit_codes.items() if rc != 0}
+        log(f"faults: nodes stopped{f'; exit codes {bad}' if bad else ' (exit code 0 each)'}")
     return results
 
 

@@ -1,5 +1,6 @@
 """The fault suite (l1flow_ros.faults) over real rclpy: the real perception, inference and
-executor nodes on one shared graph, each fault injected, watched, cleared.
+executor nodes on one shared graph, one OS process per node (as ``ros2 launch`` starts
+them), each fault injected, watched, cleared; the harness reads only what the nodes publish.
 
 Per case: the nodes stay up, the responsible node gives the expected reason on /diagnostics
 (or the parameter answer), the independent guard on the controller topic sees no command
