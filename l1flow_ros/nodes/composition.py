@@ -52,6 +52,7 @@ nodes composed here share one GIL.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import weakref
@@ -280,11 +281,22 @@ def run_graph(path: Path, names: list[str], duration: float = 0.0, threads: int 
     return 0
 
 
+def _ignore_stop_signals() -> None:
+    """From here on SIGINT / SIGTERM are ignored (main thread only): the node is stopping."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False) -> None:
     """The console-script body every node shares: init, spin until Ctrl-C or shutdown, clean up.
 
     The node's executor comes from :func:`executor_for` (as when nodes are composed); a
     lifecycle node whose ``autostart`` parameter is true is configured and activated here.
+    The first SIGINT / SIGTERM stops the node (rclpy's handler shuts the context down); a
+    second one while it cleans up (``ros2 launch`` from a terminal sends Ctrl-C twice: the
+    terminal's and launch's own) is ignored, so the exit code is 0 either way. Python resets
+    its handlers to the default at interpreter exit, hence the ignore after the ``with`` too.
     """
     try:
         with rclpy.init(args=args):
@@ -299,8 +311,11 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
             try:
                 executor.spin()
             finally:
+                _ignore_stop_signals()
                 if close_first:
                     node.close()
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    finally:
+        _ignore_stop_signals()
