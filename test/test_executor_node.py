@@ -279,13 +279,28 @@ def test_splice_and_jump_stay_within_limits(make_harness):
 
 
 def test_starvation_holds_and_recovers(make_harness):
+    from l1flow_ros.runtime.scheduler import Mode
+
     h = make_harness(**LIMITS)
     started(h)
     t0 = h.now()
     a = np.tile([0.0, 0.0, 0.3, -1.0], (3, 1))
     a[:, 0] = [0.03, 0.06, 0.09]
+    sched = h.node._scheduler
     h.chunk(t0, a)  # runs out 300 ms later
-    assert h.wait(lambda: h.last_cmd()[0] == pytest.approx(0.09, abs=1e-9), 5.0)
+    assert h.wait(lambda: sched.stats().accepted == 1, 5.0)
+    version = sched.plan_version  # the chunk's plan (it has 300 ms to run)
+
+    def at_rest() -> bool:
+        _, q = h.commands()
+        return (sched.mode == Mode.STARVED and len(q) > 10
+                and bool(np.all(q[-10:, 0] == q[-1, 0])) and q[-1, 0] > 0.0)
+
+    assert h.wait(at_rest, 5.0)
+    if sched.plan_version == version:  # tracked the plan to its end: at rest on its last waypoint
+        assert h.last_cmd()[0] == pytest.approx(0.09, abs=1e-9)
+    # else a stalled tick (shared CPUs) left the command catching up at the plan's end, and the
+    # scheduler stopped it where it was rather than going on toward an already-due waypoint
     n_end = len(h.cmds)
     assert h.wait(lambda: len(h.cmds) > n_end + 20, 5.0)
     _, q = h.commands()
@@ -580,6 +595,47 @@ class ExecutorProcess:
         self._log.close()
 
 
+def _real_time_permitted() -> bool:
+    import os
+
+    ok = []
+
+    def probe() -> None:  # a throwaway thread: the test's own keep their scheduling
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return bool(ok)
+
+
+def check_thread_scheduling(pid: int, control: int) -> None:
+    """The node's process with realtime_priority ``control``: the control thread at it, the
+    executor (main) thread one below, Fast DDS's threads two below; all normal scheduling
+    where real-time scheduling is not permitted."""
+    import os
+    from pathlib import Path
+
+    threads = []  # (tid, name, policy, rt priority)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+        threads.append((int(task.name), (task / "comm").read_text().strip(), int(fields[38]), int(fields[37])))
+    dds = [t for t in threads if t[1].startswith("dds.")]
+    assert dds, threads
+    if not _real_time_permitted():
+        assert all(t[2] == os.SCHED_OTHER for t in threads), threads
+        return
+    by_tid = {t[0]: t for t in threads}
+    assert by_tid[pid][2:] == (os.SCHED_FIFO, control - 1), threads  # the executor thread: main()
+    assert sum(t[2:] == (os.SCHED_FIFO, control) for t in threads) == 1, threads  # the control thread
+    assert all(t[2:] == (os.SCHED_FIFO, control - 2) for t in dds), threads
+
+
 @pytest.mark.parametrize("sigints", [1, 2])
 def test_own_process_stops_cleanly_on_sigint(ros_context, tmp_path, sigints):
     """Ctrl-C under ros2 launch: the terminal's SIGINT, and launch's own a moment later. The
@@ -590,6 +646,8 @@ def test_own_process_stops_cleanly_on_sigint(ros_context, tmp_path, sigints):
     p = ExecutorProcess(ros_context, tmp_path, **({"realtime_priority": 20} if sigints == 2 else {}))
     try:
         p.stream()
+        if sigints == 2:
+            check_thread_scheduling(p.proc.pid, control=20)
         for i in range(sigints):
             if i:
                 time.sleep(0.01)  # the second one lands while the node is stopping

@@ -144,6 +144,9 @@ PARAMETERS: dict[str, tuple[Parameter.Type, object, str, bool]] = {
     "executor_priority": (_I, -1, "SCHED_FIFO priority of the thread main() runs the callbacks on; -1 = "
                                   "realtime_priority - 1 (it holds the GIL the control thread needs); 0 = normal "
                                   "scheduling", True),
+    "middleware_priority": (_I, -1, "SCHED_FIFO priority main() gives the middleware's threads (Fast DDS: dds.*); "
+                                    "-1 = realtime_priority - 2 (a publish waits for their locks); 0 = leave them",
+                            True),
     "cpu_affinity": (_IA, [], "CPUs the control thread may run on (empty = any)", True),
     "max_chunk_bytes": (_I, 65536, "action chunks larger than this (serialized) are rejected unread", True),
     "python_switch_interval": (_D, 0.0001, "sys.setswitchinterval for this process (s): how long a busy Python "
@@ -183,6 +186,7 @@ class ExecutorConfig:
     spin_us: int
     realtime_priority: int
     executor_priority: int
+    middleware_priority: int
     max_chunk_bytes: int
     cpu_affinity: tuple[int, ...]
     python_switch_interval: float
@@ -211,10 +215,12 @@ class ExecutorConfig:
             raise ValueError("spin_us must be >= 0 and shorter than the period")
         if not 0 <= cfg.realtime_priority <= 99:
             raise ValueError("realtime_priority must be in [0, 99]")
-        if not -1 <= cfg.executor_priority <= 99:
-            raise ValueError("executor_priority must be in [-1, 99]")
-        if cfg.executor_priority > 0 and cfg.executor_priority >= cfg.realtime_priority:
-            raise ValueError("executor_priority must be below realtime_priority (the control thread comes first)")
+        for name in ("executor_priority", "middleware_priority"):
+            prio = getattr(cfg, name)
+            if not -1 <= prio <= 99:
+                raise ValueError(f"{name} must be in [-1, 99]")
+            if prio > 0 and prio >= cfg.realtime_priority:
+                raise ValueError(f"{name} must be below realtime_priority (the control thread comes first)")
         if cfg.max_chunk_bytes < 1024:
             raise ValueError("max_chunk_bytes must be >= 1024")
         if not cfg.python_switch_interval >= 0:
@@ -227,6 +233,13 @@ class ExecutorConfig:
         if self.executor_priority >= 0:
             return self.executor_priority
         return max(self.realtime_priority - 1, 0)
+
+    @property
+    def middleware_thread_priority(self) -> int:
+        """The SCHED_FIFO priority for the middleware's threads (0 = leave them as they are)."""
+        if self.middleware_priority >= 0:
+            return self.middleware_priority
+        return max(self.realtime_priority - 2, 0)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -360,6 +373,7 @@ class ExecutorNode(Node):
         self._wakes = 0  # control-loop wake-ups (one per deadline not skipped)
         self._thread_note = ""
         self._executor_note = "as the spinning executor runs it"  # set by setup_executor_thread()
+        self._middleware_note = "as started"  # set by setup_middleware_threads()
 
         reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -550,7 +564,9 @@ class ExecutorNode(Node):
                 notes.append(f"SCHED_FIFO not permitted ({e}); normal scheduling")
         self._thread_note = ", ".join(notes) or "normal scheduling"
         if notes:
-            self.get_logger().info(f"control thread: {self._thread_note}")
+            refused = "not set" in self._thread_note or "not permitted" in self._thread_note
+            log = self.get_logger().warning if refused else self.get_logger().info
+            log(f"control thread: {self._thread_note}")
 
     def setup_executor_thread(self) -> str:
         """Schedule the calling thread, the one that runs this node's callbacks, at
@@ -569,8 +585,48 @@ class ExecutorNode(Node):
                 note = f"SCHED_FIFO {prio}"
             except (OSError, AttributeError) as e:
                 note = f"SCHED_FIFO not permitted ({e}); normal scheduling"
-            self.get_logger().info(f"executor thread: {note}")
+            (self.get_logger().info if prio and note.startswith("SCHED_FIFO ") and "not" not in note
+             else self.get_logger().warning)(f"executor thread: {note}")
         self._executor_note = note
+        return note
+
+    def setup_middleware_threads(self) -> str:
+        """Schedule the middleware's own threads (Fast DDS names them ``dds.*``: reception,
+        events, shared-memory watchdog, ...) at ``middleware_priority``, by thread id (they
+        exist once the node does). Process-wide: main() calls it. Returns what was set.
+
+        A publish from the control thread takes the writer's locks, which these threads hold
+        while they handle acknowledgements and discovery; rclpy keeps the GIL during the
+        publish. At normal priority such a thread is preempted holding a lock, and every
+        Python thread of the process waits (measured: publishes of 1-5 ms, ticks missed).
+        Other middlewares' threads are not recognised and keep their scheduling.
+        """
+        prio = self._cfg.middleware_thread_priority
+        if prio <= 0:
+            self._middleware_note = "as started"
+            return self._middleware_note
+        done, refused = 0, ""
+        try:
+            tids = os.listdir("/proc/self/task")
+        except OSError as e:
+            tids, refused = [], str(e)
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    if not f.read().startswith("dds."):
+                        continue
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(prio))
+                done += 1
+            except (OSError, ValueError, AttributeError) as e:  # gone meanwhile, or not permitted
+                refused = str(e)
+        if done:
+            note = f"SCHED_FIFO {prio} ({done} dds.* threads)"
+        elif refused:
+            note = f"SCHED_FIFO not permitted ({refused}); as started"
+        else:
+            note = "no dds.* threads (not Fast DDS): as started"
+        (self.get_logger().info if done else self.get_logger().warning)(f"middleware threads: {note}")
+        self._middleware_note = note
         return note
 
     def _control_loop(self) -> None:
@@ -774,6 +830,7 @@ class ExecutorNode(Node):
             "replan_due": self._scheduler.replan_due(now) if self._scheduler.ready else True,
             "control_thread": self._thread_note,
             "executor_thread": self._executor_note,
+            "middleware_threads": self._middleware_note,
         }
         self._diag.publish(level, message, values, stamp_ns=now)
 
@@ -841,7 +898,8 @@ def main(args: list[str] | None = None) -> None:
             # Everything alive now (modules, the node) stays: later full collections only look
             # at what came after, and cost microseconds instead of the ~15 ms above.
             gc.freeze()
-            node.setup_executor_thread()  # after the other threads exist: they keep normal scheduling
+            node.setup_middleware_threads()
+            node.setup_executor_thread()  # after the other threads exist: they keep their scheduling
             try:
                 while not stop.is_set() and executor.context.ok():
                     executor.spin_once()
