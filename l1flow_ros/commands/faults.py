@@ -1,4 +1,5 @@
-"""``l1flow faults``: fault injection through the real node graph, one process per node; nothing unsafe may reach the arm."""
+"""``l1flow faults``: fault injection through the real node graph (one process per node);
+nothing unsafe may reach the arm."""
 
 from __future__ import annotations
 
