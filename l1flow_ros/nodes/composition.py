@@ -19,35 +19,40 @@ that chooses it:
   (:class:`GuardedMultiThreadedExecutor`).
 
 Why not rclpy's MultiThreadedExecutor over every node (measured with rclpy 9.1.2,
-rmw_fastrtps_cpp 9.3.3, Fast DDS 3.2.3): with subscriptions whose callbacks take a few
-milliseconds, its spin thread loops without ever blocking, at 100 % of a core, and delivery of
-an 80 Hz topic falls (53 of 80 Hz, 100 messages lost out of a reliable depth-10 queue in 4 s,
-for 3 subscribers with 3 ms callbacks and 1 thread; a single-threaded executor delivers all 80).
-The loop, step by step:
+rmw_fastrtps_cpp 9.3.3, Fast DDS 3.2.3 on 2 shared cores): whenever a message's handler waits
+for a worker, its spin thread loops without blocking (0.3-0.7 s of CPU per second while one
+message waits behind a busy worker, against 0.00 for GuardedMultiThreadedExecutor), and the
+loop competes for the interpreter lock with the callbacks it should start. Two subscribers of
+an 80 Hz topic whose callbacks work 2 ms each got 44-75 Hz (1 thread) and 52-80 Hz (4 threads),
+losing up to 180 messages in 5 s from a reliable depth-10 queue, with 1000-3000 re-submissions
+of already queued handlers per second; one single-threaded executor per node got all 80 Hz.
+Bare subscribers (no work) got 80 Hz under every executor there. The loop, step by step:
 
-1. the executor hands a ready subscription's handler to a worker thread and marks the
-   subscription taken (``_executor_event``): it leaves the wait set until the worker has
-   taken the message;
+1. the executor hands a ready subscription's handler to its thread pool and marks the
+   subscription taken (``_executor_event``): it leaves the wait set until a worker has taken
+   the message;
 2. rclpy gives every subscription two QoS event handlers (incompatible QoS, incompatible
-   type; waitables in the subscription's callback group). They stay in the wait set, since
-   the group is not executing yet;
+   type), waitables in the subscription's callback group. They stay in the wait set, since
+   that group is not executing yet;
 3. rmw_fastrtps checks an event through its DataReader's StatusCondition, which stays
-   triggered while that reader holds an untaken message: ``rmw_wait`` returns at once with
+   triggered while the reader holds an untaken message: ``rmw_wait`` returns at once with
    nothing ready (``has_triggered_condition`` skips the wait);
-4. the executor rebuilds the wait set in Python and waits again, at once again, holding the
-   GIL nearly all the time; the worker that would take the message needs the GIL to start,
-   so the window of step 1 grows with every message and callback that queues behind it;
-   meanwhile each pass hands every not-yet-started task to the thread pool again (rclpy
-   issue 1452: thousands of re-submissions a second, each one a GIL hand-over).
+4. the executor rebuilds the wait set in Python and waits again, returning at once again,
+   until a worker gets the interpreter lock and takes the message; every pass also hands each
+   not yet started handler to the pool again (rclpy issue 1452, fixed upstream after 9.x),
+   each one a wake-up of a worker that must take the lock to find nothing to do.
 
 A SingleThreadedExecutor runs each handler before it waits again, so no subscription is ever
-marked taken while its executor waits: ``rmw_wait`` blocks until there is work, and the loop
-cannot start. :class:`GuardedMultiThreadedExecutor` leaves a subscription's event handlers out
-of the wait set while the subscription itself is out of it (step 2), which removes the only
-condition that makes ``rmw_wait`` return with nothing to do; every pass of its spin thread is
-then caused by work (a message, a timer, a handler starting or ending). Separate processes
-(``l1flow run``, ``ros2 launch``) are unaffected by all this, but still share nothing, while
-nodes composed here share one GIL.
+marked taken while its executor waits: ``rmw_wait`` blocks until there is work, and there is
+no hand-over between threads per message. :class:`GuardedMultiThreadedExecutor` leaves a
+subscription's event handlers out of the wait set while the subscription is out of it
+(step 2), so that ``rmw_wait`` no longer returns for a message nobody can take yet; its
+passes are then caused by work (a message, a timer, a handler starting or ending). Its
+hand-overs to workers remain, which is why only nodes that need callback groups side by side
+get it. A node in its own process (``l1flow run``, ``ros2 launch``) gets the same executor
+through :func:`spin_node`. Composed nodes still share one interpreter lock (the executor
+node's 500 Hz control thread included), which no executor choice removes: composition is for
+tests and side-by-side benchmarks, deployments run one process per node.
 """
 
 from __future__ import annotations
