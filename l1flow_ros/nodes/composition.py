@@ -305,7 +305,12 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
     """
     try:
         with rclpy.init(args=args):
-            node = node_cls()
+            try:
+                node = node_cls()
+            except Exception:
+                if not rclpy.ok():  # stopped while starting (the context went away under it)
+                    return
+                raise
             cfg = getattr(node, "cfg", None)
             if isinstance(node, LifecycleNode) and getattr(cfg, "autostart", False):
                 for step in (node.trigger_configure, node.trigger_activate):
