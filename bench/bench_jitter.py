@@ -26,8 +26,10 @@ a subscriber on the command topic) and for inference (the chunk publisher; with 
 ``inference`` the real inference node in a third process), and reads the child's timing
 from its ``/diagnostics``: missed ticks and deadlines over the measured time exactly, max
 over the whole time, p50 / p99 over the node's last window (8192 periods: the last 16 s at
-500 Hz). The child is stopped with SIGINT; its exit code and any failed publish are
-reported. ``gil`` does not apply (nothing else runs in the child).
+500 Hz). The floor is the bare loop in a process of its own over the same seconds, at the
+same priority (a stall of the whole machine shows in both). The child is stopped with
+SIGINT; its exit code and any failed publish are reported. ``gil`` does not apply (nothing
+else runs in the child).
 
     python bench/bench_jitter.py                        # all configurations, 8 s each
     python bench/bench_jitter.py --seconds 4 --loads idle cpu --rates 500
@@ -162,6 +164,12 @@ def _start_load(load: str, embed_hz: float = 30.0) -> tuple[object, list]:
     for w in workers:
         w.start()
     return stop, workers
+
+
+def _floor_process(rate: float, spin_us: int, seconds: float, rt_prio: int, out) -> None:
+    """The bare loop alone in a process of its own (no other thread, no GIL to wait for)."""
+    e, missed = _bare_loop(rate, spin_us, seconds, rt_prio)
+    out.put({"p99": float(np.percentile(e, 99)), "max": float(e.max()), "missed": int(missed)})
 
 
 def measure_bare(rate: float, load: str, spin_us: int, seconds: float, rt_prio: int = 0) -> dict[str, float]:
@@ -357,6 +365,12 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
         while len(diags) == n0:  # the first report after settling is the baseline
             time.sleep(0.01)
         d0 = diags[-1]
+        # The machine's floor over the same seconds: what a stall of the whole VM costs shows
+        # in both columns.
+        ctx_mp = mp.get_context("spawn")
+        floor_q = ctx_mp.Queue()
+        floor = ctx_mp.Process(target=_floor_process, args=(rate, spin_us, seconds, rt_prio, floor_q), daemon=True)
+        floor.start()
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             if load != "inference":
@@ -368,6 +382,8 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
             time.sleep(0.01)
         d1 = diags[-1]
         during = diags[n0 - 1:]
+        floor_result = floor_q.get(timeout=seconds + 60)
+        floor.join(timeout=10)
     finally:
         if stop_load is not None:
             stop_load.set()
@@ -399,7 +415,7 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
         "chunks": int(f(d1, "chunks_accepted") - f(d0, "chunks_accepted")),
         "rejected": int(f(d1, "chunks_rejected") - f(d0, "chunks_rejected")),
         "exit": rc, "clean": rc == 0 and "Failed to publish" not in text and "Traceback" not in text,
-        "thread": d1.get("control_thread", ""),
+        "thread": d1.get("control_thread", ""), "floor": floor_result,
     }
 
 
@@ -448,19 +464,19 @@ def _main_process(args: argparse.Namespace) -> int:
           f"/joint_states at {args.joint_hz:g} Hz, chunks at {args.chunk_hz:g} Hz")
     print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
     print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks | missed / min "
-          "| chunks run / rejected | exit | bare-loop p99 us | bare-loop missed | control thread |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| chunks run / rejected | exit | floor p99 us | floor max us | floor missed | control thread |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         for spin in args.spins:
             for load in loads:
                 r = measure_process(rate, load, spin, args.seconds, args.chunk_hz, args.realtime_priority,
                                     args.cpu_affinity, args.switch_interval, args.joint_hz)
-                b = measure_bare(rate, load, spin, args.seconds, args.realtime_priority)
+                b = r["floor"]
                 per_min = r["missed"] / max(r["periods"], 1) * rate * 60
                 print(f"| {rate:.0f} | {load} | {spin} | {r['periods']} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{r['max']:.1f} | {r['missed']:.0f} | {per_min:.1f} | {r['chunks']} / {r['rejected']} | "
-                      f"{r['exit']}{'' if r['clean'] else ' (unclean)'} | {b['p99']:.1f} | {b['missed']} | "
-                      f"{r['thread']} |", flush=True)
+                      f"{r['exit']}{'' if r['clean'] else ' (unclean)'} | {b['p99']:.1f} | {b['max']:.1f} | "
+                      f"{b['missed']} | {r['thread']} |", flush=True)
     return 0
 
 

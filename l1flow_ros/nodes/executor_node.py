@@ -25,24 +25,34 @@ period error p50 / p99 / max, missed ticks, starvation events, chunk age and rej
 
 Threads. The console script (``main()``, one process as ``ros2 launch`` starts it) runs:
 
+- the **control thread**: its own loop on absolute monotonic deadlines (``rate_hz``), not a
+  timer of the executor; SCHED_FIFO ``realtime_priority`` and ``cpu_affinity`` when set; it
+  busy-waits the last ``spin_us`` before each deadline (that holds the GIL: only on an
+  isolated core);
 - the **executor thread** (the main thread): a SingleThreadedExecutor with every
   subscription, the enable service, the parameter services and the timers (diagnostics,
-  tail, controller check). At ``executor_priority`` (default: one SCHED_FIFO step below the
-  control thread when ``realtime_priority`` is set): this thread holds the GIL while a
-  callback runs, and at normal priority on a busy machine it is preempted while holding it,
-  so the control thread, woken on time, waits for another process's time slice (1-4 ms:
-  missed ticks). Measured on a loaded 2-core VM at 500 Hz, 32 s: 153 missed ticks with the
-  executor thread at normal priority, 0 one step below the control thread;
-- the **control thread**: its own loop on absolute monotonic deadlines (``rate_hz``), not a
-  timer of the executor; SCHED_FIFO ``realtime_priority`` and ``cpu_affinity`` when set
-  (without the privilege, CAP_SYS_NICE or an rtprio limit, the node logs it and keeps normal
-  scheduling; ``/diagnostics`` says which: ``control_thread``, ``executor_thread``); it busy-waits
-  the last ``spin_us`` before each deadline (that holds the GIL: only on an isolated core);
+  tail, controller check), at ``executor_priority`` (default one SCHED_FIFO step below the
+  control thread when ``realtime_priority`` is set). It holds the GIL while a callback
+  runs; at normal priority on a busy machine it is preempted holding it, and the control
+  thread, woken on time, waits out another process's time slice (1-4 ms: missed ticks);
+- Fast DDS's own threads (``dds.*``: reception, events, shared memory), raised by main() to
+  ``middleware_priority`` (default two steps below the control thread): a publish waits for
+  writer locks they hold, and rclpy keeps the GIL meanwhile, so one of them preempted at
+  normal priority stalls every Python thread of the process (publishes of 1-5 ms measured);
 - a thread asleep on a pipe that SIGINT / SIGTERM write to (``signal.set_wakeup_fd``; rclpy's
   own handler is not installed, it would shut the context down under the running control
   thread). The first signal stops and joins the control thread, then the executor, then the
   context goes; a second one while stopping (a terminal's Ctrl-C plus launch's SIGINT) is
   ignored, and the exit code is 0.
+
+Real-time scheduling needs CAP_SYS_NICE (root) or an rtprio limit (``ulimit -r``,
+limits.conf); without it each thread logs a warning and keeps normal scheduling, and
+``/diagnostics`` says what each got (``control_thread``, ``executor_thread``,
+``middleware_threads``). Measured as its own process (``bench/bench_jitter.py --process
+--seconds 32 --rates 500 --spins 200 --loads idle cpu inference --realtime-priority 50``,
+loaded 2-core VM), missed ticks in 3 x 32 s, twice: 868 and 317 with only the control thread
+real-time, 5 and 0 like this; those 5 came with 8 of a bare loop in a process of its own
+over the same seconds: stalls of the whole VM.
 
 What keeps the executor thread from delaying a deadline: the GIL is handed over every
 ``python_switch_interval`` (0.1 ms) of Python, so what counts is the longest call into C
@@ -56,7 +66,8 @@ the GIL ~15 ms, seven missed ticks at 500 Hz, whichever thread triggers it.
 
 Composed into another process (``l1flow run``, tests), the node runs under that process's
 executor and signal handling; its control thread stops quietly if the context is shut down
-under it, and ``setup_executor_thread()`` gives the thread that spins it its priority.
+under it; ``setup_executor_thread()`` (from the thread that spins it) and
+``setup_middleware_threads()`` are there for a composition that wants the same priorities.
 """
 
 from __future__ import annotations
