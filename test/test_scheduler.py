@@ -185,8 +185,8 @@ def test_limits_hold_for_random_chunks_and_jittered_ticks(splice, interp, seed, 
         a = rng.uniform(-1.5, 1.5, size=(int(rng.integers(1, 12)), 3))
         try:
             s.add_chunk(chunk(t - int(rng.integers(0, 80)) * MS, a), t)
-        except ChunkRejected as e:
-            assert e.reason == "stale"
+        except ChunkRejected as e:  # every action already due, or stamped before the running chunk
+            assert e.reason in ("stale", "out_of_order")
         for _ in range(int(rng.integers(20, 200))):
             step = int(TICK * rng.uniform(0.3, 3.0))  # late and early ticks
             t += step
