@@ -61,7 +61,6 @@ import signal
 import threading
 import time
 import weakref
-from pathlib import Path
 
 import rclpy
 from rclpy.event_handler import EventHandler
@@ -258,32 +257,6 @@ def start_nodes(context, names: list[str], overrides: list[str] = ()) -> list:
                 if ret != TransitionCallbackReturn.SUCCESS:
                     raise RuntimeError(f"{name}: lifecycle transition {step.__name__} failed")
     return nodes
-
-
-def run_graph(path: Path, names: list[str], duration: float = 0.0, threads: int = 4,
-              overrides: list[str] = ()) -> int:
-    args = ["--ros-args", "--params-file", str(path)]
-    try:
-        with rclpy.init(args=args) as _:
-            context = rclpy.get_default_context()
-            nodes = start_nodes(context, names, overrides)
-            executor = MultiThreadedExecutor(num_threads=threads, context=context)
-            for n in nodes:
-                executor.add_node(n)
-            if duration > 0:
-                timer = threading.Timer(duration, lambda: rclpy.try_shutdown(context=context))
-                timer.daemon = True
-                timer.start()
-            t0 = time.monotonic()
-            try:
-                executor.spin()
-            finally:
-                executor.shutdown()
-                destroy_nodes(nodes)
-            print(f"l1flow run: stopped after {time.monotonic() - t0:.1f} s")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
 
 
 def _ignore_stop_signals() -> None:
