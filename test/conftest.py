@@ -3,6 +3,14 @@
 Each pytest process gets its own ROS_DOMAIN_ID (from its pid) and localhost-only
 discovery, so parallel runs (and other sessions on the machine) never hear each
 other. This must happen before rclpy is imported anywhere.
+
+Nodes that a test composes in its own process are spun the way the package composes them
+(:func:`l1flow_ros.nodes.composition.make_executor`: one executor per node, each on its own
+thread; test_executor_starvation.py shows it delivering every message where rclpy's stock
+MultiThreadedExecutor starves): through the ``spin_nodes`` fixture, never an executor of the
+test's own. ``from conftest import ...``: :func:`wait_for`, the one polling helper;
+:func:`matched`, what a test waits for before its first message that counts; :class:`Calls`,
+how it knows that a node has handled something.
 """
 
 import os
@@ -15,6 +23,9 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 # One intra-op thread: the models in tests are tiny, and OpenMP threads that spin at barriers
 # stall for minutes when the cores are busy with other work (seen on a loaded 2-core machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import threading
+import time
 
 import pytest
 
@@ -61,3 +72,103 @@ def ros_context():
         yield ctx
     finally:
         ctx.try_shutdown()
+
+
+def wait_for(pred, timeout: float = 30.0, step: float = 0.02) -> bool:
+    """Poll ``pred`` until it is true; its last value. ``timeout`` only ends a wait for
+    something that never comes (a failing test): every wait is on a condition, none on a
+    time, so a slow machine makes a test slower, never wrong."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def matched(*endpoints) -> bool:
+    """Every publisher among ``endpoints`` has a subscription and every subscription a
+    publisher: discovery done both ways, so nothing sent from now on is lost to it (wait for
+    it with ``wait_for(lambda: matched(...))`` before the first message that counts)."""
+    for e in endpoints:
+        count = e.get_subscription_count if hasattr(e, "get_subscription_count") else e.get_publisher_count
+        if count() == 0:
+            return False
+    return True
+
+
+class Calls:
+    """Counts the calls of a timer's or a subscription's callback that have returned: rclpy's
+    executors read ``.callback`` each time they run one, so this wraps it in place. What a
+    test waits for when it needs the node to have handled something ("10 more ticks")."""
+
+    def __init__(self, entity) -> None:
+        self.n = 0
+        inner = entity.callback
+
+        def counted(*args):
+            try:
+                return inner(*args)
+            finally:
+                self.n += 1
+
+        entity.callback = counted
+
+
+class Spinning:
+    """``nodes`` spun by ``make_executor(nodes, context)`` on a thread; :meth:`close` stops
+    every spin loop, then closes and destroys the nodes (``destroy_nodes``). A callback that
+    raised while spinning is raised again by :meth:`close`."""
+
+    def __init__(self, nodes, context) -> None:
+        from l1flow_ros.nodes.composition import make_executor
+
+        self.nodes = list(nodes)
+        self.executor = make_executor(self.nodes, context)
+        self.error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._spin, name="spin_nodes", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except BaseException as e:  # handed to the test by close()
+            self.error = e
+
+    def close(self) -> None:
+        """Idempotent: a test that checks what the nodes left behind closes them itself."""
+        if self._closed:
+            return
+        self._closed = True
+        from l1flow_ros.nodes.composition import destroy_nodes
+
+        stopped = self.executor.shutdown(timeout_sec=10.0)
+        self._thread.join(timeout=10.0)
+        destroy_nodes(self.nodes)
+        assert stopped and not self._thread.is_alive(), "the spin loops did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def spin_nodes(ros_context):
+    """``spin_nodes(*nodes)`` -> :class:`Spinning`: the nodes (made in ``ros_context``) spun
+    as the package composes nodes; closed and destroyed after the test (before the context
+    shuts down) unless the test closed them already."""
+    spun: list[Spinning] = []
+
+    def spin(*nodes) -> Spinning:
+        s = Spinning(nodes, ros_context)
+        spun.append(s)
+        return s
+
+    yield spin
+    errors = []
+    for s in reversed(spun):
+        try:
+            s.close()
+        except BaseException as e:  # close the others first
+            errors.append(e)
+    if errors:
+        raise errors[0]

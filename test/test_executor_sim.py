@@ -3,19 +3,16 @@ the hand follows a chunk through the position and joint-trajectory controller in
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
+from conftest import matched, wait_for
 
 EE = ("ee_x", "ee_y", "ee_z")
 
 
 @pytest.mark.parametrize("output", ["forward_position", "joint_trajectory"])
-def test_the_simulated_hand_follows_a_chunk(ros_context, output):
+def test_the_simulated_hand_follows_a_chunk(ros_context, spin_nodes, output):
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
@@ -33,42 +30,39 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, output):
                             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     io = rclpy.create_node("executor_sim_io", context=ros_context)
     joints: dict[str, float] = {}
-    io.create_subscription(JointState, "/joint_states", lambda m: joints.update(zip(m.name, m.position)), 10)
+    heard = [0]  # stamp (ns) of the last /joint_states taken
+
+    def on_joints(m) -> None:
+        joints.update(zip(m.name, m.position))
+        heard[0] = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+
+    io.create_subscription(JointState, "/joint_states", on_joints, 10)
     pub = io.create_publisher(JointTrajectory, "/l1flow/action_chunk", 1)
-    ex = MultiThreadedExecutor(num_threads=4, context=ros_context)
-    for n in (sim, executor, io):
-        ex.add_node(n)
-    stop = threading.Event()
+    spin_nodes(sim, executor, io)
 
-    def spin_loop() -> None:  # stopped before the executor shuts down (no race inside rclpy)
-        while not stop.is_set():
-            ex.spin_once(timeout_sec=0.05)
+    def physics_steps(n: int) -> None:
+        """The physics runs ``n`` more steps (simulated time, 80 Hz, not wall time) and the
+        probe has the joint states of the last of them."""
+        n0 = sim._n_steps
+        assert wait_for(lambda: sim._n_steps >= n0 + n), "the physics stopped"
+        now = io.get_clock().now().nanoseconds
+        assert wait_for(lambda: heard[0] >= now - 20_000_000), "no fresh /joint_states"
 
-    spin = threading.Thread(target=spin_loop, daemon=True)
-    spin.start()
-    try:
-        end = time.monotonic() + 30
-        while not (executor._enabled and "ee_x" in joints and pub.get_subscription_count()) \
-                and time.monotonic() < end:
-            time.sleep(0.05)
-        assert executor._enabled, "start_enabled: enabled on the first /joint_states"
-        time.sleep(0.5)  # holding: the hand must stay where it was
-        x0 = np.array([joints[n] for n in EE])
-        a = np.zeros((10, 4))
-        a[:, :3] = x0
-        a[:, 0] += 0.005 * np.arange(1, 11)  # 5 cm along x in 1 s
-        a[:, 3] = -1.0
-        pub.publish(chunk_to_msg(Chunk(io.get_clock().now().nanoseconds, 0.1, a, ("ee_x", *EE[1:], "gripper"))))
-        time.sleep(2.5)
-        moved = np.array([joints[n] for n in EE]) - x0
-        np.testing.assert_allclose(moved, [0.05, 0.0, 0.0], atol=0.004)
-        assert executor._scheduler.stats().accepted == 1
-    finally:
-        stop.set()
-        spin.join(timeout=5.0)
-        ex.shutdown()
-        for n in (executor, sim, io):
-            close = getattr(n, "close", None)
-            if close:
-                close()
-            n.destroy_node()
+    chunk_sub = [s for s in executor.subscriptions if s.topic_name == "/l1flow/action_chunk"]
+    assert wait_for(lambda: executor._enabled and "ee_x" in joints and matched(pub, *chunk_sub)), \
+        "no /joint_states, or the chunk topic not matched"
+    assert executor._enabled, "start_enabled: enabled on the first /joint_states"
+    physics_steps(40)  # holding for 0.5 s: the hand must stay where it was
+    x0 = np.array([joints[n] for n in EE])
+    a = np.zeros((10, 4))
+    a[:, :3] = x0
+    a[:, 0] += 0.005 * np.arange(1, 11)  # 5 cm along x in 1 s
+    a[:, 3] = -1.0
+    pub.publish(chunk_to_msg(Chunk(io.get_clock().now().nanoseconds, 0.1, a, ("ee_x", *EE[1:], "gripper"))))
+    # The chunk is taken, its plan comes to rest, and the physics runs 1.5 s more (2.5 s in all).
+    assert wait_for(lambda: executor._scheduler.stats().accepted == 1), "the chunk was not taken"
+    assert wait_for(lambda: io.get_clock().now().nanoseconds >= executor._scheduler.plan_end_ns)
+    physics_steps(120)
+    moved = np.array([joints[n] for n in EE]) - x0
+    np.testing.assert_allclose(moved, [0.05, 0.0, 0.0], atol=0.004)
+    assert executor._scheduler.stats().accepted == 1

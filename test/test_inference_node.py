@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Calls, matched, wait_for
 
 from l1flow_ros.runtime.synthetic import TINY_ACTION, make_bundle
 
@@ -23,12 +22,12 @@ def bundle(tmp_path_factory) -> Path:
 
 
 class Rig:
-    """The inference node plus a test node (publishers / recorders) on one executor thread."""
+    """The inference node plus a test node (publishers / recorders), spun as the package
+    composes nodes (``spin_nodes``: the inference node gets its multi-threaded executor)."""
 
-    def __init__(self, ctx, overrides: dict) -> None:
+    def __init__(self, spin_nodes, ctx, overrides: dict) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -47,38 +46,26 @@ class Rig:
         self.chunks: list = []
         self.ckpts: list[str] = []
         self.diags: list = []
-        self.io.create_subscription(JointTrajectory, "/l1flow/action_chunk", self.chunks.append, reliable)
+        self.chunk_sub = self.io.create_subscription(JointTrajectory, "/l1flow/action_chunk", self.chunks.append,
+                                                     reliable)
         self.io.create_subscription(String, "/l1flow/checkpoint", lambda m: self.ckpts.append(m.data), latched)
-        self.io.create_subscription(
+        self.io.create_subscription(  # deep: a slow test thread loses no status
             DiagnosticArray, "/diagnostics",
-            lambda m: self.diags.extend(s for s in m.status if s.name == "inference_node"), reliable)
+            lambda m: self.diags.extend(s for s in m.status if s.name == "inference_node"),
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.pub_emb = self.io.create_publisher(Image, "/l1flow/embedding", reliable)
         self.pub_tail = self.io.create_publisher(JointTrajectory, "/l1flow/executor/tail", reliable)
-        self.ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-        self.ex.add_node(self.node)
-        self.ex.add_node(self.io)
-        self._thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self._thread.start()
+        self.spinning = spin_nodes(self.node, self.io)
 
-    def wait(self, cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return cond()
+    @staticmethod
+    def wait(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+        return wait_for(cond, timeout)
 
     def wait_connected(self) -> None:
-        assert self.wait(lambda: self.pub_emb.get_subscription_count() > 0
-                         and self.node._pub_chunk is not None
-                         and self.node._pub_chunk.get_subscription_count() > 0), "no discovery"
-
-    def close(self) -> None:
-        self.ex.shutdown()
-        self._thread.join(timeout=5)
-        self.node.close()
-        self.node.destroy_node()
-        self.io.destroy_node()
+        """The embedding and chunk topics matched both ways (once configured)."""
+        assert self.wait(lambda: self.node._pub_chunk is not None and self.node._sub_emb is not None
+                         and matched(self.pub_emb, self.node._sub_emb, self.node._pub_chunk, self.chunk_sub)), \
+            "no discovery"
 
 
 def _emb_msg(e: np.ndarray, stamp_ns: int, fp: str):
@@ -87,138 +74,132 @@ def _emb_msg(e: np.ndarray, stamp_ns: int, fp: str):
     return embedding_to_msg(e, stamp_ns, fp)
 
 
-def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, bundle):
+def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from l1flow_ros.nodes.chunk_conv import chunk_from_msg
     from l1flow_ros.runtime.runner import PolicyRunner
 
-    rig = Rig(ros_context, {"checkpoint": str(bundle), "seed": 5})
-    try:
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert rig.wait(lambda: rig.ckpts), "checkpoint path not published on configure"
-        assert rig.ckpts[-1] == str(bundle.resolve())
-        fp = rig.node._switcher.active.fingerprint
-        e = np.linspace(-1, 1, 32).astype(np.float32)
-        stamp = 1_700_000_000_123_456_789
-        # Inactive: embeddings are ignored.
-        rig.pub_emb.publish(_emb_msg(e, stamp, fp))
-        time.sleep(0.3)
-        assert not rig.chunks
-        assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        rig.wait_connected()
-        rig.pub_emb.publish(_emb_msg(e, stamp, fp))
-        assert rig.wait(lambda: rig.chunks), "no action chunk"
-        msg = rig.chunks[0]
-        chunk = chunk_from_msg(msg, TINY_ACTION.names)
-        assert chunk.t_obs_ns == stamp and msg.header.frame_id == fp
-        assert chunk.dt == pytest.approx(TINY_ACTION.dt) and chunk.actions.shape == (8, 4)
-        expected = PolicyRunner.open(bundle, "torch", seed=5, threads=1).act(e, stamp)
-        np.testing.assert_allclose(chunk.actions, expected.actions, atol=1e-5)
-        assert rig.wait(lambda: any(kv.key == "inference_ms_p50" and kv.value != "nan"
-                                    for d in rig.diags[-1:] for kv in d.values))
-        # Read-only parameters cannot change while configured; live ones can.
-        res = rig.node.set_parameters([Parameter("backend", value="onnxruntime")])
-        assert not res[0].successful and "unconfigured" in res[0].reason
-        res = rig.node.set_parameters([Parameter("max_observation_age", value=5.0)])
-        assert res[0].successful
-        # Cleanup frees the policy: no more chunks.
-        assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert rig.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-        assert rig.node._switcher.active is None
-    finally:
-        rig.close()
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 5})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert rig.wait(lambda: rig.ckpts), "checkpoint path not published on configure"
+    assert rig.ckpts[-1] == str(bundle.resolve())
+    fp = rig.node._switcher.active.fingerprint
+    e = np.linspace(-1, 1, 32).astype(np.float32)
+    stamp = 1_700_000_000_123_456_789
+    # Inactive: embeddings are ignored (one taken by the node's subscription, no chunk from it).
+    assert rig.wait(lambda: matched(rig.pub_emb, rig.node._sub_emb)), "no discovery"
+    taken = Calls(rig.node._sub_emb)
+    rig.pub_emb.publish(_emb_msg(e, stamp, fp))
+    assert rig.wait(lambda: taken.n == 1), "the embedding did not reach the node"
+    assert not rig.chunks and rig.node._mailbox.take() is None
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    rig.wait_connected()
+    rig.pub_emb.publish(_emb_msg(e, stamp, fp))
+    assert rig.wait(lambda: rig.chunks), "no action chunk"
+    msg = rig.chunks[0]
+    chunk = chunk_from_msg(msg, TINY_ACTION.names)
+    assert chunk.t_obs_ns == stamp and msg.header.frame_id == fp
+    assert chunk.dt == pytest.approx(TINY_ACTION.dt) and chunk.actions.shape == (8, 4)
+    expected = PolicyRunner.open(bundle, "torch", seed=5, threads=1).act(e, stamp)
+    np.testing.assert_allclose(chunk.actions, expected.actions, atol=1e-5)
+    assert rig.wait(lambda: any(kv.key == "inference_ms_p50" and kv.value != "nan"
+                                for d in rig.diags[-1:] for kv in d.values))
+    # Read-only parameters cannot change while configured; live ones can.
+    res = rig.node.set_parameters([Parameter("backend", value="onnxruntime")])
+    assert not res[0].successful and "unconfigured" in res[0].reason
+    res = rig.node.set_parameters([Parameter("max_observation_age", value=5.0)])
+    assert res[0].successful
+    # Cleanup frees the policy: no more chunks.
+    assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert rig.node._switcher.active is None
 
 
-def test_bad_input_reported_and_node_keeps_running(ros_context, bundle):
+def test_bad_input_reported_and_node_keeps_running(ros_context, spin_nodes, bundle):
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    rig = Rig(ros_context, {"checkpoint": str(bundle)})
-    try:
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        rig.wait_connected()
-        fp = rig.node._switcher.active.fingerprint
-        good = np.zeros(32, np.float32)
-        bad_nan = _emb_msg(good, 1000, fp)
-        bad_nan.data = np.full(32, np.nan, "<f4").tobytes()
-        bad_dim = _emb_msg(np.zeros(7, np.float32), 2000, fp)
-        foreign = _emb_msg(good, 3000, "0123456789abcdef")
-        for m in (bad_nan, bad_dim, foreign):
-            rig.pub_emb.publish(m)
-            time.sleep(0.15)
-        time.sleep(0.3)
-        assert not rig.chunks, "a chunk was built from invalid data"
-        levels = {d.level for d in rig.diags}
-        assert DiagnosticStatus.ERROR in levels and DiagnosticStatus.WARN in levels
-        c = rig.node._counts
-        assert c["invalid_embedding"] == 2 and c["unknown_fingerprint"] == 1
-        rig.pub_emb.publish(_emb_msg(good, 4000, fp))
-        assert rig.wait(lambda: rig.chunks), "node stopped after bad input"
-        assert rig.chunks[0].header.stamp.nanosec == 4000
-    finally:
-        rig.close()
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle)})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    rig.wait_connected()
+    fp = rig.node._switcher.active.fingerprint
+    good = np.zeros(32, np.float32)
+    bad_nan = _emb_msg(good, 1000, fp)
+    bad_nan.data = np.full(32, np.nan, "<f4").tobytes()
+    bad_dim = _emb_msg(np.zeros(7, np.float32), 2000, fp)
+    foreign = _emb_msg(good, 3000, "0123456789abcdef")
+    c = rig.node._counts
+    # One at a time, each once the node has dropped the one before (the node keeps only the
+    # newest embedding: sent together, one could replace another before it is looked at).
+    for m, reason in ((bad_nan, "invalid_embedding"), (bad_dim, "invalid_embedding"),
+                      (foreign, "unknown_fingerprint")):
+        n = sum(c[k] for k in ("invalid_embedding", "unknown_fingerprint"))
+        rig.pub_emb.publish(m)
+        assert rig.wait(lambda n=n: sum(c[k] for k in ("invalid_embedding", "unknown_fingerprint")) > n), \
+            f"{reason}: the embedding was not dropped"
+    assert c["invalid_embedding"] == 2 and c["unknown_fingerprint"] == 1
+    # Each new problem is reported at once: an ERROR (invalid) and a WARN (unknown checkpoint).
+    assert rig.wait(lambda: {DiagnosticStatus.ERROR, DiagnosticStatus.WARN} <= {d.level for d in rig.diags})
+    assert not rig.chunks, "a chunk was built from invalid data"
+    rig.pub_emb.publish(_emb_msg(good, 4000, fp))
+    assert rig.wait(lambda: rig.chunks), "node stopped after bad input"
+    assert rig.chunks[0].header.stamp.nanosec == 4000
 
 
-def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, tmp_path):
+def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, spin_nodes, tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.lifecycle import TransitionCallbackReturn
 
     make_bundle(tmp_path / "nan", poison_nan=True)
-    rig = Rig(ros_context, {"checkpoint": str(tmp_path / "nan")})
-    try:
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert rig.node._switcher.active is None
-        assert rig.wait(lambda: any(d.level == DiagnosticStatus.ERROR and "non-finite" in d.message
-                                    for d in rig.diags))
-    finally:
-        rig.close()
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(tmp_path / "nan")})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert rig.node._switcher.active is None
+    assert rig.wait(lambda: any(d.level == DiagnosticStatus.ERROR and "non-finite" in d.message
+                                for d in rig.diags))
 
 
-def test_warm_start_from_executor_tail(ros_context, bundle):
+def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     from l1flow_ros.nodes.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
     from l1flow_ros.runtime.runner import PolicyRunner, Tail
 
-    rig = Rig(ros_context, {"checkpoint": str(bundle), "seed": 9})
-    try:
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        rig.wait_connected()
-        assert rig.wait(lambda: rig.pub_tail.get_subscription_count() > 0)
-        fp = rig.node._switcher.active.fingerprint
-        t_obs = 50_000_000_000
-        # Tail in a shuffled joint order, due from t_obs on, 20 ms apart.
-        names = list(TINY_ACTION.names)[::-1]
-        tail = JointTrajectory()
-        tail.header.stamp = ns_to_stamp(t_obs)
-        tail.joint_names = names
-        rows = []
-        for k in range(30):
-            p = JointTrajectoryPoint()
-            row = [0.1 * np.sin(0.2 * k + j) for j in range(4)]
-            rows.append(row[::-1])  # in policy order
-            p.positions = row
-            p.time_from_start = ns_to_duration(k * 20_000_000)
-            tail.points.append(p)
-        rig.pub_tail.publish(tail)
-        assert rig.wait(lambda: rig.node._tail is not None)
-        e = np.full(32, 0.3, np.float32)
-        rig.pub_emb.publish(_emb_msg(e, t_obs, fp))
-        assert rig.wait(lambda: rig.chunks)
-        got = chunk_from_msg(rig.chunks[0], TINY_ACTION.names).actions
-        ref = PolicyRunner.open(bundle, "torch", seed=9, threads=1)
-        times = t_obs + np.arange(30, dtype=np.int64) * 20_000_000
-        warm = ref.act(e, t_obs, Tail(times, np.asarray(rows))).actions
-        cold = PolicyRunner.open(bundle, "torch", seed=9, threads=1).act(e, t_obs).actions
-        np.testing.assert_allclose(got, warm, atol=1e-5)
-        assert np.max(np.abs(got - cold)) > 1e-4
-    finally:
-        rig.close()
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    rig.wait_connected()
+    assert rig.wait(lambda: rig.pub_tail.get_subscription_count() > 0)
+    fp = rig.node._switcher.active.fingerprint
+    t_obs = 50_000_000_000
+    # Tail in a shuffled joint order, due from t_obs on, 20 ms apart.
+    names = list(TINY_ACTION.names)[::-1]
+    tail = JointTrajectory()
+    tail.header.stamp = ns_to_stamp(t_obs)
+    tail.joint_names = names
+    rows = []
+    for k in range(30):
+        p = JointTrajectoryPoint()
+        row = [0.1 * np.sin(0.2 * k + j) for j in range(4)]
+        rows.append(row[::-1])  # in policy order
+        p.positions = row
+        p.time_from_start = ns_to_duration(k * 20_000_000)
+        tail.points.append(p)
+    rig.pub_tail.publish(tail)
+    assert rig.wait(lambda: rig.node._tail is not None)
+    e = np.full(32, 0.3, np.float32)
+    rig.pub_emb.publish(_emb_msg(e, t_obs, fp))
+    assert rig.wait(lambda: rig.chunks)
+    got = chunk_from_msg(rig.chunks[0], TINY_ACTION.names).actions
+    ref = PolicyRunner.open(bundle, "torch", seed=9, threads=1)
+    times = t_obs + np.arange(30, dtype=np.int64) * 20_000_000
+    warm = ref.act(e, t_obs, Tail(times, np.asarray(rows))).actions
+    cold = PolicyRunner.open(bundle, "torch", seed=9, threads=1).act(e, t_obs).actions
+    np.testing.assert_allclose(got, warm, atol=1e-5)
+    assert np.max(np.abs(got - cold)) > 1e-4
 
 
 def test_tail_from_msg_reorders_and_rejects():
@@ -248,7 +229,7 @@ def test_tail_from_msg_reorders_and_rejects():
         tail_from_msg(msg, ("a", "b"))
 
 
-def test_onnxruntime_backend_needs_export_then_runs(ros_context, tmp_path):
+def test_onnxruntime_backend_needs_export_then_runs(ros_context, spin_nodes, tmp_path):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
@@ -260,22 +241,19 @@ def test_onnxruntime_backend_needs_export_then_runs(ros_context, tmp_path):
     make_bundle(raw, seed=6)
     make_bundle(exported, seed=6)
     export_bundle(exported)
-    rig = Rig(ros_context, {"checkpoint": str(raw), "backend": "onnxruntime", "seed": 2})
-    try:
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert rig.wait(lambda: any("l1flow export" in d.message for d in rig.diags))
-        # While unconfigured, a set is validated too: the unexported bundle is refused again.
-        assert not rig.node.set_parameters([Parameter("checkpoint", value=str(raw))])[0].successful
-        assert rig.node.set_parameters([Parameter("checkpoint", value=str(exported))])[0].successful
-        assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        rig.wait_connected()
-        fp = rig.node._switcher.active.fingerprint
-        e = np.linspace(0, 1, 32).astype(np.float32)
-        rig.pub_emb.publish(_emb_msg(e, 77, fp))
-        assert rig.wait(lambda: rig.chunks)
-        got = chunk_from_msg(rig.chunks[0], TINY_ACTION.names).actions
-        want = PolicyRunner.open(exported, "torch", seed=2, threads=1).act(e, 77).actions
-        np.testing.assert_allclose(got, want, atol=1e-4)  # onnxruntime node == torch reference
-    finally:
-        rig.close()
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(raw), "backend": "onnxruntime", "seed": 2})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert rig.wait(lambda: any("l1flow export" in d.message for d in rig.diags))
+    # While unconfigured, a set is validated too: the unexported bundle is refused again.
+    assert not rig.node.set_parameters([Parameter("checkpoint", value=str(raw))])[0].successful
+    assert rig.node.set_parameters([Parameter("checkpoint", value=str(exported))])[0].successful
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    rig.wait_connected()
+    fp = rig.node._switcher.active.fingerprint
+    e = np.linspace(0, 1, 32).astype(np.float32)
+    rig.pub_emb.publish(_emb_msg(e, 77, fp))
+    assert rig.wait(lambda: rig.chunks)
+    got = chunk_from_msg(rig.chunks[0], TINY_ACTION.names).actions
+    want = PolicyRunner.open(exported, "torch", seed=2, threads=1).act(e, 77).actions
+    np.testing.assert_allclose(got, want, atol=1e-4)  # onnxruntime node == torch reference

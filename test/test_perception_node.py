@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import matched, wait_for
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
@@ -73,9 +72,10 @@ def assets(tmp_path_factory):
 
 
 class Rig:
-    """The node under test plus a helper node publishing sensors and listening to outputs."""
+    """The node under test plus a helper node publishing sensors and listening to outputs, spun
+    as the package composes nodes (``spin_nodes``)."""
 
-    def __init__(self, ctx, assets, wait_ready: bool = True, **params):
+    def __init__(self, spin_nodes, ctx, assets, wait_ready: bool = True, **params):
         import rclpy
 
         p = {"cameras": list(CAMS), "checkpoint": assets["bundle"], "calibration_file": assets["calib"],
@@ -100,27 +100,18 @@ class Rig:
         self.emb_sub = self.io.create_subscription(Image, "/l1flow/embedding", self.embs.append, RELIABLE_1)
         self.io.create_subscription(PointCloud2, "/l1flow/perception/cloud", self.clouds.append, RELIABLE_1)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE_10)
-        self.ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-        self.ex.add_node(self.node)
-        self.ex.add_node(self.io)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.thread.start()
         self.rng = np.random.default_rng(0)
         self.sent: dict[int, dict] = {}
-        # Loading the encoder (and open3d) takes seconds on a busy machine: wait for the node
-        # to report its fingerprint on /diagnostics before timing anything.
-        deadline = time.monotonic() + (120 if wait_ready else 0)
-        while time.monotonic() < deadline and not self.fingerprint_reported():
-            time.sleep(0.05)
+        self.spinning = spin_nodes(self.node, self.io)
         if wait_ready:
+            # Loading the encoder (and open3d) takes seconds on a busy machine: wait for the node
+            # to report its fingerprint on /diagnostics before timing anything.
+            assert wait_for(self.fingerprint_reported, timeout=120), "the encoder did not load"
             # Every sensor topic the node listens to, matched both ways, and the embedding topic:
             # a frame sent before discovery completes is lost in part (a set that never completes).
             listened = {sub.topic_name for sub in self.node.subscriptions}
             pubs = [p for p in self.pub.values() if p.topic_name in listened]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (
-                    all(p.get_subscription_count() > 0 for p in pubs) and self.emb_sub.get_publisher_count() > 0):
-                time.sleep(0.05)
+            assert wait_for(lambda: matched(*pubs, self.emb_sub)), "discovery did not complete"
 
     def fingerprint_reported(self) -> bool:
         return any(kv.key == "fingerprint" and kv.value for _, st in list(self.diags) for kv in st.values)
@@ -170,14 +161,16 @@ class Rig:
         self.publish(msgs, skip)
         return stamp
 
-    def stream_until(self, pred, timeout: float = 20.0, period: float = 0.05, **kw) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def stream_until(self, pred, timeout: float = 30.0, period: float = 0.05, **kw) -> bool:
+        """Send an observation every ``period`` s until ``pred`` holds (checked ``period`` s after
+        a send: the next observation, whatever it is, comes ``period`` s after the last)."""
+
+        def sent_then_check() -> bool:
             self.send(**kw)
             time.sleep(period)
-            if pred():
-                return True
-        return False
+            return pred()
+
+        return wait_for(sent_then_check, timeout, step=0.0)
 
     def emb_stamps(self) -> list[int]:
         return [embedding_from_msg(m)[1] for m in list(self.embs)]
@@ -185,25 +178,19 @@ class Rig:
     def last_diag(self):
         return self.diags[-1][1] if self.diags else None
 
-    def close(self):
-        self.ex.shutdown()
-        self.thread.join(timeout=5)
-        self.node.destroy_node()
-        self.io.destroy_node()
+    def error_since(self, t0: float, text: str = "") -> bool:
+        """An ERROR status received after ``t0`` (monotonic), its message containing ``text``."""
+        return any(t > t0 and st.level == DiagnosticStatus.ERROR and text in st.message for t, st in list(self.diags))
 
 
 @pytest.fixture
-def rig_factory(ros_context, assets):
-    rigs = []
+def rig_factory(ros_context, assets, spin_nodes):
+    """Rigs spun by ``spin_nodes``, stopped and destroyed after the test."""
 
     def make(wait_ready: bool = True, **params):
-        r = Rig(ros_context, assets, wait_ready, **params)
-        rigs.append(r)
-        return r
+        return Rig(spin_nodes, ros_context, assets, wait_ready, **params)
 
-    yield make
-    for r in rigs:
-        r.close()
+    return make
 
 
 def fingerprint(path: str) -> str:
@@ -259,24 +246,18 @@ def test_bad_input_error_no_embedding_then_recovers(rig_factory, bad):
     for _ in range(12):
         bad_stamps.append(rig.send(bad=bad))
         time.sleep(0.05)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(
-        t > t_bad and st.level == DiagnosticStatus.ERROR for t, st in rig.diags
-    ):
-        time.sleep(0.05)
-    assert any(t > t_bad and st.level == DiagnosticStatus.ERROR for t, st in rig.diags)
+    assert wait_for(lambda: rig.error_since(t_bad))
     assert not set(bad_stamps) & set(rig.emb_stamps())  # nothing built from invalid data
     assert rig.node.executor is not None  # still spinning
     # Good input again: embeddings resume and the status returns to OK.
     assert rig.stream_until(lambda: len(rig.embs) > n_good and rig.last_diag().level == DiagnosticStatus.OK)
+    assert not set(bad_stamps) & set(rig.emb_stamps())  # nor later
 
 
 def test_missing_camera_info(rig_factory):
     rig = rig_factory()
     t0 = time.monotonic()
-    ok = rig.stream_until(
-        lambda: any(t > t0 and st.level == DiagnosticStatus.ERROR and "CameraInfo" in st.message
-                    for t, st in rig.diags), timeout=10, skip=("side/info",))
+    ok = rig.stream_until(lambda: rig.error_since(t0, "CameraInfo"), skip=("side/info",))
     assert ok and not rig.embs
     assert rig.stream_until(lambda: len(rig.embs) >= 1 and rig.last_diag().level == DiagnosticStatus.OK)
 
@@ -286,10 +267,7 @@ def test_camera_stops_publishing(rig_factory):
     assert rig.stream_until(lambda: len(rig.embs) >= 1)
     t0 = time.monotonic()
     # 'side' goes silent: no set can be completed, the status turns ERROR naming the stream.
-    assert rig.stream_until(
-        lambda: any(t > t0 and st.level == DiagnosticStatus.ERROR and "side" in st.message for t, st in rig.diags),
-        timeout=10, skip=("side/color", "side/depth"),
-    )
+    assert rig.stream_until(lambda: rig.error_since(t0, "side"), skip=("side/color", "side/depth"))
     n = len(rig.embs)
     # Also: late frames from the stopped camera do not let stale sets through.
     last_front = max(rig.sent)
@@ -307,11 +285,7 @@ def test_stale_observation_not_encoded(rig_factory):
         old.append(stamp)
         rig.publish(rig.frame_msgs(stamp))
         time.sleep(0.05)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(t > t0 and st.level == DiagnosticStatus.ERROR
-                                                  for t, st in rig.diags):
-        time.sleep(0.05)
-    assert any(t > t0 and st.level == DiagnosticStatus.ERROR for t, st in rig.diags)
+    assert wait_for(lambda: rig.error_since(t0))
     assert not rig.embs
     assert rig.stream_until(lambda: len(rig.embs) >= 1)
     assert not set(old) & set(rig.emb_stamps())
@@ -374,11 +348,7 @@ def test_point_cloud_input_in_place_of_depth(rig_factory):
 
     # Diagnostics published before the first good set still say ERROR: keep sending
     # until a report made after the embeddings started says all is well.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not healthy():
-        send_with_cloud()
-        time.sleep(0.05)
-    assert healthy()
+    assert wait_for(lambda: send_with_cloud() or healthy(), step=0.05)
 
 
 def test_cameras_from_checkpoint_and_swap_by_parameter(rig_factory, assets):
@@ -405,9 +375,7 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
     spec, dt_ns = e.obs_spec, int(round(e.period_s * 1e9))
     rig = rig_factory(max_observation_age=5.0)
     # The encoder loads in the background: on a loaded machine that can outlast the frames' age limit.
-    deadline = time.monotonic() + 120
-    while rig.node._pipe is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: rig.node._pipe is not None, timeout=120), "the encoder did not load"
     # Observations on the dataset's time grid: frame k stamped exactly s0 + k * dt, sent once that
     # time has come; the next one only after the node has encoded this one (none dropped).
     s0 = rig.now_ns() + 200_000_000
@@ -420,14 +388,17 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
         sent.append((stamp, msgs))
         n = len(rig.embs)
         rig.publish(msgs)
-        deadline = t_pub = time.monotonic()
-        deadline += 20
-        while len(rig.embs) == n and time.monotonic() < deadline:
-            time.sleep(0.01)
-            if k == 0 and time.monotonic() - t_pub > 0.5:  # best effort: the first frame may race discovery
+        t_pub = [time.monotonic()]
+
+        def encoded(k=k, msgs=msgs, n=n, t_pub=t_pub) -> bool:
+            if len(rig.embs) > n:
+                return True
+            if k == 0 and time.monotonic() - t_pub[0] > 0.5:  # best effort: the first frame may race discovery
                 rig.publish(msgs)
-                t_pub = time.monotonic()
-        assert len(rig.embs) > n
+                t_pub[0] = time.monotonic()
+            return False
+
+        assert wait_for(encoded, step=0.01)
     assert rig.emb_stamps()[-3:] == [s for s, _ in sent]
     node_input = rig.node.last_model_input
 
@@ -458,10 +429,7 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
 def test_realsense_source_without_camera_reports_error(rig_factory):
     """source 'realsense' with a serial that is not connected: ERROR with the reason, node keeps running."""
     rig = rig_factory(source="realsense", realsense_serials=["000000000000", "000000000001"])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(st.level == DiagnosticStatus.ERROR for _, st in rig.diags):
-        time.sleep(0.05)
-    assert any(st.level == DiagnosticStatus.ERROR for _, st in rig.diags)
+    assert wait_for(lambda: rig.error_since(0.0))
     assert rig.fingerprint_reported()  # the encoder is loaded all the same, ready for frames
     assert not rig.embs
 
@@ -471,9 +439,7 @@ def test_calibration_written_after_start(rig_factory, tmp_path):
     is retried until the extrinsics exist, then embeddings flow."""
     late = tmp_path / "late_calib.yaml"
     rig = rig_factory(wait_ready=False, calibration_file=str(late))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(st.level == DiagnosticStatus.ERROR for _, st in rig.diags):
-        time.sleep(0.05)
+    assert wait_for(lambda: rig.error_since(0.0)), "no ERROR while the calibration is missing"
     assert not rig.embs
     late.write_text(CALIB_YAML)
     assert rig.stream_until(lambda: len(rig.embs) >= 1, timeout=30)

@@ -1,11 +1,10 @@
 """Recorder node: scripted teleop on the sim recorded into MCAP episodes readable as ROS 2 bags."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor
+from conftest import matched, wait_for
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
@@ -21,15 +20,6 @@ from l1flow_ros.data.mcap_io import (
     topics,
 )
 from l1flow_ros.nodes.recorder_node import RecorderNode
-
-
-def wait_for(pred, timeout=20.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_message_definition_has_nested_types_once():
@@ -68,17 +58,17 @@ def test_episode_writer_round_trip_and_part_file(tmp_path):
 
 
 class Graph:
-    def __init__(self, ctx, nodes):
+    """The nodes under test and a probe node calling the recorder's services, spun as the package
+    composes nodes; :meth:`close` stops and destroys them (the recorder finishes its files)."""
+
+    def __init__(self, spin_nodes, ctx, nodes, publishers=()):
         import rclpy
 
         self.probe = rclpy.create_node("rec_probe", context=ctx)
         self.clients = {k: self.probe.create_client(Trigger, f"/recorder/{k}") for k in ("start", "stop", "discard")}
-        self.nodes = [*nodes, self.probe]
-        self.ex = MultiThreadedExecutor(num_threads=3, context=ctx)
-        for n in self.nodes:
-            self.ex.add_node(n)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.thread.start()
+        self.pubs = [self.probe.create_publisher(*p) for p in publishers]
+        self.spinning = spin_nodes(*nodes, self.probe)
+        assert wait_for(lambda: matched(*self.pubs)), "discovery did not complete"
 
     def call(self, name):
         c = self.clients[name]
@@ -88,13 +78,10 @@ class Graph:
         return fut.result()
 
     def close(self):
-        self.ex.shutdown()
-        self.thread.join(timeout=5)
-        for n in self.nodes:
-            n.destroy_node()
+        self.spinning.close()
 
 
-def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, tmp_path):
+def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, spin_nodes, tmp_path):
     from l1flow_ros.nodes.sim_robot_node import SimRobotNode
     from l1flow_ros.nodes.teleop_node import TeleopNode
 
@@ -115,25 +102,25 @@ def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, tmp_path):
         Parameter("output_dir", value=str(out)), Parameter("cameras", value=["corner"]),
         Parameter("task", value="reach-v3"), Parameter("calibration_file", value=str(calib)),
     ])
-    g = Graph(ros_context, [sim, teleop, rec])
-    try:
-        assert not g.call("stop").success  # nothing to stop
-        # A discarded episode leaves nothing behind.
-        assert g.call("start").success
-        time.sleep(0.3)
-        assert g.call("discard").success
-        assert list(out.iterdir()) == []
-        # A kept one: the expert drives until the task is solved.
-        r = g.call("start")
-        assert r.success
-        assert not g.call("start").success  # one episode at a time
-        teleop.set_parameters([Parameter("enabled", value=True)])
-        assert wait_for(lambda: sim.sim.success, timeout=30.0)
-        time.sleep(0.3)
-        r = g.call("stop")
-        assert r.success
-    finally:
-        g.close()
+    g = Graph(spin_nodes, ros_context, [sim, teleop, rec])
+    assert not g.call("stop").success  # nothing to stop
+    # A discarded episode (with messages in it) leaves nothing behind.
+    assert g.call("start").success
+    assert wait_for(lambda: rec._writer is not None and rec._writer.count > 0)
+    assert g.call("discard").success
+    assert list(out.iterdir()) == []
+    # A kept one: the expert drives until the task is solved.
+    r = g.call("start")
+    assert r.success
+    assert not g.call("start").success  # one episode at a time
+    teleop.set_parameters([Parameter("enabled", value=True)])
+    assert wait_for(lambda: sim.sim.success, timeout=120.0), "the expert did not solve the task"
+    # The recorder has heard the success on its topic, and recorded past it.
+    n = rec._writer.count
+    assert wait_for(lambda: rec._success is True and rec._writer.count > n + 10)
+    r = g.call("stop")
+    assert r.success
+    g.close()
     files = list_episodes(out)
     assert [str(f) for f in files] == [r.message]
     meta = read_metadata(files[0])
@@ -191,7 +178,7 @@ def test_cli_record_through_the_node_graph_and_offline(tmp_path):
     assert main(["record", "--task", "no-such-v3", "--demos", "1", "--out", str(off), "--offline", "--quiet"]) == 1
 
 
-def test_real_arm_episode_without_success_topic_records_unknown_success(ros_context, tmp_path):
+def test_real_arm_episode_without_success_topic_records_unknown_success(ros_context, spin_nodes, tmp_path):
     from std_msgs.msg import Float64MultiArray
 
     rec = RecorderNode(context=ros_context, parameter_overrides=[
@@ -199,20 +186,18 @@ def test_real_arm_episode_without_success_topic_records_unknown_success(ros_cont
         Parameter("joint_states_topic", value="/arm/joint_states"),
         Parameter("extra_topics", value=["/l1flow/note:std_msgs/msg/String"]),
     ])
-    g = Graph(ros_context, [rec])
-    try:
-        js = g.probe.create_publisher(JointState, "/arm/joint_states", 10)
-        cmd = g.probe.create_publisher(Float64MultiArray, "/forward_position_controller/commands", 10)
-        assert g.call("start").success
-        for k in range(20):
-            js.publish(JointState(name=["j1", "j2"], position=[0.1 * k, 0.0]))
-            cmd.publish(Float64MultiArray(data=[0.1 * k, 0.0]))
-            time.sleep(0.02)
-        time.sleep(0.3)
-        r = g.call("stop")
-        assert r.success
-    finally:
-        g.close()
+    g = Graph(spin_nodes, ros_context, [rec], publishers=[
+        (JointState, "/arm/joint_states", 10), (Float64MultiArray, "/forward_position_controller/commands", 10)])
+    js, cmd = g.pubs
+    assert g.call("start").success
+    for k in range(20):
+        js.publish(JointState(name=["j1", "j2"], position=[0.1 * k, 0.0]))
+        cmd.publish(Float64MultiArray(data=[0.1 * k, 0.0]))
+        time.sleep(0.02)
+    assert wait_for(lambda: rec._writer.count >= 40), f"{rec._writer.count} of 40 messages recorded"
+    r = g.call("stop")
+    assert r.success
+    g.close()
     meta = read_metadata(r.message)
     assert meta["success"] is None and meta["cameras"] == []
     counts = topics(r.message)

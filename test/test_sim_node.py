@@ -1,12 +1,11 @@
 """Simulated arm node over real rclpy / Fast DDS on loopback."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import matched, wait_for
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -20,43 +19,40 @@ from l1flow_ros.sim.metaworld_env import JOINT_NAMES
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def wait_for(pred, timeout=20.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
-
-
 class Graph:
-    """Sim node + a probe node spun by one executor on a background thread."""
+    """Sim node + a probe node, spun as the package composes nodes (``spin_nodes``)."""
 
-    def __init__(self, ctx, **params):
+    def __init__(self, spin_nodes, ctx, **params):
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         self.sim = SimRobotNode(context=ctx, parameter_overrides=overrides)
         self.probe = __import__("rclpy").create_node("sim_probe", context=ctx)
         self.got = {k: [] for k in ("js", "rgb", "depth", "info", "success", "diag", "state")}
         p = self.probe
         r10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        p.create_subscription(JointState, "/joint_states", self.got["js"].append, r10)
-        p.create_subscription(Float64MultiArray, "/sim/state", self.got["state"].append, r10)
-        p.create_subscription(Image, "/corner/color/image_raw", self.got["rgb"].append, qos_profile_sensor_data)
-        p.create_subscription(
-            Image, "/corner/aligned_depth_to_color/image_raw", self.got["depth"].append, qos_profile_sensor_data
-        )
-        p.create_subscription(CameraInfo, "/corner/color/camera_info", self.got["info"].append, qos_profile_sensor_data)
-        p.create_subscription(Bool, "/sim/success", self.got["success"].append, LATCHED)
-        p.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, 10)
+        self.subs = []
+
+        def sub(*args):
+            self.subs.append(p.create_subscription(*args))
+
+        sub(JointState, "/joint_states", self.got["js"].append, r10)
+        sub(Float64MultiArray, "/sim/state", self.got["state"].append, r10)
+        sub(Image, "/corner/color/image_raw", self.got["rgb"].append, qos_profile_sensor_data)
+        sub(Image, "/corner/aligned_depth_to_color/image_raw", self.got["depth"].append, qos_profile_sensor_data)
+        sub(CameraInfo, "/corner/color/camera_info", self.got["info"].append, qos_profile_sensor_data)
+        sub(Bool, "/sim/success", self.got["success"].append, LATCHED)
+        sub(DiagnosticArray, "/diagnostics", self.got["diag"].append, 10)
         self.cmd = p.create_publisher(Float64MultiArray, "/forward_position_controller/commands", r10)
         self.delta = p.create_publisher(Float64MultiArray, "/ee_delta_controller/commands", r10)
         self.traj = p.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", r10)
         self.reset = p.create_client(Trigger, "/sim/reset")
-        self.ex = MultiThreadedExecutor(num_threads=2, context=ctx)
-        self.ex.add_node(self.sim)
-        self.ex.add_node(p)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.thread.start()
+        self.spinning = spin_nodes(self.sim, p)
+        # Every topic matched both ways before a test sends or counts anything.
+        assert wait_for(lambda: matched(*self.subs, self.cmd, self.delta, self.traj)), "discovery did not complete"
+
+    def wait_steps(self, n):
+        """Until the physics has run ``n`` more steps (80 Hz: simulated time, not wall time)."""
+        n0 = self.sim._n_steps
+        assert wait_for(lambda: self.sim._n_steps >= n0 + n), "the physics stopped"
 
     def ee(self):
         return np.array(self.got["js"][-1].position[:4])
@@ -67,19 +63,11 @@ class Graph:
         assert wait_for(fut.done)
         return fut.result()
 
-    def close(self):
-        self.ex.shutdown()
-        self.thread.join(timeout=5)
-        self.sim.destroy_node()
-        self.probe.destroy_node()
-
 
 @pytest.fixture
-def graph(ros_context):
-    g = Graph(ros_context, cameras=["corner"], image_height=32, image_width=40, camera_rate_hz=10.0,
-              diagnostics_rate_hz=5.0, seed=3)
-    yield g
-    g.close()
+def graph(ros_context, spin_nodes):
+    return Graph(spin_nodes, ros_context, cameras=["corner"], image_height=32, image_width=40,
+                 camera_rate_hz=10.0, diagnostics_rate_hz=5.0, seed=3)
 
 
 def test_publishes_joint_states_and_stamped_rgbd(graph):
@@ -115,8 +103,11 @@ def test_position_and_delta_commands_move_the_arm(graph):
     target = [start[0] + 0.05, start[1] + 0.05, start[2] - 0.03, 1.0]
     assert wait_for(lambda: (g.cmd.publish(Float64MultiArray(data=target)), np.linalg.norm(g.ee()[:3] - target[:3]) < 0.01)[1])
     assert wait_for(lambda: g.ee()[3] > 0.0), "gripper did not close"
-    # Absolute targets still queued for the sim would override the delta: let them drain.
-    time.sleep(0.5)
+    # Absolute targets still queued for the sim would override the delta: a last one, 0.1 mm
+    # off, marks the end of the queue (one publisher: in order); once the sim holds it, none is left.
+    target[0] += 1e-4
+    g.cmd.publish(Float64MultiArray(data=target))
+    assert wait_for(lambda: np.allclose(g.sim.sim.target, target, atol=1e-12)), "the last target was not taken"
     g.delta.publish(Float64MultiArray(data=[0.0, 0.0, 0.04, -1.0]))
     assert wait_for(lambda: abs(g.ee()[2] - (target[2] + 0.04)) < 0.01)
     # A joint trajectory (names in another order) is followed to its last point.
@@ -147,14 +138,13 @@ def test_bad_commands_are_rejected_with_error_diagnostic_and_arm_holds(graph):
         return any(s.level == DiagnosticStatus.ERROR and s.name == "sim_robot_node"
                    for a in g.got["diag"] for s in a.status)
 
-    assert wait_for(error_seen)
-    time.sleep(0.3)
-    np.testing.assert_allclose(g.ee()[:3], hold[:3], atol=0.005)
-
     def bad_count():
         return int({kv.key: kv.value for kv in g.got["diag"][-1].status[0].values}["bad_commands"])
 
-    assert wait_for(lambda: bad_count() == 4, timeout=5.0)
+    assert wait_for(error_seen)
+    assert wait_for(lambda: bad_count() == 4)  # every bad command handled (and reported) ...
+    g.wait_steps(24)  # ... and 0.3 s of physics since: the arm held
+    np.testing.assert_allclose(g.ee()[:3], hold[:3], atol=0.005)
     assert g.sim.context.ok()  # still running
 
 
