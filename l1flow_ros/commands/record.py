@@ -118,6 +118,7 @@ def record_demos_ros(
     from std_srvs.srv import Trigger
     from tqdm import tqdm
 
+    from l1flow_ros.data.mcap_io import read_metadata
     from l1flow_ros.graph.launcher import ProcessGraph
     from l1flow_ros.nodes.composition import call_service
 
@@ -178,12 +179,17 @@ def record_demos_ros(
             while not solved.is_set() and time.monotonic() - t0 < limit:
                 time.sleep(0.02)
             if solved.is_set():
-                time.sleep(0.3)  # a few frames of the solved state
+                time.sleep(0.5)  # a few frames of the solved state
                 r = call("stop")
                 if not r.success:
                     raise RuntimeError(f"recorder could not save the episode: {r.message}")
-                kept.append(Path(r.message))
-                bar.update(1)
+                # The recorder (another process) must have heard the success too: under load
+                # it can lag this process; such an episode is saved as unsolved, so not kept.
+                if read_metadata(r.message).get("success") is True:
+                    kept.append(Path(r.message))
+                    bar.update(1)
+                else:
+                    Path(r.message).unlink(missing_ok=True)
             else:
                 call("discard")
         bar.close()
