@@ -740,9 +740,9 @@ class Harness:
         activated); with CameraInfo at start, wait until the graph streams. Call it from a
         thread that lives as long as the harness: the node processes are tied to it."""
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
 
         from l1flow_ros.graph.launcher import ProcessGraph
+        from l1flow_ros.nodes.composition import make_executor
         from l1flow_ros.policy.bundle import read_manifest
 
         root = Path(self.assets["calibration"]).parent
@@ -750,8 +750,7 @@ class Harness:
         rclpy.init(args=[], context=self.context)
         self.world = World(self.context)
         self.world.set_sensors(camera_info=self.camera_info_at_start)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.executor.add_node(self.world.node)
+        self.executor = make_executor([self.world.node], self.context)  # not the stock multi-threaded one
         self._spinner = threading.Thread(target=self.executor.spin, name="faults_spin", daemon=True)
         self._spinner.start()
         self.world.start()
