@@ -302,6 +302,7 @@ class ProcessGraph:
         """configure, then activate, each lifecycle node through its change_state service."""
         import rclpy
         from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
         from rclpy.executors import SingleThreadedExecutor
 
         ctx = rclpy.Context()
@@ -313,9 +314,17 @@ class ProcessGraph:
             ex.add_node(node)
             try:
                 for name in names:
-                    for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
-                                       (Transition.TRANSITION_ACTIVATE, "activate")):
-                        self._transition(ex, node, name, tid, label)
+                    # One pair of clients for both transitions: a client made later would
+                    # have to discover the service again (seconds on a loaded machine).
+                    clients = (node.create_client(ChangeState, f"/{name}/change_state"),
+                               node.create_client(GetState, f"/{name}/get_state"))
+                    try:
+                        for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
+                                           (Transition.TRANSITION_ACTIVATE, "activate")):
+                            self._transition(ex, clients, name, tid, label)
+                    finally:
+                        for c in clients:
+                            node.destroy_client(c)
                     self._say(f"{name}: configured and active")
             finally:
                 ex.shutdown()
@@ -323,7 +332,7 @@ class ProcessGraph:
         finally:
             ctx.try_shutdown()
 
-    def _transition(self, ex, node, name: str, transition_id: int, label: str) -> None:
+    def _transition(self, ex, clients, name: str, transition_id: int, label: str) -> None:
         """One transition; robust to a request lost on the way (a server matched too early).
 
         A request sent the moment discovery reports the service can be lost (services keep no
@@ -336,8 +345,7 @@ class ProcessGraph:
 
         start, goal = {"configure": (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE),
                        "activate": (State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE)}[label]
-        change = node.create_client(ChangeState, f"/{name}/change_state")
-        get = node.create_client(GetState, f"/{name}/get_state")
+        change, get = clients
         end = time.monotonic() + self.lifecycle_timeout
 
         def spin_until(cond, until: float) -> bool:
@@ -349,31 +357,27 @@ class ProcessGraph:
             return True
 
         if not spin_until(change.service_is_ready, end):
-            raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s")
+            raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s (to {label})")
         req = ChangeState.Request()
         req.transition.id = transition_id
         futures = [change.call_async(req)]
-        try:
-            while True:
-                answered = spin_until(lambda: any(f.done() for f in futures), time.monotonic() + 10.0)
-                if answered and any(f.done() and f.result().success for f in futures):
-                    return
-                state = None
-                if get.service_is_ready():
-                    g = get.call_async(GetState.Request())
-                    if spin_until(g.done, time.monotonic() + 5.0):
-                        state = g.result().current_state.id
-                if state == goal:
-                    return
-                if answered:  # refused, and not at the goal
-                    raise GraphError(f"{name}: {label} failed; its last output:\n{self.tail(name)}")
-                if time.monotonic() > end:
-                    raise GraphError(f"{name}: {label} did not finish within {self.lifecycle_timeout:.0f} s")
-                if state == start:  # the request never arrived: send it again
-                    futures.append(change.call_async(req))
-        finally:
-            node.destroy_client(change)
-            node.destroy_client(get)
+        while True:
+            answered = spin_until(lambda: any(f.done() for f in futures), time.monotonic() + 10.0)
+            if answered and any(f.done() and f.result().success for f in futures):
+                return
+            state = None
+            if get.service_is_ready():
+                g = get.call_async(GetState.Request())
+                if spin_until(g.done, time.monotonic() + 5.0):
+                    state = g.result().current_state.id
+            if state == goal:
+                return
+            if answered:  # refused, and not at the goal
+                raise GraphError(f"{name}: {label} failed; its last output:\n{self.tail(name)}")
+            if time.monotonic() > end:
+                raise GraphError(f"{name}: {label} did not finish within {self.lifecycle_timeout:.0f} s")
+            if state == start:  # the request never arrived: send it again
+                futures.append(change.call_async(req))
 
     def _check_alive(self, name: str, doing: str) -> None:
         rc = self.procs[name].returncode()
