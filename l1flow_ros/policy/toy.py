@@ -37,11 +37,11 @@ TOY_MODEL = ModelConfig(
     encoder=EncoderConfig(proprio_hidden=32, proprio_feature_dim=32, out_dim=32),
     unet=UnetConfig(down_dims=(32,), kernel_size=3, time_embed_dim=16),
 )
-# Steps that clear the mode-coverage bar with a margin over seeds (and so over float order:
-# thread count, instruction set). IMLE learns from its FM teacher's 5-step samples, so both
-# lengths matter: at FM 300 those samples were only 91-95 % near a mode, and a 160-step
-# student was still climbing (near-mode 76-96 % over ten seeds, 88 % on one machine's float
-# order); FM 600 (5-step samples 95-99 %) and IMLE 480 give a student at 96-99 %.
+# Steps that clear the mode-coverage bar with a margin over seeds, and so over float order
+# (thread count, instruction set): the IMLE student learns from its FM teacher's 5-step
+# samples, so both lengths count. At FM 300 / IMLE 160 neither had converged: the teacher's
+# 5-step samples were 91-95 % near a mode and the student still climbing, 71-96 % near a
+# mode over seeds (a third under the 90 % bar). FM 600 / IMLE 480: 95-99 % and 94.5-99 %.
 TOY_STEPS = {"l1flow": 250, "fm": 600, "ddpm": 400, "regression": 40, "imle": 480, "ofp": 500}
 
 
