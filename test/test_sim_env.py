@@ -191,6 +191,24 @@ def test_depth_backprojects_onto_scene_geometry(sim, cam):
     assert np.mean(bad < 0.005) < 0.5
 
 
+@pytest.mark.parametrize("cam", ["corner", "gripperPOV"])
+def test_one_pass_rgbd_equals_mujocos_two_passes(sim, cam):
+    """render() reads colour and depth from one pass; mujoco.Renderer renders each apart."""
+    sim.reset(1)
+    rgb, depth = sim.render(cam)
+    r = sim._renderer
+    r.update_scene(sim.data, camera=sim.model.camera(cam).id)
+    rgb2 = r.render()
+    r.enable_depth_rendering()
+    depth2 = r.render()
+    r.disable_depth_rendering()
+    depth2[depth2 >= 0.99 * sim.model.vis.map.zfar * sim.model.stat.extent] = 0.0
+    if sim._flip.get(cam, False):
+        rgb2, depth2 = rgb2[::-1, ::-1], depth2[::-1, ::-1]
+    np.testing.assert_array_equal(rgb, rgb2)
+    np.testing.assert_array_equal(depth, depth2)
+
+
 def test_table_is_flat_in_topview_and_images_are_upright(sim):
     sim.reset(0)
     _, depth = sim.render("topview")
