@@ -9,7 +9,9 @@ into one process, each on an idle machine and with one core kept busy by another
 (``python -c "while True: pass"``). Each is ``l1flow eval`` of ``models/default``
 in a fresh process (``--one-process`` for the composed graph); per condition the rounds are pooled:
 success, observation -> chunk p50 / p99, the executor's control-period error p50 / p99 / max
-(its last diagnostics window) and missed control ticks per minute at 500 Hz.
+(its last diagnostics window) and missed control ticks per minute at 500 Hz, beside the
+machine's floor: the ticks a bare loop to the same deadlines, at the same priority, in a
+process of its own, missed over the same seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,45 @@ def _busy() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+# The machine's floor: a bare loop to the executor's deadlines (500 Hz, SCHED_FIFO 50 when
+# permitted, 200 µs spin) in a process of its own, over the same seconds as a run. Ticks it
+# misses are stalls of the whole machine, which no node can avoid.
+_FLOOR = """
+import json, os, signal, sys, time
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+except (OSError, AttributeError):
+    pass
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+period, spin = 2_000_000, 200_000
+t0 = next_t = time.monotonic_ns() + period
+missed = 0
+while not stop:
+    rem = next_t - time.monotonic_ns() - spin
+    if rem > 0:
+        time.sleep(rem / 1e9)
+    while time.monotonic_ns() < next_t:
+        pass
+    late = time.monotonic_ns() - next_t
+    if late >= period:
+        missed += late // period
+        next_t += (late // period) * period
+    next_t += period
+print(json.dumps({"floor_missed": int(missed), "floor_s": (time.monotonic_ns() - t0) / 1e9}), flush=True)
+"""
+
+
+def _floor() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _FLOOR], stdout=subprocess.PIPE, text=True)
+
+
+def _floor_result(p: subprocess.Popen) -> dict:
+    p.terminate()
+    out, _ = p.communicate(timeout=10)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default=str(ROOT / "models" / "default"))
@@ -61,10 +102,12 @@ def main() -> int:
                    str(args.episodes), "--seed", str(args.seed + 1000 * r), "--json", str(out), "--node-log",
                    str(logs / f"{label.replace(' ', '_').replace(',', '')}_{r}.log")]
             hog = _busy() if busy else None
+            floor = _floor()
             try:
                 t0 = time.monotonic()
                 proc = subprocess.run(cmd + (["--one-process"] if composed else []), capture_output=True, text=True)
             finally:
+                fl = _floor_result(floor)
                 if hog is not None:
                     hog.kill()
                     hog.wait()
@@ -74,19 +117,23 @@ def main() -> int:
             d = json.loads(out.read_text())
             res = argparse.Namespace(**d)
             d["wall_s"] = round(time.monotonic() - t0, 1)
+            d.update(fl)
             runs[label].append(d)
             print(f"round {r + 1} {label}: {res.successes}/{res.episodes}, obs->chunk p99 "
                   f"{res.chunk_latency_ms_p99:.1f} ms, period error p99 {res.period_error_us_p99:.0f} us, "
-                  f"missed {res.missed_ticks} in {res.measured_s:.0f} s", flush=True)
+                  f"missed {res.missed_ticks} in {res.measured_s:.0f} s (bare loop: {fl['floor_missed']} in "
+                  f"{fl['floor_s']:.0f} s)", flush=True)
     print()
     print("| graph | success | obs → chunk p50 / p99 (ms) | control period error p50 / p99 / max (µs) "
-          "| missed ticks / min |")
-    print("|---|---|---|---|---|")
+          "| missed ticks / min | bare loop's missed ticks / min |")
+    print("|---|---|---|---|---|---|")
     for label, rs in runs.items():
         ok = sum(x["successes"] for x in rs)
         n = sum(x["episodes"] for x in rs)
         mins = sum(x["measured_s"] for x in rs) / 60.0
         missed = sum(x["missed_ticks"] for x in rs)
+        fmiss = sum(x["floor_missed"] for x in rs)
+        fmins = sum(x["floor_s"] for x in rs) / 60.0
 
         def rng(key: str, fmt: str = "{:.1f}", rs=rs) -> str:
             vals = [x[key] for x in rs]
@@ -96,7 +143,7 @@ def main() -> int:
         print(f"| {label} | {ok}/{n} | {rng('chunk_latency_ms_p50')} / {rng('chunk_latency_ms_p99')} "
               f"| {rng('period_error_us_p50', '{:.0f}')} / {rng('period_error_us_p99', '{:.0f}')} / "
               f"{rng('period_error_us_max', '{:.0f}')} | {missed / max(mins, 1e-9):.1f} ({missed} in "
-              f"{60 * mins:.0f} s) |")
+              f"{60 * mins:.0f} s) | {fmiss / max(fmins, 1e-9):.1f} ({fmiss} in {60 * fmins:.0f} s) |")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))
     return 0

@@ -42,6 +42,7 @@ from trajectory_msgs.msg import JointTrajectory
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
 from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
+from l1flow_ros.nodes.stream_reader import StreamReader
 from l1flow_ros.perception.geometry import CameraIntrinsics
 from l1flow_ros.sim.metaworld_env import (
     ACTION_NAMES,
@@ -142,10 +143,11 @@ class SimRobotNode(Node):
             )
             m = self.sim.camera_model(cam)
             self._cam_info[cam] = CameraIntrinsics(m.fx, m.fy, m.cx, m.cy, w, h)
-        self.create_subscription(
-            Float64MultiArray, "/forward_position_controller/commands", self._on_position_command, reliable10
-        )
-        self.create_subscription(Float64MultiArray, "/ee_delta_controller/commands", self._on_delta_command, reliable10)
+        # The executor node streams commands at 500 Hz: read off the executor (stream_reader.py)
+        self._commands = StreamReader(self, "sim_commands")
+        self._commands.subscribe(Float64MultiArray, "/forward_position_controller/commands",
+                                 self._on_position_command, reliable10)
+        self._commands.subscribe(Float64MultiArray, "/ee_delta_controller/commands", self._on_delta_command, reliable10)
         self._trajectory = TrajectoryFollower(ACTION_NAMES)
         self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_trajectory, reliable10)
         self.create_service(Trigger, "/sim/reset", self._on_reset)
@@ -169,6 +171,7 @@ class SimRobotNode(Node):
         self._physics = threading.Thread(target=self._physics_loop, name="sim_physics", daemon=True)
         self._render = threading.Thread(target=self._render_loop, name="sim_render", daemon=True)
         self._physics.start()
+        self._commands.start()
         if self.cfg.cameras:
             self._render.start()
         self.create_timer(1.0 / self.cfg.diagnostics_rate_hz, self._publish_diagnostics)
@@ -394,6 +397,7 @@ class SimRobotNode(Node):
         if not hasattr(self, "_physics"):  # construction failed before the threads existed
             return
         self._stop.set()
+        self._commands.stop()
         with self._frame_cv:
             self._frame_cv.notify_all()
         for t in (self._physics, self._render):
