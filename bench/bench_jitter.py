@@ -83,9 +83,9 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from l1flow_ros.inference.synthetic import default_bench_bundle
     from l1flow_ros.nodes.chunk_conv import embedding_to_msg
     from l1flow_ros.nodes.inference_node import InferenceNode
-    from l1flow_ros.runtime.synthetic import default_bench_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = os.path.join(tmp, "bundle")

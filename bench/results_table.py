@@ -32,8 +32,8 @@ LABEL = {"l1flow": "L1 Flow 2-step", "imle": "IMLE 1-step", "ofp": "OFP 1-step",
 def time_chunks(bundles: dict[str, Path], iters: int, rounds: int, threads: int) -> dict[str, list[float]]:
     """Milliseconds per call of every bundle's policy graph and of the (shared) encoder,
     interleaved in ``rounds`` (onnxruntime CPU)."""
-    from l1flow_ros.runtime.backends import noise_shape, open_encoder, open_policy
-    from l1flow_ros.runtime.bench import Row, measure_interleaved
+    from l1flow_ros.inference.backends import noise_shape, open_encoder, open_policy
+    from l1flow_ros.inference.bench import Row, measure_interleaved
 
     rng = np.random.default_rng(0)
     runs = []

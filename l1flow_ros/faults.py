@@ -129,10 +129,10 @@ CALIB_YAML = """cameras:
 
 def _bundle(out: Path, seed: int, action: Any = None, poison_nan: bool = False) -> str:
     """A small untrained bundle: camera ``cam`` (RGB + 64 points) + end-effector proprio."""
+    from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
     from l1flow_ros.perception.encoders import EncoderConfig
     from l1flow_ros.policy.model import ModelConfig
     from l1flow_ros.policy.unet import UnetConfig
-    from l1flow_ros.runtime.synthetic import TINY_ACTION, make_bundle
     from l1flow_ros.spec import ObservationSpec
 
     obs = ObservationSpec(cameras=(CAM,), image_size=(IMG_H, IMG_W), num_points=64,
@@ -147,8 +147,8 @@ def _bundle(out: Path, seed: int, action: Any = None, poison_nan: bool = False) 
 
 def build_assets(root: str | Path, log: Callable[[str], None] = print) -> dict[str, str]:
     """The bundle (exported for onnxruntime), the calibration and the bad bundles of the swap cases."""
-    from l1flow_ros.runtime.export import export_bundle
-    from l1flow_ros.runtime.synthetic import TINY_ACTION
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.inference.synthetic import TINY_ACTION
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -186,9 +186,9 @@ OTHER_GPU = ("NVIDIA A100-SXM4-80GB", "8.0", "10.0.1.6")  # the identity recorde
 
 def _other_gpu_bundle(good: Path, dst: Path) -> Path:
     """The good bundle plus an engine cache whose engines were built on another GPU / TensorRT."""
+    from l1flow_ros.inference.checkpoint import required_onnx
+    from l1flow_ros.inference.engine_cache import DeviceIdentity, EngineCache, EngineKey, default_cache_dir
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.runtime.checkpoint import required_onnx
-    from l1flow_ros.runtime.engine_cache import DeviceIdentity, EngineCache, EngineKey, default_cache_dir
 
     if not dst.exists():
         shutil.copytree(good, dst)
@@ -1318,9 +1318,9 @@ def _swap(key: str) -> Callable[[CaseContext], None]:
 def _engine_other_gpu(c: CaseContext) -> None:
     """A cached TensorRT engine recorded for another GPU / TensorRT must be refused on its
     metadata, before anything is deserialised or any TensorRT call is made."""
+    from l1flow_ros.inference.checkpoint import CheckpointRejected, validate_checkpoint
+    from l1flow_ros.inference.engine_cache import DeviceIdentity
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.runtime.checkpoint import CheckpointRejected, validate_checkpoint
-    from l1flow_ros.runtime.engine_cache import DeviceIdentity
 
     c.fault()
     device = _this_device()
@@ -1342,13 +1342,13 @@ def _engine_other_gpu(c: CaseContext) -> None:
 
 def _this_device() -> Any:
     """This machine's GPU identity, or a stand-in on a machine without one (the check is the same)."""
-    from l1flow_ros.runtime.engine_cache import DeviceIdentity
+    from l1flow_ros.inference.engine_cache import DeviceIdentity
 
     try:
         import torch
 
         if torch.cuda.is_available():
-            from l1flow_ros.runtime.trt_backend import device_identity
+            from l1flow_ros.inference.trt_backend import device_identity
 
             return device_identity()
     except Exception:

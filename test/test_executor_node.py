@@ -279,7 +279,7 @@ def test_splice_and_jump_stay_within_limits(make_harness):
 
 
 def test_starvation_holds_and_recovers(make_harness):
-    from l1flow_ros.runtime.scheduler import Mode
+    from l1flow_ros.control.scheduler import Mode
 
     h = make_harness(**LIMITS)
     started(h)

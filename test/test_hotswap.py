@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import wait_for
 
-from l1flow_ros.runtime.synthetic import TINY_ACTION, TINY_OBS, make_bundle
+from l1flow_ros.inference.synthetic import TINY_ACTION, TINY_OBS, make_bundle
 
 EMBED_PERIOD = 0.05  # s, the fake perception rate
 ENCODER_SWITCH_DELAY = 0.15  # s, the fake perception's "encoder load" time
@@ -132,10 +132,10 @@ def test_hot_swap_under_flow(older_objects_frozen, ros_context, spin_nodes, bund
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from trajectory_msgs.msg import JointTrajectory
 
+    from l1flow_ros.inference.runner import PolicyRunner
     from l1flow_ros.nodes.chunk_conv import stamp_to_ns
     from l1flow_ros.nodes.inference_node import InferenceNode
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.runtime.runner import PolicyRunner
 
     fps = {k: read_manifest(bundles[k]).fingerprint for k in ("a", "b")}
     assert fps["a"] != fps["b"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import Calls, matched, wait_for
 
-from l1flow_ros.runtime.synthetic import TINY_ACTION, make_bundle
+from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,8 +78,8 @@ def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_no
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
+    from l1flow_ros.inference.runner import PolicyRunner
     from l1flow_ros.nodes.chunk_conv import chunk_from_msg
-    from l1flow_ros.runtime.runner import PolicyRunner
 
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 5})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -165,8 +165,8 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+    from l1flow_ros.inference.runner import PolicyRunner, Tail
     from l1flow_ros.nodes.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
-    from l1flow_ros.runtime.runner import PolicyRunner, Tail
 
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -233,9 +233,9 @@ def test_onnxruntime_backend_needs_export_then_runs(ros_context, spin_nodes, tmp
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.inference.runner import PolicyRunner
     from l1flow_ros.nodes.chunk_conv import chunk_from_msg
-    from l1flow_ros.runtime.export import export_bundle
-    from l1flow_ros.runtime.runner import PolicyRunner
 
     raw, exported = tmp_path / "raw", tmp_path / "exported"
     make_bundle(raw, seed=6)

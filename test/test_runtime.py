@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l1flow_ros.runtime.backends import (
+from l1flow_ros.inference.backends import (
     BackendError,
     noise_shape,
     open_encoder,
@@ -18,19 +18,19 @@ from l1flow_ros.runtime.backends import (
     parse_sampler,
     resolve_providers,
 )
-from l1flow_ros.runtime.checkpoint import CheckpointRejected, validate_checkpoint
-from l1flow_ros.runtime.engine_cache import (
+from l1flow_ros.inference.checkpoint import CheckpointRejected, validate_checkpoint
+from l1flow_ros.inference.engine_cache import (
     DeviceIdentity,
     EngineCache,
     EngineCacheError,
     EngineKey,
     get_or_build,
 )
-from l1flow_ros.runtime.export import export_bundle
-from l1flow_ros.runtime.hotswap import HeadSwitcher
-from l1flow_ros.runtime.latency import LatencyWindow, Latest
-from l1flow_ros.runtime.runner import PolicyRunner, Tail, resample_tail
-from l1flow_ros.runtime.synthetic import TINY_ACTION, TINY_OBS, make_bundle
+from l1flow_ros.inference.export import export_bundle
+from l1flow_ros.inference.hotswap import HeadSwitcher
+from l1flow_ros.inference.latency import LatencyWindow, Latest
+from l1flow_ros.inference.runner import PolicyRunner, Tail, resample_tail
+from l1flow_ros.inference.synthetic import TINY_ACTION, TINY_OBS, make_bundle
 from l1flow_ros.spec import SamplerSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,7 +91,7 @@ def test_onnx_matches_torch_same_noise(bundle, batch):
 def test_export_comparison_sampler_and_rejects_incompatible(tmp_path):
     d = tmp_path / "b"
     make_bundle(d, sampler=SamplerSpec(kind="imle", steps=1))
-    from l1flow_ros.runtime.export import ExportError
+    from l1flow_ros.inference.export import ExportError
 
     with pytest.raises(ExportError, match="cannot be sampled"):
         export_bundle(d, samplers=["ddim:10"], encoder=False)
@@ -113,7 +113,7 @@ def test_fp16_conversion_keeps_io_float32_and_stays_close(bundle):
     import onnx
     import onnxruntime as ort
 
-    from l1flow_ros.runtime.onnx_fp16 import convert_float_to_float16
+    from l1flow_ros.inference.onnx_fp16 import convert_float_to_float16
 
     m32 = onnx.load(str(bundle / "policy.onnx"))
     m16 = convert_float_to_float16(m32)

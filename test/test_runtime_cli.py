@@ -7,7 +7,7 @@ import math
 import pytest
 
 from l1flow_ros.cli import main
-from l1flow_ros.runtime.synthetic import make_bundle
+from l1flow_ros.inference.synthetic import make_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,7 +27,7 @@ def test_export_command_writes_graphs_and_fails_cleanly(tmp_path, capsys):
 
 
 def test_bench_inference_rows_and_ratios(tmp_path):
-    from l1flow_ros.runtime.bench import available_backends, bench_inference, format_table, ratios
+    from l1flow_ros.inference.bench import available_backends, bench_inference, format_table, ratios
 
     src = tmp_path / "src"
     make_bundle(src, seed=0)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l1flow_ros.runtime.backends import open_policy
-from l1flow_ros.runtime.export import export_bundle
-from l1flow_ros.runtime.synthetic import TINY_ACTION, make_bundle
+from l1flow_ros.inference.backends import open_policy
+from l1flow_ros.inference.export import export_bundle
+from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
 
 pytestmark = pytest.mark.gpu
 
@@ -87,9 +87,9 @@ def test_tensorrt_fp16_close_to_fp32(bundle, tmp_path):
 
 @needs_trt
 def test_tensorrt_runner_and_validation_on_this_gpu(bundle, tmp_path):
-    from l1flow_ros.runtime.checkpoint import validate_checkpoint
-    from l1flow_ros.runtime.runner import PolicyRunner
-    from l1flow_ros.runtime.trt_backend import device_identity
+    from l1flow_ros.inference.checkpoint import validate_checkpoint
+    from l1flow_ros.inference.runner import PolicyRunner
+    from l1flow_ros.inference.trt_backend import device_identity
 
     ident = device_identity()
     assert ident.gpu_name and ident.trt_version

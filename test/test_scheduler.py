@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l1flow_ros.runtime.interp import Plan, hermite_coeffs
-from l1flow_ros.runtime.safety import Limits, limit_step
-from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
+from l1flow_ros.control.interp import Plan, hermite_coeffs
+from l1flow_ros.control.safety import Limits, limit_step
+from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.spec import ActionSpec, Chunk
 
 NAMES = ("x", "y", "z")

@@ -33,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from l1flow_ros.runtime.bench import DEFAULT_SAMPLERS, available_backends, bench_inference, format_table
+    from l1flow_ros.inference.bench import DEFAULT_SAMPLERS, available_backends, bench_inference, format_table
 
     with tempfile.TemporaryDirectory(prefix="l1flow-bench-") as tmp:
         work = Path(args.workdir or tmp)
         bundle = args.bundle
         if not bundle:
-            from l1flow_ros.runtime.synthetic import default_bench_bundle
+            from l1flow_ros.inference.synthetic import default_bench_bundle
 
             bundle = str(work / "source")
             default_bench_bundle(bundle, size=args.size)

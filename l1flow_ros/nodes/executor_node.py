@@ -2,7 +2,7 @@
 
 Subscribes ``/l1flow/action_chunk`` (JointTrajectory, reliable depth 1) and ``/joint_states``;
 a dedicated control thread wakes on absolute deadlines (``rate_hz``, default 500 Hz), asks the
-ROS-free :class:`~l1flow_ros.runtime.scheduler.ChunkScheduler` for the command of that tick
+ROS-free :class:`~l1flow_ros.control.scheduler.ChunkScheduler` for the command of that tick
 and publishes it on the configured controller interface:
 
 - ``forward_position``: Float64MultiArray of absolute targets (action order) on
@@ -97,10 +97,10 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from l1flow_ros.control.safety import Limits
+from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
 from l1flow_ros.nodes.diagnostics import Diagnostics
-from l1flow_ros.runtime.safety import Limits
-from l1flow_ros.runtime.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.spec import ActionSpec
 
 NODE_NAME = "executor_node"

@@ -50,6 +50,11 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.graph import resolve_path
+from l1flow_ros.inference.backends import BACKENDS, DEFAULT_PROVIDERS
+from l1flow_ros.inference.checkpoint import CheckpointRejected, validate_checkpoint
+from l1flow_ros.inference.hotswap import HeadSwitcher
+from l1flow_ros.inference.latency import LatencyWindow, Latest
+from l1flow_ros.inference.runner import PolicyRunner, Tail
 from l1flow_ros.nodes.chunk_conv import (
     MessageError,
     chunk_to_msg,
@@ -59,11 +64,6 @@ from l1flow_ros.nodes.chunk_conv import (
 )
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import Diagnostics
-from l1flow_ros.runtime.backends import BACKENDS, DEFAULT_PROVIDERS
-from l1flow_ros.runtime.checkpoint import CheckpointRejected, validate_checkpoint
-from l1flow_ros.runtime.hotswap import HeadSwitcher
-from l1flow_ros.runtime.latency import LatencyWindow, Latest
-from l1flow_ros.runtime.runner import PolicyRunner, Tail
 
 NODE_NAME = "inference_node"
 ERROR_HOLD_S = 1.0  # a problem stays on /diagnostics at least this long after it last happened

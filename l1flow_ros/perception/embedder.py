@@ -1,6 +1,6 @@
 """A checkpoint bundle's observation encoder: model input -> embedding (no ROS).
 
-Wraps the runtime's backend protocol (``runtime.backends.open_encoder``: torch,
+Wraps the runtime's backend protocol (``inference.backends.open_encoder``: torch,
 onnxruntime or tensorrt) with what the encoder graph does not hold: the
 proprio normalisation from the manifest, the batch axis, and output checks.
 """
@@ -25,8 +25,8 @@ class Embedder:
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "torch", warmup: bool = True, **opts: Any) -> None:
+        from l1flow_ros.inference.backends import open_encoder
         from l1flow_ros.policy.bundle import read_manifest
-        from l1flow_ros.runtime.backends import open_encoder
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)

@@ -132,7 +132,7 @@ class BundlePolicy:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "torch", seed: int = 0,
                  calibration: dict[str, np.ndarray] | None = None, **opts: Any) -> None:
-        from l1flow_ros.runtime.runner import PolicyRunner
+        from l1flow_ros.inference.runner import PolicyRunner
 
         self.runner = PolicyRunner.open(bundle_dir, backend, seed=seed, with_encoder=True, warm_start=False, **opts)
         self.runner.warmup(2)  # first-call costs stay out of the latencies

@@ -2,7 +2,7 @@
 
 For one bundle, each sampler (L1 Flow 2-step, IMLE 1-step, OFP 1-step, FM 10-step,
 DDIM 10, DDPM 100) is a *variant* of the bundle (same encoder and U-Net; weights copied
-where shapes match, see :mod:`l1flow_ros.runtime.synthetic`): latency depends on the
+where shapes match, see :mod:`l1flow_ros.inference.synthetic`): latency depends on the
 architecture and the number of network evaluations, not on what the weights learnt.
 Each variant is exported to ONNX (parity-checked like ``l1flow export``) and run on each
 backend. Measurements are interleaved in rounds (every configuration gets a slice of
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.runtime.backends import open_encoder, open_policy, parse_sampler, sampler_tag
+from l1flow_ros.inference.backends import open_encoder, open_policy, parse_sampler, sampler_tag
 
 DEFAULT_SAMPLERS = ("l1flow:2", "imle:1", "ofp:1", "fm:10", "ddim:10", "ddpm:100")
 LABELS = {"l1flow2": "L1 Flow 2-step", "imle1": "IMLE 1-step", "ofp1": "OFP 1-step", "fm10": "FM 10-step",
@@ -68,7 +68,7 @@ def available_backends(threads: int = 0) -> list[BackendConfig]:
     try:
         import tensorrt  # noqa: F401
 
-        from l1flow_ros.runtime.trt_backend import device_identity
+        from l1flow_ros.inference.trt_backend import device_identity
 
         device_identity()
         out.append(BackendConfig("tensorrt", "tensorrt", (("fp16", False),)))
@@ -98,9 +98,9 @@ class Row:
 def prepare_variants(bundle: str | Path, samplers: tuple[str, ...], workdir: Path,
                      export: bool = True) -> dict[str, tuple[Path, bool]]:
     """tag -> (variant bundle dir, trained?) for each sampler, exported to ONNX."""
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.inference.synthetic import variant_bundle
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.runtime.export import export_bundle
-    from l1flow_ros.runtime.synthetic import variant_bundle
 
     base = read_manifest(bundle).sampler
     out = {}
@@ -132,7 +132,7 @@ def bench_inference(bundle: str | Path, workdir: str | Path, samplers: tuple[str
             try:
                 pol = open_policy(d, b.backend, **b.kwargs())
                 cond = rng.standard_normal((1, pol.cond_dim), dtype=np.float32)
-                from l1flow_ros.runtime.backends import noise_shape
+                from l1flow_ros.inference.backends import noise_shape
 
                 noise = rng.standard_normal(noise_shape(pol.sampler, pol.horizon, pol.action_dim), dtype=np.float32)
                 pol.warmup(warmup)
@@ -145,7 +145,7 @@ def bench_inference(bundle: str | Path, workdir: str | Path, samplers: tuple[str
             row = Row("encoder", b.label, True)
             try:
                 if b.backend != "torch":
-                    from l1flow_ros.runtime.export import export_bundle
+                    from l1flow_ros.inference.export import export_bundle
 
                     first = next(iter(variants.values()))[0]
                     if not (first / "encoder.onnx").is_file():

@@ -1,4 +1,4 @@
-"""Deployment runtime (no ROS): running a checkpoint bundle fast and swapping it safely.
+"""Inference (no ROS): running a checkpoint bundle fast and swapping it safely.
 
 - ``backends``: one protocol, ``open_encoder`` / ``open_policy`` -> ``run`` on numpy arrays,
   over torch (eager), onnxruntime (TensorRT EP -> CUDA EP -> CPU) and native TensorRT
@@ -8,5 +8,8 @@
 - ``runner``: ``PolicyRunner``, normalisation, seeded noise and warm start around a backend.
 - ``checkpoint`` / ``hotswap``: validation of a new bundle and the head switch by fingerprint.
 - ``bench`` / ``synthetic``: sampler x backend latency on variants of one architecture.
-- ``scheduler`` / ``safety`` / ``interp``: the executor's receding-horizon core.
+- ``latency``: rolling latency statistics and the newest-only slot the node hands work through.
+
+The executor's receding-horizon core (scheduler, interpolation, safety limits) is
+:mod:`l1flow_ros.control`.
 """

@@ -12,7 +12,7 @@ Protocol (../DESIGN.md, "Checkpoint swap"):
 
 :class:`HeadSwitcher` is that state machine; the inference node owns one and calls
 :meth:`HeadSwitcher.route` for each embedding. Heads are opaque objects with a
-``fingerprint`` attribute (a :class:`~l1flow_ros.runtime.runner.PolicyRunner`).
+``fingerprint`` attribute (a :class:`~l1flow_ros.inference.runner.PolicyRunner`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.runtime.backends import (
+from l1flow_ros.inference.backends import (
     ENCODER_ONNX,
     ENCODER_OUTPUT,
     POLICY_INPUTS,
@@ -38,7 +38,7 @@ from l1flow_ros.runtime.backends import (
     policy_onnx_name,
     sampler_tag,
 )
-from l1flow_ros.runtime.engine_cache import atomic_write
+from l1flow_ros.inference.engine_cache import atomic_write
 from l1flow_ros.spec import SamplerSpec
 
 DEFAULT_OPSET = 17

@@ -7,7 +7,7 @@
   :class:`~l1flow_ros.spec.ObservationSpec` batched B first (proprio already normalised);
 - ``Policy.run(cond (B, D), noise (B, H, A)[, warm (B, H, A)]) -> (B, H, A)``, normalised
   actions: the whole sampler runs inside one graph; normalisation and noise drawing
-  are the caller's (:class:`~l1flow_ros.runtime.runner.PolicyRunner`).
+  are the caller's (:class:`~l1flow_ros.inference.runner.PolicyRunner`).
 
 The backend is chosen once, when the object is built: each backend is a *graph*
 callable ``graph(list of arrays) -> array`` and :class:`Encoder` / :class:`Policy`
@@ -333,7 +333,7 @@ def _open_graph(bundle_dir: Path, backend: str, onnx_name: str, torch_module, sa
         return OrtGraph(bundle_dir / onnx_name, providers=opts.get("providers"), threads=int(opts.get("threads", 0)),
                         fp16=bool(opts.get("fp16", False)), engine_cache_dir=opts.get("engine_cache_dir"))
     if backend == "tensorrt":
-        from l1flow_ros.runtime.trt_backend import TrtGraph
+        from l1flow_ros.inference.trt_backend import TrtGraph
 
         return TrtGraph(bundle_dir / onnx_name, fp16=bool(opts.get("fp16", False)),
                         cache_dir=opts.get("engine_cache_dir"), allow_build=bool(opts.get("allow_build", True)),

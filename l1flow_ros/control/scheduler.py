@@ -20,11 +20,11 @@ What happens to a chunk:
    linearly from 0 at ``now`` to 1 at the end of the overlap (or after ``crossfade_s``);
    ``ensemble`` is ACT's temporal ensemble: each waypoint is the weighted mean of all
    predictions made for it, weight ``exp(-k * i)`` for the i-th oldest.
-4. A new spline plan (cubic or quintic Hermite, :mod:`l1flow_ros.runtime.interp`) starts from
+4. A new spline plan (cubic or quintic Hermite, :mod:`l1flow_ros.control.interp`) starts from
    the current command state, so position and velocity stay continuous across the splice.
 
 Every tick, the plan is evaluated and passed through the limiter of
-:mod:`l1flow_ros.runtime.safety` (position, velocity, acceleration limits; binary gripper).
+:mod:`l1flow_ros.control.safety` (position, velocity, acceleration limits; binary gripper).
 When the plan runs out (or no chunk arrived for ``starvation_timeout_s``) the command
 decelerates within the acceleration limits and holds: stale actions are never replayed. A
 command that tracked the plan is at rest on its last waypoint when it ends; one that was
@@ -43,8 +43,8 @@ from enum import Enum
 
 import numpy as np
 
-from l1flow_ros.runtime.interp import INTERPOLATIONS, Plan
-from l1flow_ros.runtime.safety import Limits, limit_step
+from l1flow_ros.control.interp import INTERPOLATIONS, Plan
+from l1flow_ros.control.safety import Limits, limit_step
 from l1flow_ros.spec import Chunk
 
 SPLICE_RULES = ("replace", "crossfade", "ensemble")

@@ -1,6 +1,6 @@
 """PolicyRunner: input transforms -> backend graph -> output transforms, for one bundle.
 
-Around the backends of :mod:`l1flow_ros.runtime.backends` it does what the graphs
+Around the backends of :mod:`l1flow_ros.inference.backends` it does what the graphs
 deliberately leave out:
 
 - normalisation with the manifest's statistics (proprio in, actions out);
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.runtime.backends import Encoder, Policy, noise_shape, open_encoder, open_policy
+from l1flow_ros.inference.backends import Encoder, Policy, noise_shape, open_encoder, open_policy
 from l1flow_ros.spec import Chunk
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from l1flow_ros.runtime.backends import BACKENDS, policy_onnx_name
-from l1flow_ros.runtime.engine_cache import (
+from l1flow_ros.inference.backends import BACKENDS, policy_onnx_name
+from l1flow_ros.inference.engine_cache import (
     DeviceIdentity,
     EngineCache,
     EngineCacheError,
@@ -85,8 +85,8 @@ def validate_checkpoint(path: str | Path, running: Any | None = None, backend: s
             raise CheckpointRejected(f"checkpoint {p} has no {missing}: run `l1flow export {p}` first")
     if backend == "tensorrt":
         if device is None:
-            from l1flow_ros.runtime.backends import BackendError
-            from l1flow_ros.runtime.trt_backend import device_identity
+            from l1flow_ros.inference.backends import BackendError
+            from l1flow_ros.inference.trt_backend import device_identity
 
             try:
                 device = device_identity()

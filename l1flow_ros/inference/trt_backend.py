@@ -1,11 +1,11 @@
 """Native TensorRT backend: engine from the bundle's ONNX, cached, pre-allocated, CUDA graph.
 
 - The engine is built from the ONNX file on first use and cached beside the bundle
-  (:mod:`l1flow_ros.runtime.engine_cache`), keyed by GPU model, TensorRT version, ONNX
+  (:mod:`l1flow_ros.inference.engine_cache`), keyed by GPU model, TensorRT version, ONNX
   hash, precision and batch profile; a valid cached engine is never rebuilt.
 - fp16: TensorRT 11 only builds strongly typed networks (the FP16 builder flag is
   gone), so fp16 engines are built from an fp16 copy of the ONNX with fp32 inputs and
-  outputs (:func:`l1flow_ros.runtime.onnx_fp16.convert_float_to_float16`).
+  outputs (:func:`l1flow_ros.inference.onnx_fp16.convert_float_to_float16`).
 - Input and output buffers (pinned host + device) are allocated once for a fixed batch;
   a call copies inputs into pinned memory and replays one CUDA graph (H2D copies, the
   engine, the D2H copy) captured at the first call, or enqueues the same work when
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from l1flow_ros.runtime.backends import BackendError
-from l1flow_ros.runtime.engine_cache import (
+from l1flow_ros.inference.backends import BackendError
+from l1flow_ros.inference.engine_cache import (
     DeviceIdentity,
     EngineCache,
     EngineKey,
@@ -220,8 +220,8 @@ def _fp16_onnx(onnx_path: Path, out_dir: Path) -> Path:
     """An fp16 copy of ``onnx_path`` (fp32 inputs / outputs), written once next to the engines."""
     import onnx
 
-    from l1flow_ros.runtime.engine_cache import file_sha256
-    from l1flow_ros.runtime.onnx_fp16 import convert_float_to_float16
+    from l1flow_ros.inference.engine_cache import file_sha256
+    from l1flow_ros.inference.onnx_fp16 import convert_float_to_float16
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{onnx_path.stem}.{file_sha256(onnx_path)[:16]}.fp16.onnx"

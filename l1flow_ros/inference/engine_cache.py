@@ -8,7 +8,7 @@ stale one (other GPU, other TensorRT, re-exported ONNX) or a truncated one witho
 deserialising it. A valid engine is never rebuilt.
 
 This module is pure Python (no TensorRT, no CUDA): the keying and validation are
-tested on CPU; :mod:`l1flow_ros.runtime.trt_backend` supplies the device identity and
+tested on CPU; :mod:`l1flow_ros.inference.trt_backend` supplies the device identity and
 the engine bytes.
 """
 
