@@ -84,7 +84,7 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
     from sensor_msgs.msg import Image
 
     from l1flow_ros.inference.synthetic import default_bench_bundle
-    from l1flow_ros.nodes.chunk_conv import embedding_to_msg
+    from l1flow_ros.msgs.chunk_conv import embedding_to_msg
     from l1flow_ros.nodes.inference_node import InferenceNode
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +195,7 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     from rclpy.parameter import Parameter
     from trajectory_msgs.msg import JointTrajectory
 
-    from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+    from l1flow_ros.msgs.chunk_conv import chunk_to_msg
     from l1flow_ros.nodes.executor_node import ExecutorNode
     from l1flow_ros.spec import Chunk
 
@@ -280,7 +280,7 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
     from std_srvs.srv import SetBool
     from trajectory_msgs.msg import JointTrajectory
 
-    from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+    from l1flow_ros.msgs.chunk_conv import chunk_to_msg
     from l1flow_ros.spec import Chunk
 
     names = ["ee_x", "ee_y", "ee_z", "gripper"] if load == "inference" else ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]

@@ -56,7 +56,7 @@ def render_depth(T: np.ndarray, intr, boxes: list[tuple[np.ndarray, np.ndarray]]
 def make_setup(n_views: int, args, tmp: Path, seed: int = 0):
     import torch
 
-    from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg, joint_state_to_msg
+    from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg, joint_state_to_msg
     from l1flow_ros.perception.embedder import Embedder
     from l1flow_ros.perception.geometry import CameraIntrinsics
     from l1flow_ros.policy.bundle import make_manifest, save_bundle
@@ -102,7 +102,7 @@ def make_setup(n_views: int, args, tmp: Path, seed: int = 0):
 def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, float]:
     """The node worker's stages for one synchronised set; wall seconds per stage, and CPU seconds
     (``cpu_<stage>``: this process's CPU time, which a busy shared machine inflates far less)."""
-    from l1flow_ros.nodes.sensor_conv import camera_frame_from_msgs, joint_state_from_msg
+    from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, joint_state_from_msg
     from l1flow_ros.perception.preprocess import RawFrames, frame_step, step_to_model
 
     c0, t0 = time.process_time(), time.perf_counter()

@@ -367,7 +367,7 @@ class ArmGuard:
                     self.arm = np.clip(p, LOWER, UPPER)  # a real arm stops at its bounds
 
     def _js_loop(self) -> None:
-        from l1flow_ros.nodes.sensor_conv import joint_state_to_msg
+        from l1flow_ros.msgs.sensor_conv import joint_state_to_msg
 
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -538,13 +538,13 @@ class World:
     # -- probes -------------------------------------------------------------------------------
 
     def _on_chunk(self, msg: Any) -> None:
-        from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+        from l1flow_ros.msgs.chunk_conv import stamp_to_ns
 
         with self.lock:
             self.chunks.append((time.time_ns(), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_diag(self, msg: Any) -> None:
-        from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+        from l1flow_ros.msgs.chunk_conv import stamp_to_ns
 
         now = time.time_ns()
         stamp = stamp_to_ns(msg.header.stamp)
@@ -584,7 +584,7 @@ class World:
                 next_t = time.monotonic()
 
     def _publish(self) -> None:
-        from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
+        from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg
         from l1flow_ros.perception.geometry import CameraIntrinsics
 
         with self.lock:  # stamped with the state it was read with (see ArmGuard._js_loop)
@@ -623,7 +623,7 @@ class World:
     # -- injections -----------------------------------------------------------------------------
 
     def send_embedding(self, fingerprint: str, dim: int = 32, value: float = 0.5, stamp_ns: int | None = None) -> int:
-        from l1flow_ros.nodes.chunk_conv import embedding_to_msg
+        from l1flow_ros.msgs.chunk_conv import embedding_to_msg
 
         stamp = time.time_ns() if stamp_ns is None else stamp_ns
         msg = embedding_to_msg(np.full(dim, value, np.float32), stamp, fingerprint)
@@ -636,7 +636,7 @@ class World:
                    nan: bool = False, fingerprint: str = "faults:injected") -> None:
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-        from l1flow_ros.nodes.chunk_conv import ns_to_duration, ns_to_stamp
+        from l1flow_ros.msgs.chunk_conv import ns_to_duration, ns_to_stamp
 
         msg = JointTrajectory()
         msg.header.stamp = ns_to_stamp(stamp_ns)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from l1flow_ros.nodes.chunk_conv import (
+from l1flow_ros.msgs.chunk_conv import (
     MessageError,
     chunk_from_msg,
     chunk_to_msg,

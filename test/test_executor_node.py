@@ -115,7 +115,7 @@ class Harness:
         return fut.result()
 
     def chunk(self, t_obs_ns: int, actions, dt: float = 0.1, names=NAMES) -> None:
-        from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+        from l1flow_ros.msgs.chunk_conv import chunk_to_msg
         from l1flow_ros.spec import Chunk
 
         self.chunk_pub.publish(chunk_to_msg(Chunk(t_obs_ns, dt, np.asarray(actions, float), tuple(names))))
@@ -391,7 +391,7 @@ def test_executor_thread_priority(ros_context):
 
 
 def test_joint_trajectory_output_and_tail(make_harness):
-    from l1flow_ros.nodes.chunk_conv import duration_to_ns, stamp_to_ns
+    from l1flow_ros.msgs.chunk_conv import duration_to_ns, stamp_to_ns
 
     h = make_harness(output="joint_trajectory", tail_rate_hz=20.0)
     t0 = started(h)
@@ -554,7 +554,7 @@ class ExecutorProcess:
         from sensor_msgs.msg import JointState
         from std_srvs.srv import SetBool
 
-        from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+        from l1flow_ros.msgs.chunk_conv import chunk_to_msg
         from l1flow_ros.spec import Chunk
 
         assert Harness.wait(lambda: self.proc.poll() is not None or (

@@ -17,7 +17,7 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, spin_nodes, output):
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
-    from l1flow_ros.nodes.chunk_conv import chunk_to_msg
+    from l1flow_ros.msgs.chunk_conv import chunk_to_msg
     from l1flow_ros.nodes.executor_node import ExecutorNode
     from l1flow_ros.nodes.sim_robot_node import SimRobotNode
     from l1flow_ros.spec import Chunk

@@ -106,7 +106,7 @@ class FakePerception:
         self.old_fp, self.fp = self.fp, fp
 
     def _tick(self) -> None:
-        from l1flow_ros.nodes.chunk_conv import embedding_to_msg
+        from l1flow_ros.msgs.chunk_conv import embedding_to_msg
 
         if not self.fp:
             return
@@ -133,7 +133,7 @@ def test_hot_swap_under_flow(older_objects_frozen, ros_context, spin_nodes, bund
     from trajectory_msgs.msg import JointTrajectory
 
     from l1flow_ros.inference.runner import PolicyRunner
-    from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+    from l1flow_ros.msgs.chunk_conv import stamp_to_ns
     from l1flow_ros.nodes.inference_node import InferenceNode
     from l1flow_ros.policy.bundle import read_manifest
 

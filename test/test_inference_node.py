@@ -69,7 +69,7 @@ class Rig:
 
 
 def _emb_msg(e: np.ndarray, stamp_ns: int, fp: str):
-    from l1flow_ros.nodes.chunk_conv import embedding_to_msg
+    from l1flow_ros.msgs.chunk_conv import embedding_to_msg
 
     return embedding_to_msg(e, stamp_ns, fp)
 
@@ -79,7 +79,7 @@ def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_no
     from rclpy.parameter import Parameter
 
     from l1flow_ros.inference.runner import PolicyRunner
-    from l1flow_ros.nodes.chunk_conv import chunk_from_msg
+    from l1flow_ros.msgs.chunk_conv import chunk_from_msg
 
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 5})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -166,7 +166,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     from l1flow_ros.inference.runner import PolicyRunner, Tail
-    from l1flow_ros.nodes.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
+    from l1flow_ros.msgs.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
 
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -205,7 +205,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
 def test_tail_from_msg_reorders_and_rejects():
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from l1flow_ros.nodes.chunk_conv import MessageError, ns_to_duration, ns_to_stamp
+    from l1flow_ros.msgs.chunk_conv import MessageError, ns_to_duration, ns_to_stamp
     from l1flow_ros.nodes.inference_node import tail_from_msg
 
     msg = JointTrajectory()
@@ -235,7 +235,7 @@ def test_onnxruntime_backend_needs_export_then_runs(ros_context, spin_nodes, tmp
 
     from l1flow_ros.inference.export import export_bundle
     from l1flow_ros.inference.runner import PolicyRunner
-    from l1flow_ros.nodes.chunk_conv import chunk_from_msg
+    from l1flow_ros.msgs.chunk_conv import chunk_from_msg
 
     raw, exported = tmp_path / "raw", tmp_path / "exported"
     make_bundle(raw, seed=6)

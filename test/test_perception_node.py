@@ -13,9 +13,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import String
 
-from l1flow_ros.nodes.chunk_conv import embedding_from_msg
-from l1flow_ros.nodes.perception_node import LATCHED_1, RELIABLE_1, RELIABLE_10, PerceptionNode
-from l1flow_ros.nodes.sensor_conv import (
+from l1flow_ros.msgs.chunk_conv import embedding_from_msg
+from l1flow_ros.msgs.sensor_conv import (
     camera_frame_from_msgs,
     camera_info_to_msg,
     image_to_msg,
@@ -23,6 +22,7 @@ from l1flow_ros.nodes.sensor_conv import (
     joint_state_to_msg,
     pointcloud_from_msg,
 )
+from l1flow_ros.nodes.perception_node import LATCHED_1, RELIABLE_1, RELIABLE_10, PerceptionNode
 from l1flow_ros.perception.geometry import CameraIntrinsics, load_calibration
 from l1flow_ros.perception.preprocess import ObservationHistory, RawFrames, frame_step, step_to_model
 
@@ -328,7 +328,7 @@ def test_parameter_validation(rig_factory):
 
 
 def test_point_cloud_input_in_place_of_depth(rig_factory):
-    from l1flow_ros.nodes.sensor_conv import pointcloud_to_msg
+    from l1flow_ros.msgs.sensor_conv import pointcloud_to_msg
     from l1flow_ros.perception.geometry import backproject
 
     rig = rig_factory(cloud_cameras=["side"])

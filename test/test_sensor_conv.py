@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 
-from l1flow_ros.nodes.chunk_conv import MessageError
-from l1flow_ros.nodes.sensor_conv import (
+from l1flow_ros.msgs.chunk_conv import MessageError
+from l1flow_ros.msgs.sensor_conv import (
     camera_info_from_msg,
     camera_info_to_msg,
     color_from_msg,

@@ -13,7 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from l1flow_ros.nodes.chunk_conv import ns_to_stamp
+from l1flow_ros.msgs.chunk_conv import ns_to_stamp
 
 TOPIC = "/diagnostics"
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)

@@ -34,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.graph import config_path, nodes_in_config, parameter_value
 from l1flow_ros.graph.launcher import ProcessGraph
-from l1flow_ros.nodes.chunk_conv import stamp_to_ns
+from l1flow_ros.msgs.chunk_conv import stamp_to_ns
 from l1flow_ros.nodes.composition import call_service
 
 EE = ("ee_x", "ee_y", "ee_z", "gripper")

@@ -99,7 +99,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.control.safety import Limits
 from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
-from l1flow_ros.nodes.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
+from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
 from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.spec import ActionSpec
 

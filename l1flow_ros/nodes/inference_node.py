@@ -55,7 +55,7 @@ from l1flow_ros.inference.checkpoint import CheckpointRejected, validate_checkpo
 from l1flow_ros.inference.hotswap import HeadSwitcher
 from l1flow_ros.inference.latency import LatencyWindow, Latest
 from l1flow_ros.inference.runner import PolicyRunner, Tail
-from l1flow_ros.nodes.chunk_conv import (
+from l1flow_ros.msgs.chunk_conv import (
     MessageError,
     chunk_to_msg,
     duration_to_ns,

@@ -50,15 +50,15 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import String
 
 from l1flow_ros.graph import resolve_path
-from l1flow_ros.nodes.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
-from l1flow_ros.nodes.composition import spin_node
-from l1flow_ros.nodes.diagnostics import Diagnostics
-from l1flow_ros.nodes.sensor_conv import (
+from l1flow_ros.msgs.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
+from l1flow_ros.msgs.sensor_conv import (
     camera_frame_from_msgs,
     camera_info_from_msg,
     joint_state_from_msg,
     pointcloud_to_msg,
 )
+from l1flow_ros.nodes.composition import spin_node
+from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.perception.geometry import PerceptionError, load_calibration
 from l1flow_ros.perception.geometry import warmup as geometry_warmup
 from l1flow_ros.perception.preprocess import (

@@ -39,9 +39,9 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
-from l1flow_ros.nodes.sensor_conv import camera_info_to_msg, image_to_msg
 from l1flow_ros.nodes.stream_reader import StreamReader
 from l1flow_ros.perception.geometry import CameraIntrinsics
 from l1flow_ros.sim.metaworld_env import (

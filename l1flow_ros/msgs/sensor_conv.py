@@ -1,7 +1,7 @@
 """Sensor message <-> array conversions: Image, CameraInfo, PointCloud2, JointState.
 
 Every ``*_from_msg`` either returns valid arrays or raises
-:class:`~l1flow_ros.nodes.chunk_conv.MessageError` with a reason; never another
+:class:`~l1flow_ros.msgs.chunk_conv.MessageError` with a reason; never another
 exception, whatever the message holds (fuzz-tested).
 
 Arrays follow the perception core's conventions: colour (H, W, 3) uint8 RGB,
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 
-from l1flow_ros.nodes.chunk_conv import MessageError, ns_to_stamp, stamp_to_ns
+from l1flow_ros.msgs.chunk_conv import MessageError, ns_to_stamp, stamp_to_ns
 from l1flow_ros.perception.geometry import CameraIntrinsics, PerceptionError
 from l1flow_ros.perception.preprocess import CameraFrame
 
