@@ -11,12 +11,15 @@ from collections.abc import Mapping
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from l1flow_ros.msgs.chunk_conv import ns_to_stamp
+from l1flow_ros.nodes.qos import RELIABLE_10 as QOS
 
 TOPIC = "/diagnostics"
-QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# How long a node keeps reporting an error after the last bad input (a message it rejected,
+# a failed render or inference): long enough that a 1 Hz diagnostics reader sees it, short
+# enough that recovery shows within two readings. Every node uses this one window.
+ERROR_HOLD_S = 2.0
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 
