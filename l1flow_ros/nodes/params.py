@@ -1,7 +1,7 @@
 """One way to give a node its parameters: from its frozen config dataclass.
 
 A node's configuration is a frozen dataclass (ROS-free, next to the engine it configures);
-each field is declared with :func:`param`, which holds its default, its description and
+each field is declared with :func:`l1flow_ros.config.param`, which holds its default, its description and
 whether it may change while the node runs. :func:`declare` declares every field as a ROS
 parameter and returns the validated config; :class:`LiveParameters` takes live changes:
 
@@ -45,8 +45,6 @@ The conventions, the same for every node:
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -54,90 +52,15 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from l1flow_ros.config import ParameterError, coerce, param, type_name, validated, with_changes
 
-class ParameterError(ValueError):
-    """A parameter file or a set of values a config cannot be built from; the message names
-    every parameter at fault."""
-
-
-def param(default: Any, description: str, *, live: bool = False) -> Any:
-    """A config field: its default, a one-line description, and whether it may change live."""
-    if isinstance(default, list):
-        default = tuple(default)
-    return dataclasses.field(default=default, metadata={"description": description, "live": live})
-
-
-_SCALARS = {str: "string", bool: "bool", int: "integer", float: "double"}
-
-
-def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
-    """(element type, is_array) of a config field from its annotation."""
-    hint = typing.get_type_hints(cls)[f.name]
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS and args[0] is not bool:
-            return args[0], True
-    elif hint in _SCALARS:
-        return hint, False
-    raise TypeError(f"{cls.__name__}.{f.name}: unsupported parameter type {hint!r}")
-
-
-def type_name(cls: type, f: dataclasses.Field) -> str:
-    elem, array = _field_type(cls, f)
-    return _SCALARS[elem] + ("[]" if array else "")
-
-
-def _coerce_scalar(elem: type, value: Any) -> Any:
-    if elem is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if elem is bool:
-        ok = isinstance(value, bool)
-    elif elem is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, elem)
-    if not ok:
-        raise TypeError
-    if elem is float and math.isnan(value):
-        return value  # validate() decides whether NaN means anything
-    return value
-
-
-def coerce(cls: type, f: dataclasses.Field, value: Any) -> Any:
-    """The field's value from a ROS parameter value; TypeError with the reason when it does not fit."""
-    elem, array = _field_type(cls, f)
-    want = type_name(cls, f)
-    if array:
-        if value is None:  # "[]" in a parameter file: ROS has no type for it
-            return ()
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError(f"{f.name}: expected {want}, got {value!r}")
-        items = list(value)
-        if elem is str and items == [""]:
-            return ()
-        try:
-            return tuple(_coerce_scalar(elem, v) for v in items)
-        except TypeError:
-            raise TypeError(f"{f.name}: expected {want}, got {items!r}") from None
-    if value is None:
-        raise TypeError(f"{f.name}: expected {want}, got no value")
-    try:
-        return _coerce_scalar(elem, value)
-    except TypeError:
-        raise TypeError(f"{f.name}: expected {want}, got {value!r}") from None
+__all__ = ["LiveParameters", "ParameterError", "declare", "param"]
 
 
 def _to_ros(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value) if value else None  # an empty array is "not set" to ROS
     return value
-
-
-def _validated(cfg: Any) -> Any:
-    validate = getattr(cfg, "validate", None)
-    if validate is not None:
-        validate()
-    return cfg
 
 
 def declare(node: Node, cls: type) -> Any:
@@ -159,34 +82,9 @@ def declare(node: Node, cls: type) -> Any:
     if errors:
         raise ParameterError(f"{node.get_name()}: bad parameters: " + "; ".join(errors))
     try:
-        return _validated(cls(**values))
+        return validated(cls(**values))
     except (ValueError, TypeError) as e:
         raise ParameterError(f"{node.get_name()}: {e}") from None
-
-
-def with_changes(cfg: Any, params: list[Parameter]) -> Any:
-    """``cfg`` with ``params`` applied, validated; ValueError (unknown, read-only, mistyped or
-    invalid) with the reason. Parameters not of the config (rclpy's own, such as
-    ``use_sim_time``) are ignored."""
-    cls = type(cfg)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    changes = {}
-    for p in params:
-        f = fields.get(p.name)
-        if f is None:
-            continue
-        if not f.metadata.get("live", False):
-            raise ValueError(f"{p.name} is fixed at start; restart the node to change it")
-        try:
-            changes[p.name] = coerce(cls, f, p.value)
-        except TypeError as e:
-            raise ValueError(str(e)) from None
-    if not changes:
-        return cfg
-    try:
-        return _validated(dataclasses.replace(cfg, **changes))
-    except TypeError as e:
-        raise ValueError(str(e)) from None
 
 
 class LiveParameters:
@@ -206,7 +104,7 @@ class LiveParameters:
 
     def _check(self, params: list[Parameter]) -> SetParametersResult:
         try:
-            self._pending = with_changes(self._node.cfg, params)
+            self._pending = with_changes(self._node.cfg, {p.name: p.value for p in params})
         except ValueError as e:
             self._pending = None
             return SetParametersResult(successful=False, reason=str(e))
