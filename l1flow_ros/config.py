@@ -20,11 +20,21 @@ class ParameterError(ValueError):
     every parameter at fault."""
 
 
-def param(default: Any, description: str, *, live: bool = False) -> Any:
-    """A config field: its default, a one-line description, and whether it may change live."""
+def param(default: Any, description: str, *, live: bool = False, name: str | None = None) -> Any:
+    """A config field: its default, a one-line description, and whether it may change live.
+    ``name``: the ROS parameter's name when it is not the field's, for grouped parameters
+    (``joy_axes`` declared as ``joy.axes``: a field name cannot hold a dot)."""
     if isinstance(default, list):
         default = tuple(default)
-    return dataclasses.field(default=default, metadata={"description": description, "live": live})
+    metadata = {"description": description, "live": live}
+    if name is not None:
+        metadata["name"] = name
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def param_name(f: dataclasses.Field) -> str:
+    """The ROS parameter name of a config field."""
+    return f.metadata.get("name", f.name)
 
 
 _SCALARS = {str: "string", bool: "bool", int: "integer", float: "double"}
@@ -66,25 +76,25 @@ def _coerce_scalar(elem: type, value: Any) -> Any:
 def coerce(cls: type, f: dataclasses.Field, value: Any) -> Any:
     """The field's value from a ROS parameter value; TypeError with the reason when it does not fit."""
     elem, array = _field_type(cls, f)
-    want = type_name(cls, f)
+    want, name = type_name(cls, f), param_name(f)
     if array:
         if value is None:  # "[]" in a parameter file: ROS has no type for it
             return ()
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError(f"{f.name}: expected {want}, got {value!r}")
+            raise TypeError(f"{name}: expected {want}, got {value!r}")
         items = list(value)
         if elem is str and items == [""]:
             return ()
         try:
             return tuple(_coerce_scalar(elem, v) for v in items)
         except TypeError:
-            raise TypeError(f"{f.name}: expected {want}, got {items!r}") from None
+            raise TypeError(f"{name}: expected {want}, got {items!r}") from None
     if value is None:
-        raise TypeError(f"{f.name}: expected {want}, got no value")
+        raise TypeError(f"{name}: expected {want}, got no value")
     try:
         return _coerce_scalar(elem, value)
     except TypeError:
-        raise TypeError(f"{f.name}: expected {want}, got {value!r}") from None
+        raise TypeError(f"{name}: expected {want}, got {value!r}") from None
 
 
 def validated(cfg: Any) -> Any:
@@ -100,7 +110,7 @@ def with_changes(cfg: Any, changes: dict[str, Any]) -> Any:
     (read-only, mistyped or invalid) with the reason. Names not of the config (rclpy's own
     parameters, such as ``use_sim_time``) are ignored."""
     cls = type(cfg)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {param_name(f): f for f in dataclasses.fields(cls)}
     coerced = {}
     for name, value in changes.items():
         f = fields.get(name)
@@ -109,7 +119,7 @@ def with_changes(cfg: Any, changes: dict[str, Any]) -> Any:
         if not f.metadata.get("live", False):
             raise ValueError(f"{name} is fixed at start; restart the node to change it")
         try:
-            coerced[name] = coerce(cls, f, value)
+            coerced[f.name] = coerce(cls, f, value)
         except TypeError as e:
             raise ValueError(str(e)) from None
     if not coerced:

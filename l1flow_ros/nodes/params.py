@@ -31,6 +31,8 @@ The conventions, the same for every node:
   an error naming the parameter, the type it wants and the value it got.
 - **Empty lists**: ``[]`` in a parameter file (which ROS reads as "not set") and ``[""]``
   (the form ROS tools write) both mean an empty tuple.
+- **Grouped names** such as ``joy.axes`` (a field name cannot hold a dot): a field
+  ``joy_axes`` declared with ``param(..., name="joy.axes")``; messages use the ROS name.
 - **Read-only** unless ``live=True``: the descriptor says so, and ROS itself refuses to set
   it while the node runs.
 - **Validation** is the dataclass's ``validate()`` (a ``ValueError``), the one place for it:
@@ -52,7 +54,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from l1flow_ros.config import ParameterError, coerce, param, type_name, validated, with_changes
+from l1flow_ros.config import ParameterError, coerce, param, param_name, type_name, validated, with_changes
 
 __all__ = ["LiveParameters", "ParameterError", "declare", "param"]
 
@@ -74,7 +76,7 @@ def declare(node: Node, cls: type) -> Any:
             read_only=not f.metadata.get("live", False),
             dynamic_typing=True,
         )
-        value = node.declare_parameter(f.name, _to_ros(f.default), desc).value
+        value = node.declare_parameter(param_name(f), _to_ros(f.default), desc).value
         try:
             values[f.name] = coerce(cls, f, value)
         except TypeError as e:
