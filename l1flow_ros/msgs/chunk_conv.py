@@ -1,10 +1,12 @@
-"""Conversions for the policy's own messages: embeddings and action chunks.
+"""Conversions for the policy's own messages: embeddings, action chunks and commands.
 
 Contract (../DESIGN.md):
 - embedding: sensor_msgs/Image, encoding 32FC1, height 1, width D;
   header.stamp = observation time; header.frame_id = checkpoint fingerprint.
 - action chunk: trajectory_msgs/JointTrajectory; header.stamp = observation time;
   point k has time_from_start = (k + 1) * dt; joint_names = action dimension names.
+- command (what teleoperation sends the arm controller, recorded in episodes):
+  std_msgs/Float64MultiArray (values in action order) or JointTrajectory (its first point).
 
 Every ``*_from_msg`` either returns valid finite arrays or raises
 :class:`MessageError` with a reason; never another exception.
@@ -12,11 +14,15 @@ Every ``*_from_msg`` either returns valid finite arrays or raises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from l1flow_ros.msgs.stamps import split_ns, stamp_to_ns
 from l1flow_ros.spec import Chunk
 
 
@@ -24,24 +30,25 @@ class MessageError(ValueError):
     """A message that cannot be turned into valid model data; the text says why."""
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+# Time / Duration messages; the arithmetic itself is in l1flow_ros.msgs.stamps (stamp_to_ns is
+# imported from there and used by every caller of this module).
 
 
 def ns_to_stamp(ns: int) -> Time:
     ns = int(ns)
     if ns < 0:
         raise MessageError(f"negative time {ns} ns")
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    sec, nanosec = split_ns(ns)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def ns_to_duration(ns: int) -> Duration:
-    ns = int(ns)
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    sec, nanosec = split_ns(ns)
+    return Duration(sec=sec, nanosec=nanosec)
 
 
 def duration_to_ns(d: Duration) -> int:
-    return int(d.sec) * 1_000_000_000 + int(d.nanosec)
+    return stamp_to_ns(d)  # Duration has the same (sec, nanosec) fields as Time
 
 
 def embedding_to_msg(embedding: np.ndarray, stamp_ns: int, fingerprint: str) -> Image:
@@ -139,3 +146,30 @@ def chunk_from_msg(msg: JointTrajectory, expected_names: tuple[str, ...] | None 
         names=names,
         fingerprint=msg.header.frame_id,
     )
+
+
+def command_from_msg(msg: Any, names: Sequence[str]) -> np.ndarray:
+    """Controller command -> (A,) float64 in ``names`` order (dataset building's actions).
+
+    Float64MultiArray: its values, which must be as many as ``names``; JointTrajectory
+    (any object with ``points`` and ``joint_names``, e.g. decoded from MCAP): the first
+    point's positions picked by name (extra joints ignored).
+    """
+    if hasattr(msg, "points") and hasattr(msg, "joint_names"):
+        if not msg.points:
+            raise MessageError("trajectory command has no points")
+        idx = {n: i for i, n in enumerate(msg.joint_names)}
+        missing = [n for n in names if n not in idx]
+        if missing:
+            raise MessageError(f"trajectory command lacks joints {missing}")
+        pos = list(msg.points[0].positions)
+        if len(pos) != len(msg.joint_names):
+            raise MessageError(f"trajectory command point has {len(pos)} positions for {len(msg.joint_names)} names")
+        a = np.array([pos[idx[n]] for n in names], dtype=np.float64)
+    else:
+        a = np.asarray(list(msg.data), dtype=np.float64)
+        if a.shape != (len(names),):
+            raise MessageError(f"command has {a.size} values for {len(names)} action names")
+    if not np.all(np.isfinite(a)):
+        raise MessageError("command has NaN or inf")
+    return a

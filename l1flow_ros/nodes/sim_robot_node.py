@@ -40,6 +40,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg
+from l1flow_ros.msgs.stamps import split_ns, stamp_to_ns
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
 from l1flow_ros.nodes.stream_reader import StreamReader
@@ -240,8 +241,8 @@ class SimRobotNode(Node):
             self._reject(f"/ee_delta_controller/commands: {e}")
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
-        start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        tfs = [int(p.time_from_start.sec) * 1_000_000_000 + int(p.time_from_start.nanosec) for p in msg.points]
+        start = stamp_to_ns(msg.header.stamp)
+        tfs = [stamp_to_ns(p.time_from_start) for p in msg.points]
         try:
             with self._lock:
                 self._trajectory.set(msg.joint_names, start, tfs, [p.positions for p in msg.points],
@@ -290,7 +291,7 @@ class SimRobotNode(Node):
                     snapshot = self._take_snapshot()
             self._n_steps += 1
             try:
-                js.header.stamp.sec, js.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                js.header.stamp.sec, js.header.stamp.nanosec = split_ns(stamp)
                 js.position = q.tolist()
                 js.velocity = qd.tolist()
                 self._pub_js.publish(js)

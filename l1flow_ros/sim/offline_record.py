@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from l1flow_ros.data.mcap_io import EpisodeWriter
+from l1flow_ros.msgs.stamps import split_ns
 from l1flow_ros.sim.metaworld_env import (
     JOINT_NAMES,
     MetaWorldSim,
@@ -25,7 +26,8 @@ from l1flow_ros.sim.metaworld_env import (
 
 
 def _header(stamp_ns: int, frame_id: str = "") -> dict[str, Any]:
-    return {"stamp": {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000}, "frame_id": frame_id}
+    sec, nanosec = split_ns(stamp_ns)
+    return {"stamp": {"sec": sec, "nanosec": nanosec}, "frame_id": frame_id}
 
 
 def _image(img: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> dict[str, Any]:
