@@ -22,6 +22,7 @@ from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from l1flow_ros.inference.runner import Tail
 from l1flow_ros.msgs.stamps import split_ns, stamp_to_ns
 from l1flow_ros.spec import Chunk
 
@@ -173,3 +174,25 @@ def command_from_msg(msg: Any, names: Sequence[str]) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise MessageError("command has NaN or inf")
     return a
+
+
+def tail_from_msg(msg: JointTrajectory, names: tuple[str, ...]) -> Tail:
+    """Executor tail (its unexecuted plan: point k due at header.stamp + time_from_start)
+    -> :class:`~l1flow_ros.inference.runner.Tail` with columns in ``names`` order."""
+    if not msg.points:
+        raise MessageError("tail has no points")
+    got = tuple(msg.joint_names)
+    if set(got) != set(names) or len(got) != len(names):
+        raise MessageError(f"tail joints {list(got)} are not the policy's {list(names)}")
+    order = [got.index(n) for n in names]
+    t0 = stamp_to_ns(msg.header.stamp)
+    times, rows = [], []
+    for k, p in enumerate(msg.points):
+        if len(p.positions) != len(got):
+            raise MessageError(f"tail point {k} has {len(p.positions)} positions for {len(got)} joints")
+        times.append(t0 + duration_to_ns(p.time_from_start))
+        rows.append([p.positions[i] for i in order])
+    try:
+        return Tail(np.asarray(times, np.int64), np.asarray(rows, np.float64))  # (K,), (K, A)
+    except ValueError as e:  # not increasing, NaN / inf
+        raise MessageError(f"tail: {e}") from e
