@@ -5,10 +5,10 @@ discovery, so parallel runs (and other sessions on the machine) never hear each
 other. This must happen before rclpy is imported anywhere.
 
 Nodes that a test composes in its own process are spun the way the package composes them
-(:func:`l1flow_ros.nodes.composition.make_executor`: one executor per node, each on its own
-thread; test_executor_starvation.py shows it delivering every message where rclpy's stock
-MultiThreadedExecutor starves): through the ``spin_nodes`` fixture, never an executor of the
-test's own. ``from conftest import ...``: :func:`wait_for`, the one polling helper;
+(:class:`l1flow_ros.nodes.composition.Composition`, whose ``make_executor`` gives each node an
+executor on its own thread; test_executor_starvation.py shows it delivering every message
+where rclpy's stock MultiThreadedExecutor starves): through the ``spin_nodes`` fixture, never
+an executor of the test's own. ``from conftest import ...``: :func:`wait_for`, the one polling helper;
 :func:`matched`, what a test waits for before its first message that counts; :class:`Calls`,
 how it knows that a node has handled something.
 """
@@ -24,7 +24,6 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 # stall for minutes when the cores are busy with other work (seen on a loaded 2-core machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import threading
 import time
 
 import pytest
@@ -115,52 +114,26 @@ class Calls:
         entity.callback = counted
 
 
-class Spinning:
-    """``nodes`` spun by ``make_executor(nodes, context)`` on a thread; :meth:`close` stops
-    every spin loop, then closes and destroys the nodes (``destroy_nodes``). A callback that
-    raised while spinning is raised again by :meth:`close`."""
-
-    def __init__(self, nodes, context) -> None:
-        from l1flow_ros.nodes.composition import make_executor
-
-        self.nodes = list(nodes)
-        self.executor = make_executor(self.nodes, context)
-        self.error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._spin, name="spin_nodes", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except BaseException as e:  # handed to the test by close()
-            self.error = e
-
-    def close(self) -> None:
-        """Idempotent: a test that checks what the nodes left behind closes them itself."""
-        if self._closed:
-            return
-        self._closed = True
-        from l1flow_ros.nodes.composition import destroy_nodes
-
-        stopped = self.executor.shutdown(timeout_sec=10.0)
-        self._thread.join(timeout=10.0)
-        destroy_nodes(self.nodes)
-        assert stopped and not self._thread.is_alive(), "the spin loops did not stop"
-        if self.error is not None:
-            raise self.error
-
-
 @pytest.fixture
 def spin_nodes(ros_context):
-    """``spin_nodes(*nodes)`` -> :class:`Spinning`: the nodes (made in ``ros_context``) spun
-    as the package composes nodes; closed and destroyed after the test (before the context
-    shuts down) unless the test closed them already."""
-    spun: list[Spinning] = []
+    """``spin_nodes(*nodes)`` -> a :class:`~l1flow_ros.nodes.composition.Composition` in
+    ``ros_context`` spinning the nodes as the package composes nodes; closed after the test
+    (its nodes closed and destroyed before the context shuts down) unless the test closed it
+    already (a test that checks what the nodes left behind). Closing raises a callback's error
+    and fails when the spin loops did not stop."""
+    from l1flow_ros.nodes.composition import Composition
 
-    def spin(*nodes) -> Spinning:
-        s = Spinning(nodes, ros_context)
+    class Spun(Composition):
+        def close(self, timeout: float = 10.0) -> bool:
+            assert super().close(timeout), "the spin loops did not stop"
+            return True
+
+    spun: list[Spun] = []
+
+    def spin(*nodes) -> Spun:
+        s = Spun(context=ros_context).start()
         spun.append(s)
+        s.add(*nodes)
         return s
 
     yield spin

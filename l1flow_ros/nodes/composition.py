@@ -4,6 +4,11 @@ The same parameter file a launch file would pass to each node is passed here onc
 ``--params-file``: each node reads its own section. Lifecycle nodes are configured and
 activated in file order, as a launch file with lifecycle event handlers would do.
 
+:class:`Composition` is the one bring-up and teardown of nodes in a process (a context, the
+nodes' executors on a thread, the teardown in its safe order): for the probes of the tools
+that drive a graph from outside (evaluation, recording, the fault harness, the launcher), for
+``l1flow eval --one-process``, the benches and the tests' ``spin_nodes`` fixture.
+
 Executors: :func:`make_executor` (nodes composed in one process) and :func:`spin_node` (a
 node's own process) both take each node's executor from :func:`executor_for`, the one place
 that chooses it:
@@ -257,6 +262,95 @@ def start_nodes(context, names: list[str], overrides: list[str] = ()) -> list:
                 if ret != TransitionCallbackReturn.SUCCESS:
                     raise RuntimeError(f"{name}: lifecycle transition {step.__name__} failed")
     return nodes
+
+
+class Composition:
+    """Nodes in this process, brought up and torn down the one way every tool and test does it.
+
+    ``with Composition(args=[...]) as c:`` initialises an rclpy context of its own (``args``: the
+    ROS arguments its nodes read, e.g. ``["--ros-args", "--params-file", path]``), or uses the
+    caller's ``context`` (left running at the end); nodes made in ``c.context`` and handed to
+    :meth:`add`, or started by name with :meth:`start_nodes`, are spun by :func:`make_executor`
+    (one executor per node, each on a thread of its own) as soon as they are added. Leaving the
+    block (or :meth:`close`): every spin loop stops and is joined, then each node is closed
+    (where it has ``close``) and destroyed in the order it was added, then the own context shuts
+    down; so no callback runs on a destroyed node. A callback that raised while spinning stops
+    the spinning (:meth:`alive` turns false, :meth:`check` raises) and is raised again by
+    :meth:`close`.
+    """
+
+    def __init__(self, args: list[str] | None = None, context=None) -> None:
+        self._own_context = context is None
+        self.context = rclpy.Context() if context is None else context
+        self._args = list(args or [])
+        self.nodes: list = []
+        self.executor: NodeExecutors | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> Composition:
+        if self._own_context:
+            rclpy.init(args=self._args, context=self.context)
+        self.executor = make_executor([], self.context)
+        self._thread = threading.Thread(target=self._spin, name="composition_spin", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except BaseException as e:  # a callback raised: close() raises it again
+            self.error = e
+
+    def add(self, *nodes) -> None:
+        """Spin ``nodes`` (made in :attr:`context`) from now on; they are destroyed at close."""
+        for n in nodes:
+            self.nodes.append(n)
+            self.executor.add_node(n)
+
+    def start_nodes(self, names: list[str], overrides: list[str] = ()) -> list:
+        """The graph's nodes by name (:func:`start_nodes`: lifecycle nodes configured and
+        activated before they spin), spun from now on."""
+        nodes = start_nodes(self.context, names, overrides)
+        self.add(*nodes)
+        return nodes
+
+    def alive(self) -> bool:
+        """Still spinning: not closed, no callback raised, the context not shut down."""
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    def check(self) -> None:
+        """RuntimeError when the nodes no longer spin (the callback's error as its cause)."""
+        if not self.alive():
+            raise RuntimeError("the composed nodes' executor stopped") from self.error
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop and join the spin loops, close and destroy the nodes, shut the own context
+        down; whether the loops stopped within ``timeout`` s. Idempotent."""
+        if self._closed:
+            return True
+        self._closed = True
+        stopped = True
+        if self.executor is not None:
+            stopped = self.executor.shutdown(timeout_sec=timeout)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+            stopped = stopped and not self._thread.is_alive()
+        try:
+            destroy_nodes(self.nodes)
+        finally:
+            if self._own_context:
+                self.context.try_shutdown()
+        if self.error is not None:
+            raise self.error
+        return stopped
+
+    def __enter__(self) -> Composition:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _ignore_stop_signals() -> None:
