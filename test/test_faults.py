@@ -1,4 +1,4 @@
-"""The fault suite (l1flow_ros.faults) over real rclpy: the real perception, inference and
+"""The fault suite (l1flow_ros.graph.faults) over real rclpy: the real perception, inference and
 executor nodes on one shared graph, one OS process per node (as ``ros2 launch`` starts
 them), each fault injected, watched, cleared; the harness reads only what the nodes publish.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from l1flow_ros import faults
+from l1flow_ros.graph import faults
 
 
 @pytest.fixture(scope="module")

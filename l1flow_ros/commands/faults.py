@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from l1flow_ros import faults
+    from l1flow_ros.graph import faults
 
     if args.list:
         for c in faults.CASES:
