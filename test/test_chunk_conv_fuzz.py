@@ -1,7 +1,9 @@
-"""Fuzzing the policy's message conversions: any JointTrajectory / embedding Image gives valid
-arrays or a MessageError with a reason, never another exception."""
+"""Fuzzing the policy's message conversions: any JointTrajectory / embedding Image / controller
+command gives valid arrays or a MessageError with a reason, never another exception; stamp
+arithmetic (msgs/stamps.py) against an independent oracle."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,15 +11,21 @@ from builtin_interfaces.msg import Duration, Time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import Image
+from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.msgs.chunk_conv import (
     MessageError,
     chunk_from_msg,
     chunk_to_msg,
+    command_from_msg,
+    duration_to_ns,
     embedding_from_msg,
     embedding_to_msg,
+    ns_to_duration,
+    ns_to_stamp,
 )
+from l1flow_ros.msgs.stamps import header_stamp_ns, split_ns, stamp_to_ns
 from l1flow_ros.spec import Chunk
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -142,3 +150,69 @@ def test_embedding_round_trip(d, seed, t):
 def test_negative_observation_time_cannot_be_sent():
     with pytest.raises(MessageError):
         chunk_to_msg(Chunk(t_obs_ns=-1, dt=0.1, actions=np.zeros((2, 1)), names=("a",)))
+
+
+# ----------------------------------------------------------------------------- stamps
+
+
+@FUZZ
+@given(ns=st.integers(-(2**62), 2**62))
+def test_stamp_arithmetic_round_trips(ns):
+    sec, nanosec = split_ns(ns)
+    assert 0 <= nanosec < 10**9 and sec * 10**9 + nanosec == ns
+    assert stamp_to_ns(SimpleNamespace(sec=sec, nanosec=nanosec)) == ns  # duck-typed: MCAP-decoded
+    if -(2**31) <= sec < 2**31:  # what fits the messages' int32 sec
+        d = ns_to_duration(ns)
+        assert (d.sec, d.nanosec) == (sec, nanosec) and duration_to_ns(d) == ns
+        if ns >= 0:
+            t = ns_to_stamp(ns)
+            assert (t.sec, t.nanosec) == (sec, nanosec) and stamp_to_ns(t) == ns
+
+
+def test_unnormalised_nanosec_and_header_fallback():
+    # nanosec >= 1e9 is not normalised by senders in the wild; it still counts as nanoseconds.
+    assert stamp_to_ns(Time(sec=1, nanosec=1_500_000_000)) == 2_500_000_000
+    stamped = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=3, nanosec=7)))
+    assert header_stamp_ns(stamped, fallback=99) == 3_000_000_007
+    unstamped = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0)))
+    assert header_stamp_ns(unstamped, fallback=99) == 99  # never stamped: the receive time stands in
+    assert header_stamp_ns(Float64MultiArray(), fallback=42) == 42  # no header at all
+    with pytest.raises(MessageError):
+        ns_to_stamp(-1)
+
+
+# ----------------------------------------------------------------------------- controller commands
+
+
+def test_command_from_array_and_trajectory():
+    np.testing.assert_array_equal(command_from_msg(Float64MultiArray(data=[1.0, 2.0]), ("a", "b")), [1.0, 2.0])
+    traj = JointTrajectory(joint_names=["b", "x", "a"])
+    traj.points = [JointTrajectoryPoint(positions=[2.0, 9.0, 1.0]), JointTrajectoryPoint(positions=[5.0, 5.0, 5.0])]
+    np.testing.assert_array_equal(command_from_msg(traj, ("a", "b")), [1.0, 2.0])  # first point, by name
+    for bad in (Float64MultiArray(data=[1.0]), Float64MultiArray(data=[1.0, math.nan]),
+                JointTrajectory(joint_names=["a", "b"]), JointTrajectory(joint_names=["a"], points=[traj.points[0]]),
+                JointTrajectory(joint_names=["a", "a", "b"], points=[traj.points[0]])):
+        with pytest.raises(MessageError):
+            command_from_msg(bad, ("a", "b"))
+
+
+@FUZZ
+@given(
+    use_traj=st.booleans(),
+    joint_names=names,
+    rows=st.lists(st.lists(st.one_of(floats, st.floats(-2, 2)), max_size=6), max_size=3),
+    expected=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+)
+def test_any_command_gives_a_valid_action_or_message_error(use_traj, joint_names, rows, expected):
+    if use_traj:
+        msg = JointTrajectory(joint_names=joint_names, points=[JointTrajectoryPoint(positions=r) for r in rows])
+    else:
+        msg = Float64MultiArray(data=rows[0] if rows else [])
+    try:
+        a = command_from_msg(msg, tuple(expected))
+    except MessageError as e:
+        assert str(e)
+        return
+    assert a.dtype == np.float64 and a.shape == (len(expected),) and np.all(np.isfinite(a))
+    if use_traj:
+        assert a.tolist() == [rows[0][joint_names.index(n)] for n in expected]

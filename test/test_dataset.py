@@ -11,7 +11,8 @@ from l1flow_ros.data.dataset_build import (
     load_episode,
     sim_dataset_config,
 )
-from l1flow_ros.data.mcap_io import read_messages
+from l1flow_ros.data.mcap_io import EpisodeWriter, read_messages
+from l1flow_ros.msgs.stamps import stamp_to_ns
 from l1flow_ros.perception.images import resize_rgb, to_chw
 from l1flow_ros.sim.metaworld_env import MetaWorldSim, SimConfig
 from l1flow_ros.sim.offline_record import record_expert_episode
@@ -46,10 +47,9 @@ def test_episode_steps_are_synchronised_at_dt(episodes):
     np.testing.assert_array_equal(np.diff(ep.stamps_ns), int(round(cfg.action.dt * 1e9)))
     # Independent re-derivation from the raw messages.
     cmds = [(m.log_time_ns, np.array(m.msg.data)) for m in read_messages(path, ["/forward_position_controller/commands"])]
-    js = [(m.msg.header.stamp.sec * 10**9 + m.msg.header.stamp.nanosec, np.array(m.msg.position[:4]))
+    js = [(stamp_to_ns(m.msg.header.stamp), np.array(m.msg.position[:4]))
           for m in read_messages(path, ["/joint_states"])]
-    imgs = [(m.msg.header.stamp.sec * 10**9 + m.msg.header.stamp.nanosec, m.msg)
-            for m in read_messages(path, ["/corner/color/image_raw"])]
+    imgs = [(stamp_to_ns(m.msg.header.stamp), m.msg) for m in read_messages(path, ["/corner/color/image_raw"])]
     dt_ns = int(round(cfg.action.dt * 1e9))
     assert ep.stamps_ns[0] >= cmds[0][0] - dt_ns
     for k, t in enumerate(ep.stamps_ns):
@@ -116,3 +116,111 @@ def test_cli_dataset_build_info_and_config(episodes, tmp_path, capsys):
     assert (out / "zarr.json").exists()
     assert main(["dataset", "info", str(episodes)]) == 0
     assert main(["dataset", "build", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 1
+
+
+# ----------------------------------------------------------------------------- no training/serving skew
+
+
+def _padded_image(a: np.ndarray, encoding: str, big_endian: bool, pad: int, stamp_ns: int, rng):
+    """(H, W[, 3]) array -> Image with ``pad`` junk bytes after each row, in the given byte order."""
+    from sensor_msgs.msg import Image
+
+    from l1flow_ros.msgs.chunk_conv import ns_to_stamp
+
+    px = np.ascontiguousarray(a[:, :, ::-1] if encoding == "bgr8" else a)
+    if px.dtype.itemsize > 1:
+        px = px.astype(px.dtype.newbyteorder(">" if big_endian else "<"))
+    rows = np.concatenate([px.view(np.uint8).reshape(a.shape[0], -1),
+                           rng.integers(0, 256, (a.shape[0], pad), dtype=np.uint8)], axis=1)
+    msg = Image(height=a.shape[0], width=a.shape[1], encoding=encoding, is_bigendian=int(big_endian),
+                step=rows.shape[1], data=rows.tobytes())
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    return msg
+
+
+def test_recorded_episode_equals_live_decoding(tmp_path):
+    """No training/serving skew: the same message bytes, (1) recorded in an MCAP episode -> dataset
+    building -> zarr store, and (2) received live -> the l1flow_ros.msgs decoders -> perception's
+    frame_step (the node's path), give identical arrays. The messages use the layouts a decoder gets
+    wrong: bgr8 with row padding, big-endian 16UC1 depth with padding, 32FC1 with NaN holes, a 4:3
+    image cropped to the model's 1:1, a stamp with both sec and nanosec, extra and reordered joints."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Float64MultiArray
+
+    from l1flow_ros.data.store import StoreWriter, open_store
+    from l1flow_ros.msgs.sensor_conv import (
+        camera_frame_from_msgs,
+        camera_info_to_msg,
+        joint_state_from_msg,
+        joint_state_to_msg,
+    )
+    from l1flow_ros.perception.geometry import CameraIntrinsics, parse_calibration
+    from l1flow_ros.perception.preprocess import RawFrames, frame_step
+    from l1flow_ros.spec import ActionSpec, ObservationSpec
+
+    rng = np.random.default_rng(3)
+    H, W = 30, 40
+    intr = CameraIntrinsics(35.0, 35.0, 19.5, 14.5, W, H)
+    down = [1.0, 0.0, 0.0, 0.0]  # x y z w: optical axis pointing down at the table
+    calib = {"cameras": {"a": {"translation": [0.0, 0.0, 1.0], "rotation": down},
+                         "b": {"translation": [0.2, 0.0, 1.0], "rotation": down}}}
+    spec = ObservationSpec(cameras=("a", "b"), image_size=(16, 16), num_points=64, proprio_names=("j2", "j0"),
+                           workspace=(-3, 3, -3, 3, -3, 3), depth_range=(0.1, 3.0), n_obs_steps=2)
+    act = ActionSpec(names=("j0", "j2"), horizon=4, n_action_steps=2, dt=0.1)
+    dt_ns, s0 = 100_000_000, 1_700_000_000_123_456_789
+
+    def frame(stamp: int) -> tuple[dict, dict]:
+        """The messages of one instant, and the arrays they encode."""
+        truth = {"a/color": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+                 "b/color": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+                 "a/depth": rng.integers(500, 2500, (H, W)).astype(np.uint16),  # mm
+                 "b/depth": rng.uniform(0.5, 2.5, (H, W)).astype(np.float32)}  # m
+        truth["a/depth"][::7, ::5] = 0
+        truth["b/depth"][::6, ::4] = np.nan
+        msgs = {
+            "/a/color/image_raw": _padded_image(truth["a/color"], "bgr8", False, 5, stamp, rng),
+            "/a/aligned_depth_to_color/image_raw": _padded_image(truth["a/depth"], "16UC1", True, 6, stamp, rng),
+            "/b/color/image_raw": _padded_image(truth["b/color"], "rgb8", False, 0, stamp, rng),
+            "/b/aligned_depth_to_color/image_raw": _padded_image(truth["b/depth"], "32FC1", False, 4, stamp, rng),
+            "/a/color/camera_info": camera_info_to_msg(intr, stamp, "a"),
+            "/b/color/camera_info": camera_info_to_msg(intr, stamp, "b"),
+            "/joint_states": joint_state_to_msg(["j0", "extra", "j2", "j1"], rng.normal(size=4), stamp),
+        }
+        return msgs, truth
+
+    sent = [(s0 + k * dt_ns, *frame(s0 + k * dt_ns)) for k in range(3)]
+
+    # (1) Recorded: the CDR bytes a raw subscription hands the recorder node.
+    path = tmp_path / "ep.mcap"
+    w = EpisodeWriter(path)
+    for stamp, msgs, _ in sent:
+        for topic, msg in msgs.items():
+            kind = {"image_raw": "Image", "camera_info": "CameraInfo", "joint_states": "JointState"}
+            w.write_raw(topic, f"sensor_msgs/msg/{kind[topic.rsplit('/', 1)[1]]}", serialize_message(msg), stamp)
+        w.write_raw("/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray",
+                    serialize_message(Float64MultiArray(data=[0.1, 0.2])), stamp)
+    w.close(success=True, calibration=calib)
+    ep = load_episode(path, DatasetConfig(observation=spec, action=act))
+    with StoreWriter(tmp_path / "s.zarr", spec, act) as sw:
+        sw.add_episode(ep.obs, ep.actions)
+    stored = open_store(tmp_path / "s.zarr")[2]
+    np.testing.assert_array_equal(ep.stamps_ns, [s for s, _, _ in sent])
+
+    # (2) Live: the message objects through the decoders and the preprocessing the node runs.
+    for k, (stamp, msgs, truth) in enumerate(sent):
+        cams = {c: camera_frame_from_msgs(color=msgs[f"/{c}/color/image_raw"],
+                                          depth=msgs[f"/{c}/aligned_depth_to_color/image_raw"],
+                                          info=msgs[f"/{c}/color/camera_info"]) for c in spec.cameras}
+        # The decoder undoes padding, BGR and byte order: agreement below is not two routes
+        # making the same mistake.
+        for c in spec.cameras:
+            np.testing.assert_array_equal(cams[c].color, truth[f"{c}/color"])
+        np.testing.assert_array_equal(cams["a"].depth, truth["a/depth"].astype(np.float32) * np.float32(1e-3))
+        np.testing.assert_array_equal(cams["b"].depth, truth["b/depth"])
+        proprio, t = joint_state_from_msg(msgs["/joint_states"], spec.proprio_names)
+        assert t == stamp
+        live = frame_step(spec, RawFrames(cameras=cams, proprio=proprio, stamp_ns=stamp), parse_calibration(calib))
+        assert set(live) == set(ep.obs) == {"rgb", "points", "proprio"}
+        for key, arr in live.items():
+            np.testing.assert_array_equal(ep.obs[key][k], arr, err_msg=f"step {k} {key}: episode vs live")
+            np.testing.assert_array_equal(stored[key][k], arr, err_msg=f"step {k} {key}: store vs live")

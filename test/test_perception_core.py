@@ -20,7 +20,7 @@ from l1flow_ros.perception.geometry import (
     transform_points,
     voxel_downsample,
 )
-from l1flow_ros.perception.images import resize_rgb, rgb_to_float, to_rgb
+from l1flow_ros.perception.images import resize_rgb, rgb_to_float
 from l1flow_ros.perception.preprocess import (
     CameraFrame,
     ObservationHistory,
@@ -162,9 +162,7 @@ def test_resize_crops_to_aspect():
     out = resize_rgb(img, (10, 10))
     assert out.shape == (10, 10, 3)
     assert out.min() == 255  # only the centre square survives the crop
-    np.testing.assert_array_equal(to_rgb(np.array([[[1, 2, 3]]], np.uint8), "bgr8"), [[[3, 2, 1]]])
-    with pytest.raises(PerceptionError):
-        to_rgb(np.zeros((1, 1, 3), np.uint8), "mono8")
+    # Encodings (bgr8 -> RGB, mono8 rejected) are the message decoder's: test_sensor_conv.py.
     assert rgb_to_float(np.array([255], np.uint8))[0] == 1.0
 
 

@@ -16,7 +16,9 @@ The grid starts when every stream has a message and one ``dt`` before the first 
 Observations use their header stamps (the sensor time), commands their receive time;
 both come from the same ROS clock.
 
-No ROS needed: messages are decoded from the files' own schemas.
+No rclpy needed: messages are read from the files' own schemas, then decoded by
+:mod:`l1flow_ros.msgs` — the decoder perception_node runs on live messages — so a recorded
+frame becomes exactly the array the node would have seen.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from typing import Any
 import numpy as np
 
 from l1flow_ros.data.mcap_io import EpisodeError, list_episodes, read_messages, read_metadata
-from l1flow_ros.perception.geometry import CameraIntrinsics, PerceptionError, parse_calibration
-from l1flow_ros.perception.preprocess import CameraFrame, RawFrames, frame_step
+from l1flow_ros.msgs.chunk_conv import MessageError, command_from_msg
+from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, camera_info_from_msg, joint_state_from_msg
+from l1flow_ros.msgs.stamps import header_stamp_ns
+from l1flow_ros.perception.geometry import PerceptionError, parse_calibration
+from l1flow_ros.perception.preprocess import RawFrames, frame_step
 from l1flow_ros.spec import ActionSpec, ObservationSpec
 
 
@@ -125,64 +130,9 @@ def sim_dataset_config(
     )
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-def _stamp_ns(msg: Any, fallback: int) -> int:
-    h = getattr(msg, "header", None)
-    if h is None:
-        return int(fallback)
-    ns = int(h.stamp.sec) * 1_000_000_000 + int(h.stamp.nanosec)
-    return ns if ns > 0 else int(fallback)
-
-
-def decode_image(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image (decoded) -> (H, W, 3) uint8 RGB, (H, W) uint16 mm or float32 m."""
-    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
-    bpp = {"rgb8": 3, "bgr8": 3, "16UC1": 2, "mono16": 2, "32FC1": 4}.get(enc)
-    if bpp is None:
-        raise DatasetError(f"image encoding {enc!r} not supported (rgb8, bgr8, 16UC1, 32FC1)")
-    data = bytes(msg.data)
-    if h <= 0 or w <= 0 or step < w * bpp or len(data) < h * step:
-        raise DatasetError(f"image {w}x{h} step {step} with {len(data)} bytes is inconsistent")
-    rows = np.frombuffer(data, np.uint8, count=h * step).reshape(h, step)[:, : w * bpp]
-    if bpp == 3:
-        img = rows.reshape(h, w, 3)
-        return np.ascontiguousarray(img[:, :, ::-1] if enc == "bgr8" else img)
-    big = bool(msg.is_bigendian)
-    dtype = (">" if big else "<") + ("u2" if bpp == 2 else "f4")
-    return np.ascontiguousarray(rows).view(dtype).reshape(h, w).astype("u2" if bpp == 2 else "f4")
-
-
-def decode_camera_info(msg: Any) -> CameraIntrinsics:
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    try:
-        return CameraIntrinsics.from_k(
-            k, int(msg.width), int(msg.height), distortion_model=str(msg.distortion_model),
-            distortion=tuple(float(x) for x in msg.d),
-        )
-    except PerceptionError as e:
-        raise DatasetError(f"CameraInfo: {e}") from None
-
-
-def decode_action(msg: Any, names: Sequence[str]) -> np.ndarray:
-    """Float64MultiArray (values in action order) or JointTrajectory (first point) -> (A,)."""
-    if hasattr(msg, "points") and hasattr(msg, "joint_names"):
-        if not msg.points:
-            raise DatasetError("trajectory command has no points")
-        idx = {n: i for i, n in enumerate(msg.joint_names)}
-        missing = [n for n in names if n not in idx]
-        if missing:
-            raise DatasetError(f"trajectory command lacks joints {missing}")
-        pos = list(msg.points[0].positions)
-        a = np.array([pos[idx[n]] for n in names], dtype=np.float64)
-    else:
-        a = np.asarray(list(msg.data), dtype=np.float64)
-        if a.shape != (len(names),):
-            raise DatasetError(f"command has {a.size} values for {len(names)} action names")
-    if not np.all(np.isfinite(a)):
-        raise DatasetError("command has NaN or inf")
-    return a
+# --------------------------------------------------------------------------- episodes
+# Recorded messages are decoded by l1flow_ros.msgs (no decoder of message fields here); a
+# malformed one is a MessageError, which makes its episode a DatasetError (skipped with the reason).
 
 
 @dataclass
@@ -249,18 +199,21 @@ def load_episode(path: str | Path, cfg: DatasetConfig) -> Episode:
     wanted = [*topic_of, cfg.joint_states_topic, cfg.action_topic]
     try:
         for m in read_messages(path, wanted):
-            if m.topic == cfg.action_topic:
-                commands.add(m.log_time_ns, decode_action(m.msg, a.names))
-            elif m.topic == cfg.joint_states_topic:
-                if o.proprio_names:
-                    idx = {n: i for i, n in enumerate(m.msg.name)}
-                    if all(n in idx for n in o.proprio_names):
-                        q = np.array([m.msg.position[idx[n]] for n in o.proprio_names], dtype=np.float64)
-                        joints.add(_stamp_ns(m.msg, m.log_time_ns), q)
-            else:
-                cam, kind = topic_of[m.topic]
-                value = decode_camera_info(m.msg) if kind == "info" else m.msg  # images decoded lazily
-                streams[(cam, kind)].add(_stamp_ns(m.msg, m.log_time_ns), value)
+            try:
+                if m.topic == cfg.action_topic:
+                    commands.add(m.log_time_ns, command_from_msg(m.msg, a.names))
+                elif m.topic == cfg.joint_states_topic:
+                    # /joint_states may also carry other joint sets (several publishers): a message
+                    # without every proprio name is not this stream's and is skipped.
+                    if o.proprio_names and set(o.proprio_names) <= set(m.msg.name):
+                        q, _ = joint_state_from_msg(m.msg, o.proprio_names)
+                        joints.add(header_stamp_ns(m.msg, m.log_time_ns), q)
+                else:
+                    cam, kind = topic_of[m.topic]
+                    value = camera_info_from_msg(m.msg) if kind == "info" else m.msg  # images decoded lazily
+                    streams[(cam, kind)].add(header_stamp_ns(m.msg, m.log_time_ns), value)
+            except MessageError as e:
+                raise DatasetError(f"{m.topic} at {m.log_time_ns} ns: {e}") from None
     except EpisodeError as e:
         raise DatasetError(str(e)) from None
     empty = [f"/{c}/{k}" for (c, k), s in streams.items() if not s.stamps]
@@ -285,12 +238,20 @@ def load_episode(path: str | Path, cfg: DatasetConfig) -> Episode:
     for t in grid:
         frames = RawFrames(stamp_ns=int(t))
         for c in cams:
-            i = streams[(c, "color")].at_or_before(int(t))
-            stamp = streams[(c, "color")].stamps[i]
-            frame = CameraFrame(color=decode_image(streams[(c, "color")].values[i]), stamp_ns=stamp)
+            color = streams[(c, "color")]
+            i = color.at_or_before(int(t))
+            stamp = color.stamps[i]
+            aligned = {}
             if need_depth:
-                frame.depth = decode_image(_matching(streams[(c, "depth")], stamp, int(t)))
-                frame.intrinsics = _matching(streams[(c, "info")], stamp, int(t))
+                aligned = {
+                    "depth": _matching(streams[(c, "depth")], stamp, int(t)),
+                    "info": _matching(streams[(c, "info")], stamp, int(t)),  # CameraIntrinsics
+                }
+            try:
+                frame = camera_frame_from_msgs(color=color.values[i], **aligned)
+            except MessageError as e:
+                raise DatasetError(f"camera {c!r} at {stamp} ns: {e}") from None
+            frame.stamp_ns = stamp  # the colour frame's time (its receive time if it had no stamp)
             frames.cameras[c] = frame
         if o.proprio_names:
             frames.proprio = joints.values[joints.at_or_before(int(t))]

@@ -160,6 +160,8 @@ def command_from_msg(msg: Any, names: Sequence[str]) -> np.ndarray:
         if not msg.points:
             raise MessageError("trajectory command has no points")
         idx = {n: i for i, n in enumerate(msg.joint_names)}
+        if len(idx) != len(msg.joint_names):
+            raise MessageError(f"trajectory command has repeated joint names {list(msg.joint_names)}")
         missing = [n for n in names if n not in idx]
         if missing:
             raise MessageError(f"trajectory command lacks joints {missing}")

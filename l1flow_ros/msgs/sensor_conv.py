@@ -1,5 +1,13 @@
 """Sensor message <-> array conversions: Image, CameraInfo, PointCloud2, JointState.
 
+The one decoder of sensor messages: perception_node decodes live messages here, and
+dataset building decodes the recorded ones here too, so a recorded image becomes exactly
+the array the node sees at serving time (``test_dataset.py`` checks it through the whole
+MCAP -> dataset route). The ``*_from_msg`` functions are duck-typed: they read only the
+ROS field names (``height``, ``width``, ``encoding``, ``step``, ``is_bigendian``,
+``data``, ``header.stamp``, ...), so rclpy messages and the objects ``mcap_ros2`` decodes
+from episode files go through the same code.
+
 Every ``*_from_msg`` either returns valid arrays or raises
 :class:`~l1flow_ros.msgs.chunk_conv.MessageError` with a reason; never another
 exception, whatever the message holds (fuzz-tested).
@@ -308,7 +316,6 @@ def camera_frame_from_msgs(
     Sizes are checked against the CameraInfo when there is one: the colour image
     and the depth aligned to it must both have the CameraInfo's size.
     """
-    # Duck-typed: rclpy messages and messages decoded from MCAP files (dataset building) alike.
     intr = info if info is None or isinstance(info, CameraIntrinsics) else camera_info_from_msg(info)
     size = (intr.width, intr.height) if intr is not None else None
     frame = CameraFrame(intrinsics=intr)

@@ -1,8 +1,9 @@
-"""Colour images: decoding and resizing to the size the model sees (opencv, no ROS).
+"""Colour images: cropping and resizing to the size the model sees (opencv, no ROS).
 
-Images inside the core are (H, W, 3) uint8 RGB. The model input is
-(3, H, W) float32 in [0, 1]; the dataset stores the uint8 (3, H, W) form and
-:func:`rgb_to_float` is the one conversion both training and the node apply.
+Images inside the core are (H, W, 3) uint8 RGB; messages become such arrays in one place,
+:mod:`l1flow_ros.msgs.sensor_conv` (encodings, row padding, byte order), for live and recorded
+frames alike. The model input is (3, H, W) float32 in [0, 1]; the dataset stores the uint8
+(3, H, W) form and :func:`rgb_to_float` is the one conversion both training and the node apply.
 """
 
 from __future__ import annotations
@@ -11,28 +12,6 @@ import cv2
 import numpy as np
 
 from l1flow_ros.perception.geometry import PerceptionError
-
-COLOR_ENCODINGS = ("rgb8", "bgr8")
-
-
-def decode_color(buf: bytes | np.ndarray) -> np.ndarray:
-    """Compressed image bytes (JPEG / PNG) -> (H, W, 3) uint8 RGB."""
-    arr = np.frombuffer(bytes(buf), dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
-    if img is None:
-        raise PerceptionError("compressed image could not be decoded")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
-    """(H, W, 3) uint8 in ``encoding`` -> (H, W, 3) uint8 RGB."""
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise PerceptionError(f"colour image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
-    if encoding == "rgb8":
-        return img
-    if encoding == "bgr8":
-        return np.ascontiguousarray(img[:, :, ::-1])
-    raise PerceptionError(f"colour encoding {encoding!r} not in {COLOR_ENCODINGS}")
 
 
 def center_crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
