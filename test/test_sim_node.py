@@ -165,6 +165,19 @@ def test_reset_starts_next_seeded_episode(graph):
     assert wait_for(lambda: np.allclose(g.got["state"][-1].data[-3:], goal0))
 
 
+def test_live_rates_take_effect_and_hardware_parameters_are_read_only(graph):
+    sim = graph.sim
+    assert sim.describe_parameter("task").read_only and sim.describe_parameter("cameras").read_only
+    assert not sim.describe_parameter("camera_rate_hz").read_only
+    assert sim.set_parameters([Parameter("diagnostics_rate_hz", value=20)])[0].successful  # 20 for 20.0
+    assert sim.cfg.diagnostics_rate_hz == 20.0 and sim._diag_timer.timer_period_ns == 50_000_000
+    assert sim.set_parameters([Parameter("camera_rate_hz", value=4.0)])[0].successful
+    assert sim.robot.camera_rate_hz == 4.0
+    r = sim.set_parameters([Parameter("diagnostics_rate_hz", value=80.0)])[0]
+    assert not r.successful and "diagnostics_rate_hz" in r.reason
+    assert sim.cfg.diagnostics_rate_hz == 20.0 and sim._diag_timer.timer_period_ns == 50_000_000
+
+
 def test_bad_task_parameter_raises(ros_context):
     with pytest.raises(ValueError, match="task"):
         SimRobotNode(context=ros_context, parameter_overrides=[Parameter("task", value="no-task-v3")])
