@@ -120,7 +120,7 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
 def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0) -> tuple[np.ndarray, int]:
     """The floor: a Python thread that only sleeps to the same absolute deadlines (at the
     control thread's SCHED_FIFO priority when one is given): |period error| in us, missed."""
-    from l1flow_ros.nodes.executor_node import _sleep_until
+    from l1flow_ros.control.loop import sleep_until as _sleep_until
 
     if rt_prio > 0:
         try:

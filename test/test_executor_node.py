@@ -182,16 +182,16 @@ def test_commands_stream_at_the_configured_rate(make_harness):
     rate = 500.0
     h = make_harness(rate_hz=rate)
     started(h)
-    d0, w0, n0 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._ticks
+    d0, w0, n0 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
     time.sleep(1.0)
-    d1, w1, n1 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._ticks
+    d1, w1, n1 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
     # Absolute deadlines: one deadline per period, no drift, whatever the load (a deadline the
     # thread could not meet is skipped and counted as missed, never made up in a burst).
     assert (d1 - d0) / (w1 - w0) == pytest.approx(rate, rel=0.05)
     # Generous: the test machine's CPUs are shared, so the thread is sometimes preempted.
     assert (n1 - n0) / (w1 - w0) > 0.3 * rate
     h.enable(False)
-    n_sent = h.node._ticks
+    n_sent = h.node._stream.ticks
     assert h.wait_quiet() >= 0.8 * n_sent  # reliable: (almost) every command arrives
     _, q = h.commands()
     # Held at the measured position: the enable did not move the arm.
@@ -336,7 +336,7 @@ def test_malformed_chunks_are_rejected_and_the_node_keeps_running(make_harness):
     ]
     for i, send in enumerate(sends):  # one at a time: the chunk topic keeps only the last
         send()
-        assert h.wait(lambda i=i: h.node._rejections == i + 1, 5.0)
+        assert h.wait(lambda i=i: h.node._stream.rejections == i + 1, 5.0)
     assert h.wait(lambda: h.last_diag() is not None
                   and int(diag_values(h.last_diag())["chunks_rejected"]) == 5, 5.0)
     with h.lock:
@@ -354,7 +354,7 @@ def test_an_oversized_chunk_is_rejected_unread(make_harness):
     started(h, (0.0, 0.0, 0.3, -1.0))
     big = np.tile([0.1, 0.0, 0.3, -1.0], (200, 1))  # ~10 kB serialized
     h.chunk(h.now(), big)
-    assert h.wait(lambda: h.node._rejections == 1, 5.0)
+    assert h.wait(lambda: h.node._stream.rejections == 1, 5.0)
     assert h.node._scheduler.stats().rejected.total() == 0  # never reached the scheduler
     h.chunk(h.now(), big[:8])  # the node keeps running
     assert h.wait(lambda: h.last_cmd()[0] > 0.05, 5.0)
@@ -372,7 +372,7 @@ def test_executor_thread_priority(ros_context):
             Parameter("realtime_priority", value=10), Parameter("executor_priority", value=10)])
     node = ExecutorNode(context=ros_context, parameter_overrides=[Parameter("realtime_priority", value=10)])
     try:
-        assert node.config.executor_thread_priority == 9  # default: one step below the control thread
+        assert node.cfg.executor_thread_priority == 9  # default: one step below the control thread
         seen = {}
 
         def spinning_thread() -> None:  # a throwaway thread: the test's own keep their scheduling
@@ -429,7 +429,7 @@ def test_ee_delta_output_sums_to_the_motion(make_harness):
     h.enable(False)
     h.wait_quiet()
     _, d = h.commands()
-    assert len(d) == h.node._ticks  # every delta arrived (deltas must not be dropped)
+    assert len(d) == h.node._stream.ticks  # every delta arrived (deltas must not be dropped)
     np.testing.assert_allclose(d[:, :3].sum(axis=0), [0.0, 0.05, 0.0], atol=1e-9)
     assert set(np.unique(d[:, 3])) <= {-1.0, 1.0} and d[-1, 3] == 1.0  # gripper stays absolute
 
@@ -443,17 +443,17 @@ def test_live_parameter_changes_are_validated(make_harness):
     assert not h.node.set_parameters([Parameter("splice", value="average")])[0].successful
     assert not h.node.set_parameters([Parameter("rate_hz", value=100.0)])[0].successful  # read-only
     assert h.node.set_parameters([Parameter("splice", value="ensemble")])[0].successful
-    assert h.node.config.splice == "ensemble"
+    assert h.node.cfg.splice == "ensemble"
     assert h.node._scheduler.config.splice == "ensemble"
 
 
 def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
     import dataclasses
-    import json
 
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
+    from l1flow_ros.inference.synthetic import make_bundle
     from l1flow_ros.spec import ActionSpec
 
     h = make_harness(max_velocity=[0.5, 0.5, 0.5, 10.0], gripper_joints=[])
@@ -462,11 +462,8 @@ def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
     spec = ActionSpec(names=("ee_y", "ee_x", "ee_z", "gripper"), max_velocity=(0.1, 1.0, 1.0, 1.0),
                       upper=(0.2, 0.3, 0.4, 1.0), gripper_indices=(3,))
     good, bad = tmp_path / "good", tmp_path / "bad"
-    good.mkdir()
-    bad.mkdir()
-    (good / "manifest.json").write_text(json.dumps({"action": dataclasses.asdict(spec)}))
-    other = dataclasses.replace(spec, names=("a", "b", "c", "d"))
-    (bad / "manifest.json").write_text(json.dumps({"action": dataclasses.asdict(other)}))
+    make_bundle(good, action=spec)
+    make_bundle(bad, action=dataclasses.replace(spec, names=("a", "b", "c", "d")))  # another robot's
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     pub = h.io.create_publisher(String, "/l1flow/checkpoint", latched)
@@ -494,8 +491,8 @@ def test_parameter_files_may_write_integers_for_floats(ros_context):
         Parameter("rate_hz", value=200), Parameter("max_velocity", value=[1, 1, 2, 10]),
         Parameter("lower", value=[])])
     try:
-        assert node.config.rate_hz == 200.0 and node.config.max_velocity == (1.0, 1.0, 2.0, 10.0)
-        assert node.config.lower == ()
+        assert node.cfg.rate_hz == 200.0 and node.cfg.max_velocity == (1.0, 1.0, 2.0, 10.0)
+        assert node.cfg.lower == ()
     finally:
         node.destroy_node()
     with pytest.raises(ValueError, match="rate_hz"):

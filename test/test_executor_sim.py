@@ -49,9 +49,9 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, spin_nodes, output):
         assert wait_for(lambda: heard[0] >= now - 20_000_000), "no fresh /joint_states"
 
     chunk_sub = [s for s in executor.subscriptions if s.topic_name == "/l1flow/action_chunk"]
-    assert wait_for(lambda: executor._enabled and "ee_x" in joints and matched(pub, *chunk_sub)), \
+    assert wait_for(lambda: executor._stream.enabled and "ee_x" in joints and matched(pub, *chunk_sub)), \
         "no /joint_states, or the chunk topic not matched"
-    assert executor._enabled, "start_enabled: enabled on the first /joint_states"
+    assert executor._stream.enabled, "start_enabled: enabled on the first /joint_states"
     physics_steps(40)  # holding for 0.5 s: the hand must stay where it was
     x0 = np.array([joints[n] for n in EE])
     a = np.zeros((10, 4))

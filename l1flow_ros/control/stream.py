@@ -1,0 +1,151 @@
+"""The executor's command stream (no ROS): who has the arm, where it is, what each tick sends.
+
+:class:`CommandStream` sits between the :class:`~l1flow_ros.control.scheduler.ChunkScheduler`
+and the controller interface. Its state is shared between the threads of the executor node
+(callbacks: chunks, joint states, enable requests, the controller check; the control
+thread: :meth:`CommandStream.tick`) and guarded by one lock that is held only briefly; the
+control thread reads the flags unlocked (each is one attribute read).
+
+- Disabled, nothing is sent. Enabling needs a measured position and starts there, at rest:
+  no jump when the policy takes over from teleop.
+- With no controller listening nothing is sent; when one comes back the stream restarts
+  from the measured position, as enabling does (the plan may have moved on meanwhile).
+- Each tick gives, per output: ``forward_position`` the absolute command (A,);
+  ``ee_delta`` the displacement since the last command (A,), grippers absolute;
+  ``joint_trajectory`` the plan sampled for a trajectory controller, only when the plan
+  changed (a new chunk, or a stop).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from l1flow_ros.control.scheduler import ChunkScheduler
+from l1flow_ros.spec import Chunk
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What the stream did since the last report (and its state now)."""
+
+    enabled: bool
+    measured: bool  # a measured position has arrived
+    controller_lost: bool
+    joint_states_t: float | None  # when the last usable measurement arrived (caller's clock)
+    rejections: int  # chunks rejected in all
+    new_rejections: int  # since the last report
+    last_rejection: str
+
+
+class CommandStream:
+    """See the module docstring. ``output`` is one of ``config.OUTPUTS``."""
+
+    def __init__(self, scheduler: ChunkScheduler, output: str) -> None:
+        self.scheduler = scheduler
+        self.output = output
+        self.lock = threading.Lock()  # guards the fields below shared with the control thread
+        self.enabled = False
+        self.measured: np.ndarray | None = None  # (A,) latest measured position, command order
+        self.measured_t: float | None = None
+        self.controller_lost = False
+        self.last_published: np.ndarray | None = None  # (A,) for ee_delta
+        self.published_version = -1  # plan version last sent as a trajectory
+        self.chunk_dt_ns = 0  # dt of the last accepted chunk
+        self.ticks = 0  # commands computed (control thread)
+        self.rejections = 0
+        self.last_rejection = ""
+        self._rejections_reported = 0
+
+    # -- inputs (callback threads) -------------------------------------------------------------
+
+    def set_measured(self, q: np.ndarray, t: float) -> None:
+        with self.lock:
+            self.measured, self.measured_t = q, t
+
+    def _restart_from_measured(self, now_ns: int) -> None:
+        """Start from the measured position, at rest (the lock held)."""
+        self.scheduler.reset(self.measured, now_ns)
+        self.last_published = self.measured.copy()
+        self.published_version = -1
+
+    def enable(self, on: bool, now_ns: int) -> tuple[bool, str]:
+        """(done, what happened)."""
+        with self.lock:
+            if not on:
+                was, self.enabled = self.enabled, False
+                return True, "disabled" if was else "already disabled"
+            if self.enabled:
+                return True, "already enabled"
+            if self.measured is None:
+                return False, f"no /joint_states with all of {list(self.scheduler.config.names)} yet"
+            self._restart_from_measured(now_ns)
+            self.enabled = True
+        return True, "enabled"
+
+    def controller_present(self, present: bool, now_ns: int) -> bool | None:
+        """The controller's presence now; returns it when it changed (False = lost, True =
+        back, restarted from the measured position), else None."""
+        with self.lock:
+            if not present and not self.controller_lost:
+                self.controller_lost = True
+                return False
+            if present and self.controller_lost:
+                if self.enabled and self.measured is not None:
+                    self._restart_from_measured(now_ns)
+                self.controller_lost = False  # after the reset: the control thread reads it unlocked
+                return True
+        return None
+
+    def add_chunk(self, chunk: Chunk, now_ns: int) -> None:
+        """Splice a chunk in; raises ChunkRejected (the caller counts it with :meth:`reject`)."""
+        self.scheduler.add_chunk(chunk, now_ns)
+        self.chunk_dt_ns = int(round(chunk.dt * 1e9))
+
+    def reject(self, reason: str) -> None:
+        with self.lock:
+            self.rejections += 1
+            self.last_rejection = reason
+
+    def report(self) -> StreamReport:
+        """The state, and the rejections since the previous report."""
+        with self.lock:
+            new, self._rejections_reported = self.rejections - self._rejections_reported, self.rejections
+            return StreamReport(self.enabled, self.measured is not None, self.controller_lost, self.measured_t,
+                                self.rejections, new, self.last_rejection)
+
+    # -- the control thread --------------------------------------------------------------------
+
+    def tick(self, now_ns: int) -> np.ndarray | tuple[list[int], np.ndarray, np.ndarray] | None:
+        """What to send at ``now_ns``: (A,) for forward_position and ee_delta; (times, p, v)
+        of :meth:`plan_samples` for joint_trajectory; None for nothing."""
+        if not self.enabled or not self.scheduler.ready or self.controller_lost:
+            return None
+        p, v, mode = self.scheduler.command(now_ns)
+        self.ticks += 1
+        if not self.enabled:  # disabled while computing: send nothing
+            return None
+        if self.output == "forward_position":
+            return p
+        if self.output == "ee_delta":
+            delta = p - (self.last_published if self.last_published is not None else p)
+            grip = list(self.scheduler.limits.gripper_indices)
+            delta[grip] = p[grip]  # grippers stay absolute
+            self.last_published = p
+            return delta
+        version = self.scheduler.plan_version
+        if version == self.published_version:
+            return None
+        self.published_version = version
+        return self.plan_samples(now_ns)
+
+    def plan_samples(self, now_ns: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """The plan from ``now_ns`` to its end, sampled at the chunk dt (0.1 s before any
+        chunk) and at its end: times (T,) ns, positions and velocities (T, A)."""
+        end = self.scheduler.plan_end_ns
+        step = self.chunk_dt_ns or int(1e8)
+        times = list(range(now_ns + step, end, step)) + [max(end, now_ns + 1)]
+        p, v = self.scheduler.sample(np.array(times, dtype=np.int64))
+        return times, p, v
