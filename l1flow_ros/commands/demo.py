@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l1flow_ros.graph import share_dir
-    from l1flow_ros.nodes.evaluation import evaluate_graph, result_json
+    from l1flow_ros.graph.evaluation import evaluate_graph, result_json
     from l1flow_ros.policy.bundle import BundleError, bundle_task, read_manifest
 
     out = Path(args.out)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"== l1flow demo: {task}, bundle {bundle.name} ({manifest.fingerprint}, sampler "
           f"{manifest.sampler.kind}:{manifest.sampler.steps})")
     if args.demos > 0:
-        from l1flow_ros.commands.record import record_demos_ros
+        from l1flow_ros.graph.recording import record_demos_ros
 
         print(f"== 1. teleop: scripted expert drives the arm through the node graph, recording {args.demos} episodes")
         try:

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l1flow_ros.nodes.evaluation import evaluate_graph, result_json
+    from l1flow_ros.graph.evaluation import evaluate_graph, result_json
 
     if args.episodes < 1:
         print("l1flow eval: --episodes must be >= 1", file=sys.stderr)

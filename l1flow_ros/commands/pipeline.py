@@ -108,7 +108,7 @@ def format_table(results: list[dict]) -> str:
 def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[dict]:
     from dataclasses import asdict
 
-    from l1flow_ros.nodes.evaluation import evaluate_graph
+    from l1flow_ros.graph.evaluation import evaluate_graph
 
     episodes, store, bundles = out / "episodes", out / "store.zarr", out / "bundles"
     resume = bool(args.resume)

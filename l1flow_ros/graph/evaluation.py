@@ -3,8 +3,9 @@
 sim_robot_node -> perception_node -> inference_node -> executor_node -> sim_robot_node,
 one process per node (:class:`l1flow_ros.graph.launcher.ProcessGraph`, as ``l1flow run sim``
 and ``ros2 launch l1flow_ros sim.launch.py`` start them), from the same parameter file. This
-process only watches and drives episodes (one probe node on a single-threaded executor). Per episode: disable the executor, reset the
-sim (next seed), enable the executor, wait for success or the time limit.
+process only watches and drives episodes (one probe node, brought up by
+:class:`~l1flow_ros.nodes.composition.Composition`). Per episode: disable the executor, reset
+the sim (next seed), enable the executor, wait for success or the time limit.
 
 Measured on the wire: success per episode, observation -> chunk latency (chunk publish
 time minus its observation stamp) split into where it goes (observation stamp -> the
@@ -15,6 +16,7 @@ inference node's own inference time, and the executor's control-period error, fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -22,9 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -35,7 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 from l1flow_ros.graph import config_path, nodes_in_config, parameter_value
 from l1flow_ros.graph.launcher import ProcessGraph
 from l1flow_ros.msgs.chunk_conv import stamp_to_ns
-from l1flow_ros.nodes.composition import call_service
+from l1flow_ros.nodes.composition import Composition, call_service
 
 EE = ("ee_x", "ee_y", "ee_z", "gripper")
 
@@ -159,45 +159,6 @@ def _missed(probe: _Probe) -> int:
     return 0 if np.isnan(v) else int(v)
 
 
-class ComposedGraph:
-    """Every node of a parameter file in this process, for side-by-side benchmarks only.
-
-    The same interface as :class:`~l1flow_ros.graph.launcher.ProcessGraph` (start, check,
-    stop); the nodes share this interpreter with the caller.
-    """
-
-    def __init__(self, path: Path, names: list[str], overrides: list[str]) -> None:
-        self.path, self.names, self.overrides = path, names, overrides
-        self.context, self.nodes, self.executor, self.spinner = None, [], None, None
-
-    def start(self) -> ComposedGraph:
-        from l1flow_ros.nodes.composition import make_executor, start_nodes
-
-        self.context = rclpy.Context()
-        rclpy.init(args=["--ros-args", "--params-file", str(self.path)], context=self.context)
-        self.nodes = start_nodes(self.context, self.names, self.overrides)
-        self.executor = make_executor(self.nodes, self.context)
-        self.spinner = threading.Thread(target=self.executor.spin, name="composed_spin", daemon=True)
-        self.spinner.start()
-        return self
-
-    def check(self) -> None:
-        if self.spinner is not None and not self.spinner.is_alive():
-            raise RuntimeError("the composed graph's executor stopped")
-
-    def stop(self) -> None:
-        from l1flow_ros.nodes.composition import destroy_nodes
-
-        if self.executor is not None:
-            self.executor.shutdown()
-        destroy_nodes(self.nodes)
-        self.nodes = []
-        if self.context is not None:
-            self.context.try_shutdown()
-        if self.spinner is not None:
-            self.spinner.join(timeout=5.0)
-
-
 def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
 
@@ -225,9 +186,9 @@ def evaluate_graph(
     """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``.
 
     The nodes' own output goes to ``log_file`` (each line prefixed with the node's name), or to
-    standard output when None. ``composed``: every node in this process instead (one
-    executor, as :func:`l1flow_ros.nodes.composition.spin_nodes` runs them), to measure the
-    difference side by side; deployments run one process per node.
+    standard output when None. ``composed``: every node in this process instead
+    (:class:`~l1flow_ros.nodes.composition.Composition`, as the tests compose nodes), to
+    measure the difference side by side; deployments run one process per node.
     """
     from l1flow_ros.policy.bundle import read_manifest
 
@@ -247,18 +208,16 @@ def evaluate_graph(
         overrides.append(f"inference_node:backend:={backend}")
         overrides.append(f"perception_node:encoder_backend:={backend}")
     sim_task = task or parameter_value(path, "sim_robot_node", "task")
-    graph = ComposedGraph(path, names, overrides) if composed else ProcessGraph(path, names, overrides,
-                                                                                    log_file=log_file)
-    context = rclpy.Context()
-    rclpy.init(args=[], context=context)
-    probe, executor, spinner = None, None, None
-    try:
-        graph.start()
-        probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(probe)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+    # Left in reverse: the graph stops first, then the probe.
+    with contextlib.ExitStack() as stack:
+        rig = stack.enter_context(Composition())
+        if composed:
+            graph = stack.enter_context(Composition(args=["--ros-args", "--params-file", str(path)]))
+            graph.start_nodes(names, overrides)
+        else:
+            graph = stack.enter_context(ProcessGraph(path, names, overrides, log_file=log_file))
+        probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=rig.context)
+        rig.add(probe)
         # Wait for the first chunk: perception has its encoder and the chain is live.
         t_end = time.monotonic() + 60.0
         while not probe.latency_ms and time.monotonic() < t_end:
@@ -320,15 +279,6 @@ def evaluate_graph(
         if plot:
             _plot(Path(plot), probe.commanded, probe.executed, lat, res)
         return res
-    finally:
-        graph.stop()
-        if executor is not None:
-            executor.shutdown()
-        if probe is not None:
-            probe.destroy_node()
-        context.try_shutdown()
-        if spinner is not None:
-            spinner.join(timeout=5.0)
 
 
 def _plot(path: Path, commanded, executed, latency_ms: np.ndarray, res: EvalResult) -> None:
