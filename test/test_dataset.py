@@ -224,3 +224,37 @@ def test_recorded_episode_equals_live_decoding(tmp_path):
         for key, arr in live.items():
             np.testing.assert_array_equal(ep.obs[key][k], arr, err_msg=f"step {k} {key}: episode vs live")
             np.testing.assert_array_equal(stored[key][k], arr, err_msg=f"step {k} {key}: store vs live")
+
+
+def test_recorded_message_the_node_would_reject_fails_its_episode(tmp_path):
+    """A recorded frame the node's decoder rejects (here mono8 colour, and data shorter than
+    step x height) makes its episode a DatasetError with the decoder's reason, not training data."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Float64MultiArray
+
+    from l1flow_ros.msgs.chunk_conv import ns_to_stamp
+    from l1flow_ros.spec import ActionSpec, ObservationSpec
+
+    spec = ObservationSpec(cameras=("a",), image_size=(8, 8), use_rgb=True)
+    act = ActionSpec(names=("j0",), horizon=2, n_action_steps=1, dt=0.1)
+    rng = np.random.default_rng(0)
+    good = _padded_image(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "rgb8", False, 0, 10**9, rng)
+    mono = _padded_image(rng.integers(0, 256, (6, 8), dtype=np.uint8), "mono8", False, 0, 10**9, rng)
+    short = _padded_image(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "rgb8", False, 0, 10**9, rng)
+    short.data = bytes(short.data)[:-1]
+    for name, msg, why in (("good", good, None), ("mono", mono, "encoding"), ("short", short, "bytes")):
+        path = tmp_path / f"{name}.mcap"
+        w = EpisodeWriter(path)
+        for k in range(3):
+            stamp = 10**9 + k * 100_000_000
+            msg.header.stamp = ns_to_stamp(stamp)
+            w.write_raw("/a/color/image_raw", "sensor_msgs/msg/Image", serialize_message(msg), stamp)
+            w.write_raw("/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray",
+                        serialize_message(Float64MultiArray(data=[0.5])), stamp)
+        w.close(success=True)
+        cfg = DatasetConfig(observation=spec, action=act)
+        if why is None:
+            assert load_episode(path, cfg).obs["rgb"].shape == (3, 1, 3, 8, 8)
+        else:
+            with pytest.raises(DatasetError, match=why):
+                load_episode(path, cfg)
