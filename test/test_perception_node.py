@@ -22,7 +22,8 @@ from l1flow_ros.msgs.sensor_conv import (
     joint_state_to_msg,
     pointcloud_from_msg,
 )
-from l1flow_ros.nodes.perception_node import LATCHED_1, RELIABLE_1, RELIABLE_10, PerceptionNode
+from l1flow_ros.nodes.perception_node import PerceptionNode
+from l1flow_ros.nodes.qos import LATCHED, RELIABLE_1, RELIABLE_10
 from l1flow_ros.perception.geometry import CameraIntrinsics, load_calibration
 from l1flow_ros.perception.preprocess import ObservationHistory, RawFrames, frame_step, step_to_model
 
@@ -93,7 +94,7 @@ class Rig:
             self.pub[f"{c}/cloud"] = self.io.create_publisher(PointCloud2, f"/{c}/depth/color/points",
                                                               qos_profile_sensor_data)
         self.pub["js"] = self.io.create_publisher(JointState, "/joint_states", RELIABLE_10)
-        self.pub["ckpt"] = self.io.create_publisher(String, "/l1flow/checkpoint", LATCHED_1)
+        self.pub["ckpt"] = self.io.create_publisher(String, "/l1flow/checkpoint", LATCHED)
         self.embs: list = []
         self.diags: list = []
         self.clouds: list = []
@@ -375,7 +376,7 @@ def test_node_input_equals_dataset_item_for_same_messages(rig_factory, assets, t
     spec, dt_ns = e.obs_spec, int(round(e.period_s * 1e9))
     rig = rig_factory(max_observation_age=5.0)
     # The encoder loads in the background: on a loaded machine that can outlast the frames' age limit.
-    assert wait_for(lambda: rig.node._pipe is not None, timeout=120), "the encoder did not load"
+    assert wait_for(lambda: rig.node.engine.embedder is not None, timeout=120), "the encoder did not load"
     # Observations on the dataset's time grid: frame k stamped exactly s0 + k * dt, sent once that
     # time has come; the next one only after the node has encoded this one (none dropped).
     s0 = rig.now_ns() + 200_000_000
