@@ -9,8 +9,17 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float64MultiArray
 
+from l1flow_ros.nodes.params import ParameterError
 from l1flow_ros.nodes.teleop_node import TeleopNode
-from l1flow_ros.sim.teleop import JoyConfig, JoyTeleop, LeaderConfig, LeaderMirror, TeleopError
+from l1flow_ros.sim.teleop import (
+    SIM_ACTION_NAMES,
+    JoyConfig,
+    JoyTeleop,
+    LeaderConfig,
+    LeaderMirror,
+    TeleopConfig,
+    TeleopError,
+)
 
 R10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # The probe keeps every command the node sends (the node publishes reliable, depth 10): what it
@@ -214,5 +223,42 @@ def test_expert_mode_solves_the_sim_task_through_ros(ros_context, spin_nodes):
 
 
 def test_bad_mode_is_rejected(ros_context):
-    with pytest.raises(TeleopError):
+    with pytest.raises(ParameterError, match="mode 'telepathy'"):
         TeleopNode(context=ros_context, parameter_overrides=[Parameter("mode", value="telepathy")])
+    with pytest.raises(ParameterError, match="no-task-v3"):
+        TeleopNode(context=ros_context, parameter_overrides=[Parameter("mode", value="expert"),
+                                                             Parameter("task", value="no-task-v3")])
+
+
+def test_config_groups_joy_and_leader_settings():
+    from l1flow_ros.sim.metaworld_env import ACTION_NAMES
+
+    assert SIM_ACTION_NAMES == ACTION_NAMES
+    cfg = TeleopConfig()
+    assert cfg.joy() == JoyConfig() and cfg.leader() == LeaderConfig()  # [0.0]: scale 1, offset 0 for all
+    cfg = TeleopConfig(mode="leader", leader_scale=(2.0, 1.0, 1.0, 1.0), leader_offset=())
+    assert cfg.leader().scale == (2.0, 1.0, 1.0, 1.0) and cfg.leader().offset == ()
+    for bad, words in [(dict(mode="joy", joy_axes=(0, 1)), "same non-zero length"),
+                       (dict(mode="joy", action_names=("a", "b")), r"3 axes \+ gripper"),
+                       (dict(mode="leader", leader_offset=(0.1, 0.2)), "offset has 2 values"),
+                       (dict(mode="expert", action_names=("a", "b", "c", "d")), "expert mode commands"),
+                       (dict(rate_hz=0.0), "rate_hz")]:
+        with pytest.raises(TeleopError, match=words):
+            TeleopConfig(**bad).validate()
+
+
+def test_grouped_parameters_from_a_ros_params_file(ros_context, tmp_path):
+    params = tmp_path / "teleop.yaml"
+    params.write_text("teleop_node:\n  ros__parameters:\n    mode: joy\n    joy:\n"
+                      "      axes: [1, 0, 3]\n      deadzone: 0\n      lower: [-1, 0, 0]\n")
+    node = TeleopNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(params)])
+    try:
+        assert node.joy.cfg == JoyConfig(axes=(1, 0, 3), deadzone=0.0, lower=(-1.0, 0.0, 0.0))
+        assert node.describe_parameter("joy.axes").read_only and not node.describe_parameter("enabled").read_only
+        r = node.set_parameters([Parameter("enabled", value="yes")])[0]
+        assert not r.successful and "enabled" in r.reason and node.cfg.enabled is True
+    finally:
+        node.destroy_node()
+    params.write_text("teleop_node:\n  ros__parameters:\n    joy:\n      deadzone: wide\n")
+    with pytest.raises(ParameterError, match="joy.deadzone: expected double"):
+        TeleopNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(params)])

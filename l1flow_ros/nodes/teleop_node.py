@@ -16,59 +16,20 @@ as ERROR on /diagnostics; nothing is published from it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
 from l1flow_ros.nodes.composition import spin_node
-from l1flow_ros.nodes.diagnostics import ERROR, OK, Diagnostics
-from l1flow_ros.sim.metaworld_env import ACTION_NAMES, ScriptedExpert, SimError
-from l1flow_ros.sim.teleop import JoyConfig, JoyTeleop, LeaderConfig, LeaderMirror, TeleopError
+from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, Diagnostics
+from l1flow_ros.nodes.params import LiveParameters, ParameterError, declare
+from l1flow_ros.nodes.qos import RELIABLE_10
+from l1flow_ros.sim.metaworld_env import ScriptedExpert, SimError
+from l1flow_ros.sim.teleop import JoyTeleop, LeaderMirror, TeleopConfig, TeleopError
 
 NODE_NAME = "teleop_node"
-MODES = ("joy", "leader", "expert")
-
-
-@dataclass(frozen=True)
-class TeleopNodeConfig:
-    mode: str
-    enabled: bool
-    action_names: tuple[str, ...]
-    rate_hz: float
-    joy: JoyConfig
-    leader: LeaderConfig
-    task: str
-    action_scale: float
-    servo_gain: float
-    expert_speed: float = 1.0
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise TeleopError(f"mode {self.mode!r} not in {MODES}")
-        if not (0.0 < self.rate_hz <= 1000.0):
-            raise TeleopError(f"rate_hz must be in (0, 1000], got {self.rate_hz}")
-        if self.mode == "joy":
-            self.joy.validate()
-            if len(self.action_names) != len(self.joy.axes) + 1:
-                raise TeleopError(
-                    f"joy mode: action_names {self.action_names} must be the {len(self.joy.axes)} axes + gripper"
-                )
-        if self.mode == "leader":
-            self.leader.validate()
-        if self.mode == "expert":
-            if self.action_scale <= 0 or not (0.0 < self.servo_gain <= 1.0):
-                raise TeleopError(f"expert: action_scale {self.action_scale} > 0, servo_gain in (0, 1]")
-            if tuple(self.action_names) != ACTION_NAMES:
-                raise TeleopError(f"expert mode commands {ACTION_NAMES}, got action_names {self.action_names}")
-
-
-def _d(text: str) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text)
 
 
 class TeleopNode(Node):
@@ -76,37 +37,16 @@ class TeleopNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        dj = JoyConfig()
-        self.declare_parameter("mode", "joy", _d("joy | leader | expert"))
-        self.declare_parameter("enabled", True, _d("publish commands (live: pause / resume teleop)"))
-        self.declare_parameter("action_names", list(ACTION_NAMES), _d("command vector order (/joint_states names)"))
-        self.declare_parameter("rate_hz", 50.0, _d("joy mode: command rate"))
-        self.declare_parameter("joy.axes", list(dj.axes), _d("Joy axis index per Cartesian direction"))
-        self.declare_parameter("joy.axis_scale", list(dj.axis_scale), _d("m/s at full deflection per direction"))
-        self.declare_parameter("joy.deadzone", dj.deadzone, _d("axis magnitude treated as zero"))
-        self.declare_parameter("joy.deadman_button", dj.deadman_button, _d("hold to move; -1 = none"))
-        self.declare_parameter("joy.gripper_button", dj.gripper_button, _d("press toggles the gripper; -1 = none"))
-        self.declare_parameter("joy.lower", list(dj.lower), _d("target box lower corner, metres"))
-        self.declare_parameter("joy.upper", list(dj.upper), _d("target box upper corner, metres"))
-        self.declare_parameter("leader.joint_names", list(LeaderConfig().joint_names), _d("leader joints, command order"))
-        self.declare_parameter("leader.scale", [0.0], _d("per-joint scale ([0.0] = 1 for all)"))
-        self.declare_parameter("leader.offset", [0.0], _d("per-joint offset ([0.0] = 0 for all)"))
-        self.declare_parameter("task", "button-press-v3", _d("expert mode: Meta-World v3 task"))
-        self.declare_parameter("action_scale", 0.01, _d("expert mode: Meta-World action_scale (metres)"))
-        self.declare_parameter("servo_gain", 0.25, _d("expert mode: the sim's servo_gain"))
-        self.declare_parameter("expert_speed", 1.0, _d("expert mode: step scale in (0, 1]; < 1 = slower demos"))
-        self.cfg = self._read_config()
-        self.cfg.validate()
+        self.cfg: TeleopConfig = declare(self, TeleopConfig)  # raises ParameterError
         self._build()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._live = LiveParameters(self)  # only ``enabled`` is live: _send reads it
 
-        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self._pub = self.create_publisher(Float64MultiArray, "/forward_position_controller/commands", reliable10)
+        self._pub = self.create_publisher(Float64MultiArray, "/forward_position_controller/commands", RELIABLE_10)
         self._diag = Diagnostics(self, NODE_NAME)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
-        self.create_subscription(Joy, "/joy", self._on_joy, 10)
-        self.create_subscription(JointState, "/leader/joint_states", self._on_leader, reliable10)
-        self.create_subscription(Float64MultiArray, "/sim/state", self._on_sim_state, reliable10)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, RELIABLE_10)
+        self.create_subscription(Joy, "/joy", self._on_joy, RELIABLE_10)
+        self.create_subscription(JointState, "/leader/joint_states", self._on_leader, RELIABLE_10)
+        self.create_subscription(Float64MultiArray, "/sim/state", self._on_sim_state, RELIABLE_10)
         self._joy_msg: Joy | None = None
         self._joy_time = 0.0
         self._last_tick = time.monotonic()
@@ -121,54 +61,16 @@ class TeleopNode(Node):
         self.get_logger().info(f"teleop mode {self.cfg.mode}")
 
     # ------------------------------------------------------------------ config
-    def _read_config(self) -> TeleopNodeConfig:
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
-        scale = tuple(float(x) for x in g("leader.scale"))
-        offset = tuple(float(x) for x in g("leader.offset"))
-        return TeleopNodeConfig(
-            mode=str(g("mode")),
-            enabled=bool(g("enabled")),
-            action_names=tuple(g("action_names")),
-            rate_hz=float(g("rate_hz")),
-            joy=JoyConfig(
-                axes=tuple(int(x) for x in g("joy.axes")),
-                axis_scale=tuple(float(x) for x in g("joy.axis_scale")),
-                deadzone=float(g("joy.deadzone")),
-                deadman_button=int(g("joy.deadman_button")),
-                gripper_button=int(g("joy.gripper_button")),
-                lower=tuple(float(x) for x in g("joy.lower")),
-                upper=tuple(float(x) for x in g("joy.upper")),
-            ),
-            leader=LeaderConfig(
-                joint_names=tuple(g("leader.joint_names")),
-                scale=() if scale == (0.0,) else scale,
-                offset=() if offset == (0.0,) else offset,
-            ),
-            task=str(g("task")),
-            action_scale=float(g("action_scale")),
-            servo_gain=float(g("servo_gain")),
-            expert_speed=float(g("expert_speed")),
-        )
-
     def _build(self) -> None:
         c = self.cfg
-        self.joy = JoyTeleop(c.joy) if c.mode == "joy" else None
-        self.leader = LeaderMirror(c.leader) if c.mode == "leader" else None
+        self.joy = JoyTeleop(c.joy()) if c.mode == "joy" else None
+        self.leader = LeaderMirror(c.leader()) if c.mode == "leader" else None
         try:
             self.expert = (
                 ScriptedExpert(c.task, c.action_scale, c.servo_gain, c.expert_speed) if c.mode == "expert" else None
             )
-        except SimError as e:
-            raise TeleopError(str(e)) from None
-
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        if any(p.name != "enabled" for p in params):
-            return SetParametersResult(successful=False, reason="only 'enabled' changes live; restart for the rest")
-        for p in params:
-            if not isinstance(p.value, bool):
-                return SetParametersResult(successful=False, reason="'enabled' must be a bool")
-            self.cfg = TeleopNodeConfig(**{**self.cfg.__dict__, "enabled": p.value})
-        return SetParametersResult(successful=True)
+        except SimError as e:  # an unknown task or a bad speed: the parameters are at fault
+            raise ParameterError(f"{NODE_NAME}: {e}") from None
 
     # ------------------------------------------------------------------ inputs
     def _bad(self, why: str) -> None:
@@ -232,7 +134,7 @@ class TeleopNode(Node):
 
     # ------------------------------------------------------------------ reporting
     def _publish_diagnostics(self) -> None:
-        if time.monotonic() - self._last_error_time < 2.0:
+        if time.monotonic() - self._last_error_time < ERROR_HOLD_S:
             level, message = ERROR, self._last_error
         else:
             level, message = OK, "enabled" if self.cfg.enabled else "paused"

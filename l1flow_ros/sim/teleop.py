@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from l1flow_ros.config import param
+
 
 class TeleopError(ValueError):
     """Bad teleop configuration or device input; the text says why."""
@@ -136,3 +138,69 @@ class LeaderMirror:
         if not np.all(np.isfinite(q)):
             raise TeleopError("leader joint positions have NaN or inf")
         return self.scale * q + self.offset
+
+
+MODES = ("joy", "leader", "expert")
+# The simulated arm's command order, which expert mode requires: metaworld_env.ACTION_NAMES
+# (test_teleop checks), written here so that teleop does not import MuJoCo.
+SIM_ACTION_NAMES = ("ee_x", "ee_y", "ee_z", "gripper")
+_JOY, _LEADER = JoyConfig(), LeaderConfig()
+
+
+@dataclass(frozen=True)
+class TeleopConfig:
+    """teleop_node's parameters (:mod:`l1flow_ros.nodes.params` declares them): the mode, and
+    the settings of each mode, grouped under ``joy.*`` and ``leader.*``."""
+
+    mode: str = param("joy", "joy | leader | expert")
+    enabled: bool = param(True, "publish commands (live: pause / resume teleop)", live=True)
+    action_names: tuple[str, ...] = param(SIM_ACTION_NAMES, "command vector order (/joint_states names)")
+    rate_hz: float = param(50.0, "joy mode: command rate")
+    joy_axes: tuple[int, ...] = param(_JOY.axes, "Joy axis index per Cartesian direction", name="joy.axes")
+    joy_axis_scale: tuple[float, ...] = param(_JOY.axis_scale, "m/s at full deflection per direction",
+                                              name="joy.axis_scale")
+    joy_deadzone: float = param(_JOY.deadzone, "axis magnitude treated as zero", name="joy.deadzone")
+    joy_deadman_button: int = param(_JOY.deadman_button, "hold to move; -1 = none", name="joy.deadman_button")
+    joy_gripper_button: int = param(_JOY.gripper_button, "press toggles the gripper; -1 = none",
+                                    name="joy.gripper_button")
+    joy_lower: tuple[float, ...] = param(_JOY.lower, "target box lower corner, metres", name="joy.lower")
+    joy_upper: tuple[float, ...] = param(_JOY.upper, "target box upper corner, metres", name="joy.upper")
+    leader_joint_names: tuple[str, ...] = param(_LEADER.joint_names, "leader joints, command order",
+                                                name="leader.joint_names")
+    leader_scale: tuple[float, ...] = param((0.0,), "per-joint scale ([0.0] = 1 for all)", name="leader.scale")
+    leader_offset: tuple[float, ...] = param((0.0,), "per-joint offset ([0.0] = 0 for all)", name="leader.offset")
+    task: str = param("button-press-v3", "expert mode: Meta-World v3 task")
+    action_scale: float = param(0.01, "expert mode: Meta-World action_scale (metres)")
+    servo_gain: float = param(0.25, "expert mode: the sim's servo_gain")
+    expert_speed: float = param(1.0, "expert mode: step scale in (0, 1]; < 1 = slower demos")
+
+    def joy(self) -> JoyConfig:
+        return JoyConfig(axes=self.joy_axes, axis_scale=self.joy_axis_scale, deadzone=self.joy_deadzone,
+                         deadman_button=self.joy_deadman_button, gripper_button=self.joy_gripper_button,
+                         lower=self.joy_lower, upper=self.joy_upper)
+
+    def leader(self) -> LeaderConfig:
+        def unset(v: tuple[float, ...]) -> tuple[float, ...]:
+            return () if v == (0.0,) else v  # [0.0]: the default, all joints alike
+
+        return LeaderConfig(joint_names=self.leader_joint_names, scale=unset(self.leader_scale),
+                            offset=unset(self.leader_offset))
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise TeleopError(f"mode {self.mode!r} not in {MODES}")
+        if not (0.0 < self.rate_hz <= 1000.0):
+            raise TeleopError(f"rate_hz must be in (0, 1000], got {self.rate_hz}")
+        if self.mode == "joy":
+            self.joy().validate()
+            if len(self.action_names) != len(self.joy_axes) + 1:
+                raise TeleopError(
+                    f"joy mode: action_names {self.action_names} must be the {len(self.joy_axes)} axes + gripper"
+                )
+        if self.mode == "leader":
+            self.leader().validate()
+        if self.mode == "expert":
+            if self.action_scale <= 0 or not (0.0 < self.servo_gain <= 1.0):
+                raise TeleopError(f"expert: action_scale {self.action_scale} > 0, servo_gain in (0, 1]")
+            if self.action_names != SIM_ACTION_NAMES:
+                raise TeleopError(f"expert mode commands {SIM_ACTION_NAMES}, got action_names {self.action_names}")
