@@ -76,8 +76,6 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
     import tempfile
 
     import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -85,36 +83,25 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
 
     from l1flow_ros.inference.synthetic import default_bench_bundle
     from l1flow_ros.msgs.chunk_conv import embedding_to_msg
+    from l1flow_ros.nodes.composition import Composition
     from l1flow_ros.nodes.inference_node import InferenceNode
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, Composition() as rig:
         bundle = os.path.join(tmp, "bundle")
         default_bench_bundle(bundle, "default")
-        ctx = Context()
-        rclpy.init(context=ctx)
-        node = InferenceNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(bundle))])
+        node = InferenceNode(context=rig.context, parameter_overrides=[Parameter("checkpoint", value=str(bundle))])
         for step in (node.trigger_configure, node.trigger_activate):
             assert step() == TransitionCallbackReturn.SUCCESS, step.__name__
         head = node._switcher.active
-        feeder = rclpy.create_node("bench_embedding_feeder", context=ctx)
+        feeder = rclpy.create_node("bench_embedding_feeder", context=rig.context)
         pub = feeder.create_publisher(Image, "/l1flow/embedding", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-        ex = MultiThreadedExecutor(num_threads=3, context=ctx)
-        ex.add_node(node)
-        ex.add_node(feeder)
-        spin = threading.Thread(target=ex.spin, daemon=True)
-        spin.start()
+        rig.add(node, feeder)
         ready.set()
         rng = np.random.default_rng(0)
         while not stop.is_set():
             e = rng.normal(size=head.embed_dim).astype(np.float32)
             pub.publish(embedding_to_msg(e, feeder.get_clock().now().nanoseconds, head.fingerprint))
             time.sleep(1.0 / embed_hz)
-        ex.shutdown()
-        spin.join(timeout=5)
-        node.close()
-        node.destroy_node()
-        feeder.destroy_node()
-        ctx.try_shutdown()
 
 
 def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0) -> tuple[np.ndarray, int]:
@@ -190,12 +177,11 @@ def measure_bare(rate: float, load: str, spin_us: int, seconds: float, rt_prio: 
 def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: float, rt_prio: int,
             affinity: list[int], switch_interval: float = 0.0001) -> dict[str, float]:
     import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from trajectory_msgs.msg import JointTrajectory
 
     from l1flow_ros.msgs.chunk_conv import chunk_to_msg
+    from l1flow_ros.nodes.composition import Composition
     from l1flow_ros.nodes.executor_node import ExecutorNode
     from l1flow_ros.spec import Chunk
 
@@ -203,8 +189,8 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     # otherwise a 7-joint arm fed by the stand-in below.
     names = ["ee_x", "ee_y", "ee_z", "gripper"] if load == "inference" else ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
     dim = len(names)
-    ctx = Context()
-    rclpy.init(context=ctx)
+    rig = Composition().start()
+    ctx = rig.context
     params = {
         "joint_names": names, "rate_hz": rate, "spin_us": spin_us, "gripper_joints": ["gripper"],
         "max_velocity": [1.0] * dim, "max_acceleration": [10.0] * dim, "lower": [-3.0] * dim, "upper": [3.0] * dim,
@@ -215,17 +201,7 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     node = ExecutorNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     feeder = rclpy.create_node("bench_chunk_feeder", context=ctx)
     pub = feeder.create_publisher(JointTrajectory, "/l1flow/action_chunk", 1)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    ex.add_node(feeder)
-    stop_spin = threading.Event()
-
-    def spin_loop() -> None:  # stopped before the executor shuts down (no race inside rclpy)
-        while not stop_spin.is_set():
-            ex.spin_once(timeout_sec=0.05)
-
-    spin = threading.Thread(target=spin_loop, daemon=True)
-    spin.start()
+    rig.add(node, feeder)
     node._measured = np.zeros(len(names))  # as if /joint_states had arrived
     assert node._enable(True)[0]
 
@@ -247,12 +223,7 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     stop_load.set()
     for w in workers:
         w.join(timeout=5)
-    stop_spin.set()
-    spin.join(timeout=5.0)  # no callback may run on a destroyed node
-    ex.shutdown()
-    node.destroy_node()
-    feeder.destroy_node()
-    ctx.try_shutdown()
+    rig.close()  # the spin loops stop before the nodes are closed and destroyed
     return {
         "periods": len(err), "p50": float(np.percentile(err, 50)), "p99": float(np.percentile(err, 99)),
         "max": float(err.max()), "missed": missed, "chunks": accepted, "rejected": rejected,
@@ -272,8 +243,6 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
@@ -281,6 +250,7 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
     from trajectory_msgs.msg import JointTrajectory
 
     from l1flow_ros.msgs.chunk_conv import chunk_to_msg
+    from l1flow_ros.nodes.composition import Composition
     from l1flow_ros.spec import Chunk
 
     names = ["ee_x", "ee_y", "ee_z", "gripper"] if load == "inference" else ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
@@ -298,9 +268,8 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
     log = tempfile.TemporaryFile(mode="w+")
     child = subprocess.Popen([sys.executable, "-m", "l1flow_ros.nodes.executor_node", "--ros-args", *cli],
                              stdout=log, stderr=subprocess.STDOUT)
-    ctx = Context()
-    rclpy.init(context=ctx)
-    io = rclpy.create_node("bench_arm_and_chunks", context=ctx)
+    rig = Composition().start()
+    io = rclpy.create_node("bench_arm_and_chunks", context=rig.context)
     diags: list[dict[str, str]] = []
     n_cmds = [0]
 
@@ -318,16 +287,7 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
                               QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
     js_pub = io.create_publisher(JointState, "/joint_states", 10)
     enable = io.create_client(SetBool, "/l1flow/executor/enable")
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(io)
-    stop_spin = threading.Event()
-
-    def spin_loop() -> None:
-        while not stop_spin.is_set():
-            ex.spin_once(timeout_sec=0.05)
-
-    spin = threading.Thread(target=spin_loop, daemon=True)
-    spin.start()
+    rig.add(io)
     stop_js = threading.Event()
     js = JointState(name=list(names), position=[0.0] * dim)
 
@@ -397,11 +357,7 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
         except subprocess.TimeoutExpired:
             child.kill()
             rc = child.wait()
-        stop_spin.set()
-        spin.join(timeout=5.0)
-        ex.shutdown()
-        io.destroy_node()
-        ctx.try_shutdown()
+        rig.close()
     log.seek(0)
     text = log.read()
     f = lambda d, k: float(d.get(k, "nan"))  # noqa: E731

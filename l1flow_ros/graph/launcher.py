@@ -29,6 +29,7 @@ measured to starve an 80 Hz topic with two subscribers in the process to about 3
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -264,29 +265,18 @@ class ProcessGraph:
 
         A node on the graph has initialised rclpy, so from then on SIGINT stops it cleanly.
         """
-        import rclpy
-
         want = set(self.names if names is None else names)
-        ctx = rclpy.Context()
-        rclpy.init(args=[], context=ctx)
-        try:
-            node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=ctx,
-                                     enable_rosout=False, start_parameter_services=False)
-            try:
-                end = time.monotonic() + timeout
-                while True:
-                    seen = {n for n, _ in node.get_node_names_and_namespaces()}
-                    if want <= seen:
-                        return
-                    for n in want - seen:
-                        self._check_alive(n, "before it joined the ROS graph")
-                    if time.monotonic() > end:
-                        raise GraphError(f"not on the ROS graph after {timeout:.0f} s: {sorted(want - seen)}")
-                    time.sleep(0.05)
-            finally:
-                node.destroy_node()
-        finally:
-            ctx.try_shutdown()
+        with _probe() as node:
+            end = time.monotonic() + timeout
+            while True:
+                seen = {n for n, _ in node.get_node_names_and_namespaces()}
+                if want <= seen:
+                    return
+                for n in want - seen:
+                    self._check_alive(n, "before it joined the ROS graph")
+                if time.monotonic() > end:
+                    raise GraphError(f"not on the ROS graph after {timeout:.0f} s: {sorted(want - seen)}")
+                time.sleep(0.05)
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -300,39 +290,25 @@ class ProcessGraph:
 
     def _activate(self, names: list[str]) -> None:
         """configure, then activate, each lifecycle node through its change_state service."""
-        import rclpy
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rclpy.executors import SingleThreadedExecutor
 
-        ctx = rclpy.Context()
-        rclpy.init(args=[], context=ctx)
-        try:
-            node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=ctx,
-                                     enable_rosout=False, start_parameter_services=False)
-            ex = SingleThreadedExecutor(context=ctx)
-            ex.add_node(node)
-            try:
-                for name in names:
-                    # One pair of clients for both transitions: a client made later would
-                    # have to discover the service again (seconds on a loaded machine).
-                    clients = (node.create_client(ChangeState, f"/{name}/change_state"),
-                               node.create_client(GetState, f"/{name}/get_state"))
-                    try:
-                        for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
-                                           (Transition.TRANSITION_ACTIVATE, "activate")):
-                            self._transition(ex, clients, name, tid, label)
-                    finally:
-                        for c in clients:
-                            node.destroy_client(c)
-                    self._say(f"{name}: configured and active")
-            finally:
-                ex.shutdown()
-                node.destroy_node()
-        finally:
-            ctx.try_shutdown()
+        with _probe() as node:
+            for name in names:
+                # One pair of clients for both transitions: a client made later would
+                # have to discover the service again (seconds on a loaded machine).
+                clients = (node.create_client(ChangeState, f"/{name}/change_state"),
+                           node.create_client(GetState, f"/{name}/get_state"))
+                try:
+                    for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
+                                       (Transition.TRANSITION_ACTIVATE, "activate")):
+                        self._transition(clients, name, tid, label)
+                finally:
+                    for c in clients:
+                        node.destroy_client(c)
+                self._say(f"{name}: configured and active")
 
-    def _transition(self, ex, clients, name: str, transition_id: int, label: str) -> None:
+    def _transition(self, clients, name: str, transition_id: int, label: str) -> None:
         """One transition; robust to a request lost on the way (a server matched too early).
 
         A request sent the moment discovery reports the service can be lost (services keep no
@@ -348,27 +324,27 @@ class ProcessGraph:
         change, get = clients
         end = time.monotonic() + self.lifecycle_timeout
 
-        def spin_until(cond, until: float) -> bool:
+        def wait_until(cond, until: float) -> bool:
             while not cond():
                 self._check_alive(name, f"during {label}")
                 if time.monotonic() > min(until, end):
                     return cond()
-                ex.spin_once(timeout_sec=0.05)
+                time.sleep(0.02)  # the probe's executor completes the futures
             return True
 
-        if not spin_until(change.service_is_ready, end):
+        if not wait_until(change.service_is_ready, end):
             raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s (to {label})")
         req = ChangeState.Request()
         req.transition.id = transition_id
         futures = [change.call_async(req)]
         while True:
-            answered = spin_until(lambda: any(f.done() for f in futures), time.monotonic() + 10.0)
+            answered = wait_until(lambda: any(f.done() for f in futures), time.monotonic() + 10.0)
             if answered and any(f.done() and f.result().success for f in futures):
                 return
             state = None
             if get.service_is_ready():
                 g = get.call_async(GetState.Request())
-                if spin_until(g.done, time.monotonic() + 5.0):
+                if wait_until(g.done, time.monotonic() + 5.0):
                     state = g.result().current_state.id
             if state == goal:
                 return
@@ -383,6 +359,21 @@ class ProcessGraph:
         rc = self.procs[name].returncode()
         if rc is not None:
             raise GraphError(f"{name} exited with code {rc} {doing}; its last output:\n{self.tail(name)}")
+
+
+@contextlib.contextmanager
+def _probe():
+    """The launcher's own node (no rosout, no parameter services) in a context of its own,
+    spun by :class:`~l1flow_ros.nodes.composition.Composition`."""
+    import rclpy
+
+    from l1flow_ros.nodes.composition import Composition
+
+    with Composition() as rig:
+        node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=rig.context,
+                                 enable_rosout=False, start_parameter_services=False)
+        rig.add(node)
+        yield node
 
 
 def run(params_file: str | Path, names: Sequence[str] | None = None, overrides: Iterable[str] = (),
