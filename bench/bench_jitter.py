@@ -92,7 +92,7 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
         node = InferenceNode(context=rig.context, parameter_overrides=[Parameter("checkpoint", value=str(bundle))])
         for step in (node.trigger_configure, node.trigger_activate):
             assert step() == TransitionCallbackReturn.SUCCESS, step.__name__
-        head = node._switcher.active
+        head = node.service.active
         feeder = rclpy.create_node("bench_embedding_feeder", context=rig.context)
         pub = feeder.create_publisher(Image, "/l1flow/embedding", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         rig.add(node, feeder)

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from l1flow_ros.msgs.chunk_conv import MessageError
+from l1flow_ros.msgs.chunk_conv import MessageError, tail_from_msg
 from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs
-from l1flow_ros.nodes.inference_node import tail_from_msg
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BPP = {"rgb8": 3, "bgr8": 3, "16UC1": 2, "32FC1": 4, "rgba8": 4, "mono8": 1}

@@ -169,7 +169,7 @@ def test_hot_swap_under_flow(older_objects_frozen, ros_context, spin_nodes, bund
     ok, reason = set_checkpoint(bundles["b"])
     assert ok, reason
     assert wait_for(lambda: chunks_with(fps["b"]) >= 10), "never switched to checkpoint b"
-    assert node._switcher.active.fingerprint == fps["b"] and node._switcher.pending is None
+    assert node.service.active.fingerprint == fps["b"] and node.service.pending is None
 
     for bad in ("missing", "corrupt", "badweights", "nan", "dims", "obs"):
         n_before = chunks_with(fps["b"])
@@ -183,7 +183,7 @@ def test_hot_swap_under_flow(older_objects_frozen, ros_context, spin_nodes, bund
     n_a = chunks_with(fps["a"])
     assert wait_for(lambda: chunks_with(fps["a"]) >= n_a + 10), "never switched back to a"
     t_end = received[-1][0]
-    assert node._counts["unknown_fingerprint"] > 0  # foreign / late embeddings were dropped
+    assert node.service.counts["unknown_fingerprint"] > 0  # foreign / late embeddings were dropped
     spinning.close()  # stopped before the records are checked
 
     # 1. The executor never starves: no gap longer than two planning periods.

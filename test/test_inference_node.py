@@ -85,7 +85,7 @@ def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_no
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert rig.wait(lambda: rig.ckpts), "checkpoint path not published on configure"
     assert rig.ckpts[-1] == str(bundle.resolve())
-    fp = rig.node._switcher.active.fingerprint
+    fp = rig.node.service.active.fingerprint
     e = np.linspace(-1, 1, 32).astype(np.float32)
     stamp = 1_700_000_000_123_456_789
     # Inactive: embeddings are ignored (one taken by the node's subscription, no chunk from it).
@@ -106,15 +106,22 @@ def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_no
     np.testing.assert_allclose(chunk.actions, expected.actions, atol=1e-5)
     assert rig.wait(lambda: any(kv.key == "inference_ms_p50" and kv.value != "nan"
                                 for d in rig.diags[-1:] for kv in d.values))
-    # Read-only parameters cannot change while configured; live ones can.
+    # Read-only parameters (the descriptor says so) cannot change; live ones can, and the config follows.
+    assert rig.node.describe_parameter("backend").read_only
+    assert not any(rig.node.describe_parameter(n).read_only
+                   for n in ("checkpoint", "warm_start", "max_observation_age"))
     res = rig.node.set_parameters([Parameter("backend", value="onnxruntime")])
-    assert not res[0].successful and "unconfigured" in res[0].reason
+    assert not res[0].successful and "read-only" in res[0].reason
+    assert rig.node.cfg.backend == "torch"
     res = rig.node.set_parameters([Parameter("max_observation_age", value=5.0)])
-    assert res[0].successful
+    assert res[0].successful and rig.node.cfg.max_observation_age == 5.0
+    res = rig.node.set_parameters([Parameter("max_observation_age", value=-1.0)])  # validate() refuses it
+    assert not res[0].successful and "max_observation_age" in res[0].reason
+    assert rig.node.cfg.max_observation_age == 5.0
     # Cleanup frees the policy: no more chunks.
     assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert rig.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-    assert rig.node._switcher.active is None
+    assert rig.node.service.active is None
 
 
 def test_bad_input_reported_and_node_keeps_running(ros_context, spin_nodes, bundle):
@@ -125,13 +132,13 @@ def test_bad_input_reported_and_node_keeps_running(ros_context, spin_nodes, bund
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     rig.wait_connected()
-    fp = rig.node._switcher.active.fingerprint
+    fp = rig.node.service.active.fingerprint
     good = np.zeros(32, np.float32)
     bad_nan = _emb_msg(good, 1000, fp)
     bad_nan.data = np.full(32, np.nan, "<f4").tobytes()
     bad_dim = _emb_msg(np.zeros(7, np.float32), 2000, fp)
     foreign = _emb_msg(good, 3000, "0123456789abcdef")
-    c = rig.node._counts
+    c = rig.node.service.counts
     # One at a time, each once the node has dropped the one before (the node keeps only the
     # newest embedding: sent together, one could replace another before it is looked at).
     for m, reason in ((bad_nan, "invalid_embedding"), (bad_dim, "invalid_embedding"),
@@ -156,7 +163,7 @@ def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, spin_nodes, tmp_
     make_bundle(tmp_path / "nan", poison_nan=True)
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(tmp_path / "nan")})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert rig.node._switcher.active is None
+    assert rig.node.service.active is None
     assert rig.wait(lambda: any(d.level == DiagnosticStatus.ERROR and "non-finite" in d.message
                                 for d in rig.diags))
 
@@ -173,7 +180,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     rig.wait_connected()
     assert rig.wait(lambda: rig.pub_tail.get_subscription_count() > 0)
-    fp = rig.node._switcher.active.fingerprint
+    fp = rig.node.service.active.fingerprint
     t_obs = 50_000_000_000
     # Tail in a shuffled joint order, due from t_obs on, 20 ms apart.
     names = list(TINY_ACTION.names)[::-1]
@@ -189,7 +196,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
         p.time_from_start = ns_to_duration(k * 20_000_000)
         tail.points.append(p)
     rig.pub_tail.publish(tail)
-    assert rig.wait(lambda: rig.node._tail is not None)
+    assert rig.wait(lambda: rig.node.service.tail is not None)
     e = np.full(32, 0.3, np.float32)
     rig.pub_emb.publish(_emb_msg(e, t_obs, fp))
     assert rig.wait(lambda: rig.chunks)
@@ -205,8 +212,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
 def test_tail_from_msg_reorders_and_rejects():
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from l1flow_ros.msgs.chunk_conv import MessageError, ns_to_duration, ns_to_stamp
-    from l1flow_ros.nodes.inference_node import tail_from_msg
+    from l1flow_ros.msgs.chunk_conv import MessageError, ns_to_duration, ns_to_stamp, tail_from_msg
 
     msg = JointTrajectory()
     msg.header.stamp = ns_to_stamp(1_000)
@@ -250,7 +256,7 @@ def test_onnxruntime_backend_needs_export_then_runs(ros_context, spin_nodes, tmp
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     rig.wait_connected()
-    fp = rig.node._switcher.active.fingerprint
+    fp = rig.node.service.active.fingerprint
     e = np.linspace(0, 1, 32).astype(np.float32)
     rig.pub_emb.publish(_emb_msg(e, 77, fp))
     assert rig.wait(lambda: rig.chunks)

@@ -1,0 +1,250 @@
+"""The inference node's work, without ROS: checkpoint bundles in, timestamped chunks out.
+
+:class:`InferenceService` owns the policies one inference node has loaded (a
+:class:`~l1flow_ros.inference.hotswap.HeadSwitcher` of
+:class:`~l1flow_ros.inference.runner.PolicyRunner`) and everything about them that is not
+ROS wiring:
+
+- :meth:`~InferenceService.load` (configure): validate, open and warm up a bundle; it
+  becomes the only head;
+- :meth:`~InferenceService.check` (a ``checkpoint`` set): the cheap synchronous checks a
+  new bundle must pass next to the running one (:func:`~l1flow_ros.inference.checkpoint.validate_checkpoint`),
+  so that a bad one is refused with the reason; :meth:`~InferenceService.needs_swap` says
+  whether it differs from what is loaded (by fingerprint);
+- :meth:`~InferenceService.swap`: open and warm up on a worker thread, then stage it as the
+  pending head; ``on_swapped(runner)`` or ``on_swap_failed(path, error)`` tells the caller
+  (on the worker thread). A swap that a later swap or :meth:`~InferenceService.release`
+  overtook discards its result;
+- :meth:`~InferenceService.infer`: one embedding (D,) of an observation stamped ``t_obs_ns``
+  with a fingerprint -> a :class:`~l1flow_ros.spec.Chunk`, routed to the head of that
+  fingerprint (promoting a pending one), timed; an input that gives no chunk raises
+  :class:`Dropped`, counted under its reason in :attr:`~InferenceService.counts`;
+- the counters and latency windows that /diagnostics reports (:meth:`~InferenceService.values`).
+
+Thread use (as the node runs it): ``infer`` on one thread, ``check`` / ``swap`` / ``load`` /
+``release`` on others; the head switch is locked, a swap's generation is checked under
+``_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from l1flow_ros.inference.checkpoint import validate_checkpoint
+from l1flow_ros.inference.config import InferenceConfig
+from l1flow_ros.inference.hotswap import HeadSwitcher
+from l1flow_ros.inference.latency import LatencyWindow
+from l1flow_ros.inference.runner import PolicyRunner, Tail
+from l1flow_ros.spec import Chunk
+
+# Inputs that gave no chunk, by reason (the /diagnostics counters, with "chunks" and "swaps").
+COUNTERS = ("chunks", "unknown_fingerprint", "invalid_embedding", "stale_embedding", "invalid_tail",
+            "failed_inference", "swaps")
+
+
+class Dropped(Exception):
+    """An input that gave no chunk; the text says why.
+
+    ``counter``: the key of :attr:`InferenceService.counts` it was counted under; ``severe``:
+    bad data or a failing backend (an error), rather than stale or foreign input (a warning).
+    """
+
+    def __init__(self, counter: str, reason: str, severe: bool) -> None:
+        super().__init__(reason)
+        self.counter = counter
+        self.severe = severe
+
+
+def fingerprint_of(head: Any) -> str:
+    return head.fingerprint if head is not None else "-"
+
+
+class InferenceService:
+    """The loaded policies of one inference node, their swaps, and the numbers about them."""
+
+    def __init__(self, *, on_swapped: Callable[[PolicyRunner], None] | None = None,
+                 on_swap_failed: Callable[[str, Exception], None] | None = None,
+                 log: Any = None, window: int = 512) -> None:
+        self.switcher = HeadSwitcher()
+        self.latency = LatencyWindow(window)  # head.act() time, s
+        self.age = LatencyWindow(window)  # observation time -> chunk published, s
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.tail: Tail | None = None  # the executor's unexecuted plan, the warm start
+        self._on_swapped = on_swapped
+        self._on_swap_failed = on_swap_failed
+        self._log = log if log is not None else logging.getLogger(__name__)  # anything with .info(str)
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._gen = 0  # swap generation: a worker whose generation is not the newest discards its result
+        self._swap_thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> PolicyRunner | None:
+        return self.switcher.active
+
+    @property
+    def pending(self) -> PolicyRunner | None:
+        return self.switcher.pending
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def check(self, path: str, cfg: InferenceConfig) -> Any:
+        """The bundle's manifest if it may replace the running policy; raises
+        :class:`~l1flow_ros.inference.checkpoint.CheckpointRejected` with the reason."""
+        active = self.switcher.active
+        return validate_checkpoint(path, active.manifest if active is not None else None, cfg.backend,
+                                   **cfg.checkpoint_checks())
+
+    def needs_swap(self, manifest: Any) -> bool:
+        """Whether a checked bundle should be loaded: it is not the running head's contents
+        (fingerprint) with nothing pending."""
+        active = self.switcher.active
+        unchanged = active is not None and manifest.fingerprint == active.fingerprint \
+            and self.switcher.pending is None
+        return self._loaded and not unchanged
+
+    def _open(self, path: str, cfg: InferenceConfig) -> PolicyRunner:
+        runner = PolicyRunner.open(path, cfg.backend, seed=cfg.seed, warm_start=cfg.warm_start,
+                                   **cfg.backend_opts())
+        try:
+            runner.warmup(cfg.warmup_iterations)
+        except Exception:
+            runner.close()
+            raise
+        return runner
+
+    def load(self, path: str, cfg: InferenceConfig) -> PolicyRunner:
+        """Validate, open and warm up ``path``; it replaces every head. Raises with the reason
+        (``CheckpointRejected`` or the backend's error) and then changes nothing."""
+        validate_checkpoint(path, None, cfg.backend, **cfg.checkpoint_checks())
+        runner = self._open(path, cfg)
+        with self._lock:
+            self._loaded = True
+            freed = self.switcher.set_active(runner)
+        for old in freed:
+            old.close()
+        return runner
+
+    def swap(self, path: str, cfg: InferenceConfig) -> None:
+        """Open and warm up ``path`` on a worker thread, then stage it as the pending head
+        (promoted by the first embedding with its fingerprint)."""
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        t = threading.Thread(target=self._swap_worker, args=(path, cfg, gen), name="l1flow-swap", daemon=True)
+        self._swap_thread = t
+        t.start()
+
+    def _swap_worker(self, path: str, cfg: InferenceConfig, gen: int) -> None:
+        t0 = time.monotonic()
+        try:
+            runner = self._open(path, cfg)
+        except Exception as e:
+            with self._lock:
+                current = gen == self._gen
+            if current and self._on_swap_failed is not None:
+                self._on_swap_failed(path, e)
+            return
+        with self._lock:
+            current = gen == self._gen and self._loaded
+            freed = self.switcher.stage(runner) if current else [runner]
+        for f in freed:
+            f.close()
+        if not current:
+            return
+        self.counts["swaps"] += 1
+        self._log.info(f"checkpoint {path} ({runner.fingerprint}) warmed up in {time.monotonic() - t0:.2f} s; "
+                       "switching when perception sends its embeddings")
+        if self._on_swapped is not None:
+            self._on_swapped(runner)
+
+    def release(self) -> None:
+        """Free every head (cleanup); a swap in flight discards its result."""
+        with self._lock:
+            self._gen += 1
+            self._loaded = False
+        self.tail = None
+        for old in self.switcher.set_active(None):
+            old.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """:meth:`release`, then wait for a swap worker (idempotent)."""
+        t = self._swap_thread
+        self.release()
+        if t is not None:
+            t.join(timeout=timeout)
+
+    # ------------------------------------------------------------------ data path
+
+    def reject(self, counter: str, reason: str, severe: bool) -> Dropped:
+        """Count an input under ``counter`` and return the :class:`Dropped` that says why."""
+        self.counts[counter] += 1
+        return Dropped(counter, reason, severe)
+
+    def tail_names(self, cfg: InferenceConfig) -> tuple[str, ...] | None:
+        """The action names (in order) an executor tail must carry to be used, or None when no
+        tail is used (nothing loaded, no warm-start graph, or ``warm_start`` off)."""
+        head = self.switcher.active
+        if head is None or not head.supports_warm_start or not cfg.warm_start:
+            return None
+        return head.names
+
+    def infer(self, embedding: np.ndarray, t_obs_ns: int, fingerprint: str, cfg: InferenceConfig,
+              now_ns: int) -> Chunk:
+        """Embedding (D,) of the observation stamped ``t_obs_ns`` (``now_ns`` on the same clock)
+        -> the chunk the head of ``fingerprint`` computes; raises :class:`Dropped`."""
+        if cfg.max_observation_age > 0:
+            age = (now_ns - t_obs_ns) * 1e-9
+            if age > cfg.max_observation_age:
+                raise self.reject("stale_embedding", f"embedding {age:.3f} s old > max_observation_age", False)
+        head, retired = self.switcher.route(fingerprint)
+        for r in retired:
+            self._log.info(f"switched to {head.path} ({head.fingerprint})")
+            r.close()
+        if head is None:
+            raise self.reject("unknown_fingerprint", (
+                f"embedding of unknown checkpoint {fingerprint!r} dropped (active "
+                f"{fingerprint_of(self.switcher.active)}, pending {fingerprint_of(self.switcher.pending)})"), False)
+        if embedding.shape[0] != head.embed_dim:
+            raise self.reject("invalid_embedding", (
+                f"embedding has {embedding.shape[0]} values, {head.fingerprint} expects {head.embed_dim}"), True)
+        tail = self.tail if cfg.warm_start else None
+        t0 = time.perf_counter()
+        try:
+            chunk = head.act(embedding, t_obs_ns, tail)
+        except Exception as e:  # a failing backend never takes the node down; no chunk from it
+            raise self.reject("failed_inference", f"inference failed, no chunk: {e}", True) from e
+        self.latency.add(time.perf_counter() - t0)
+        return chunk
+
+    def published(self, t_obs_ns: int, now_ns: int) -> None:
+        """A chunk for the observation stamped ``t_obs_ns`` went out at ``now_ns``."""
+        self.counts["chunks"] += 1
+        self.age.add((now_ns - t_obs_ns) * 1e-9)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def values(self, cfg: InferenceConfig) -> dict[str, str]:
+        """The loaded policy and its timing, as /diagnostics reports them (times in ms)."""
+        active, pending = self.switcher.active, self.switcher.pending
+        lat, age = self.latency.summary(), self.age.summary()
+        return {
+            "backend": cfg.backend,
+            "checkpoint": active.path if active else "",
+            "fingerprint": fingerprint_of(active),
+            "pending_fingerprint": fingerprint_of(pending),
+            "sampler": f"{active.policy.sampler.kind}:{active.policy.sampler.steps}" if active else "",
+            "warm_start": str(bool(active and active.supports_warm_start and cfg.warm_start)),
+            "inference_ms_last": f"{lat['last']:.3f}",
+            "inference_ms_p50": f"{lat['p50']:.3f}",
+            "inference_ms_p99": f"{lat['p99']:.3f}",
+            "inference_ms_max": f"{lat['max']:.3f}",
+            "obs_to_chunk_ms_p50": f"{age['p50']:.3f}",
+            "obs_to_chunk_ms_p99": f"{age['p99']:.3f}",
+        }
