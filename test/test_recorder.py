@@ -19,7 +19,9 @@ from l1flow_ros.data.mcap_io import (
     read_metadata,
     topics,
 )
-from l1flow_ros.nodes.recorder_node import RecorderNode
+from l1flow_ros.nodes.params import ParameterError
+from l1flow_ros.nodes.qos import RECORD, RECORD_SENSOR
+from l1flow_ros.nodes.recorder_node import RecorderConfig, RecorderNode
 
 
 def test_message_definition_has_nested_types_once():
@@ -55,6 +57,43 @@ def test_episode_writer_round_trip_and_part_file(tmp_path):
     (tmp_path / "broken.mcap").write_bytes(b"\x89MCAP0\r\n garbage")
     with pytest.raises(EpisodeError):
         list(read_messages(tmp_path / "broken.mcap"))
+
+
+def test_config_topics_types_and_qos():
+    cfg = RecorderConfig(cameras=("cam",), action_type="std_msgs/Float64MultiArray",
+                         extra_topics=("/note:std_msgs/String", ""))
+    cfg.validate()
+    assert cfg.topics() == [
+        ("/cam/color/image_raw", "sensor_msgs/msg/Image", RECORD_SENSOR),
+        ("/cam/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image", RECORD_SENSOR),
+        ("/cam/color/camera_info", "sensor_msgs/msg/CameraInfo", RECORD_SENSOR),
+        ("/joint_states", "sensor_msgs/msg/JointState", RECORD),
+        ("/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray", RECORD),
+        ("/note", "std_msgs/msg/String", RECORD),
+    ]
+    for bad, words in [(dict(extra_topics=("note:std_msgs/String",)), "extra topic 'note:std_msgs/String'"),
+                       (dict(extra_topics=("/note",)), "extra topic '/note'"),
+                       (dict(action_type="Float64MultiArray"), "message type 'Float64MultiArray'"),
+                       (dict(max_episode_s=-1.0), "max_episode_s")]:
+        with pytest.raises(EpisodeError, match=words):
+            RecorderConfig(**bad).validate()
+
+
+def test_parameters_from_a_ros_params_file_fixed_at_start(ros_context, tmp_path):
+    params = tmp_path / "rec.yaml"
+    params.write_text(f"recorder_node:\n  ros__parameters:\n    output_dir: {tmp_path / 'eps'}\n    cameras: []\n"
+                      "    extra_topics: ['']\n    max_episode_s: 30\n")
+    node = RecorderNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(params)])
+    try:
+        assert node.cfg.cameras == () and node.cfg.extra_topics == () and node.cfg.max_episode_s == 30.0
+        assert (tmp_path / "eps").is_dir()
+        r = node.set_parameters([Parameter("task", value="reach-v3")])[0]
+        assert not r.successful and node.cfg.task == ""
+    finally:
+        node.destroy_node()
+    params.write_text("recorder_node:\n  ros__parameters:\n    extra_topics: ['/a:std_msgs/String', 'b']\n")
+    with pytest.raises(ParameterError, match="extra topic 'b'"):
+        RecorderNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(params)])
 
 
 class Graph:

@@ -24,57 +24,65 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from l1flow_ros.config import param
 from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type
 from l1flow_ros.nodes.composition import spin_node
-from l1flow_ros.nodes.diagnostics import ERROR, OK, Diagnostics
+from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, Diagnostics
+from l1flow_ros.nodes.params import declare
+from l1flow_ros.nodes.qos import LATCHED, RECORD, RECORD_SENSOR
 
 NODE_NAME = "recorder_node"
 
 
 @dataclass(frozen=True)
 class RecorderConfig:
-    output_dir: str
-    cameras: tuple[str, ...]
-    joint_states_topic: str
-    action_topic: str
-    action_type: str
-    extra_topics: tuple[tuple[str, str], ...]  # (topic, type)
-    success_topic: str
-    task: str
-    max_episode_s: float
-    calibration_file: str = ""
+    """recorder_node's parameters, all fixed at start."""
+
+    output_dir: str = param("episodes", "folder of episode files (created)")
+    cameras: tuple[str, ...] = param(("corner",), "cameras to record")
+    joint_states_topic: str = param("/joint_states", "proprioception topic")
+    action_topic: str = param("/forward_position_controller/commands", "commanded actions")
+    action_type: str = param("std_msgs/msg/Float64MultiArray", "type of action_topic")
+    extra_topics: tuple[str, ...] = param((), "more topics to record, each '/topic:pkg/msg/Type'")
+    success_topic: str = param("/sim/success", "std_msgs/Bool task success ('' = none)")
+    task: str = param("", "task name stored in each episode's metadata")
+    max_episode_s: float = param(0.0, "stop an episode automatically after this long; 0 = never")
+    calibration_file: str = param("", "camera extrinsics YAML copied into each episode's metadata ('' = none)")
+
+    def validate(self) -> None:
+        if self.max_episode_s < 0:
+            raise EpisodeError(f"max_episode_s must be >= 0, got {self.max_episode_s}")
+        normalise_type(self.action_type)
+        self.extras()
+
+    def extras(self) -> tuple[tuple[str, str], ...]:
+        """(topic, type) of each of ``extra_topics``."""
+        out = []
+        for item in self.extra_topics:
+            if not item:
+                continue
+            topic, sep, type_name = item.rpartition(":")
+            if not sep or not topic.startswith("/"):
+                raise EpisodeError(f"extra topic {item!r} is not '/topic:pkg/msg/Type'")
+            out.append((topic, normalise_type(type_name)))
+        return tuple(out)
 
     def topics(self) -> list[tuple[str, str, QoSProfile]]:
         """(topic, type, QoS) of everything recorded."""
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        sensor = QoSProfile(depth=30, reliability=qos_profile_sensor_data.reliability)
         out = []
         for cam in self.cameras:
-            out.append((f"/{cam}/color/image_raw", "sensor_msgs/msg/Image", sensor))
-            out.append((f"/{cam}/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image", sensor))
-            out.append((f"/{cam}/color/camera_info", "sensor_msgs/msg/CameraInfo", sensor))
-        out.append((self.joint_states_topic, "sensor_msgs/msg/JointState", reliable))
-        out.append((self.action_topic, self.action_type, reliable))
-        out.extend((t, ty, reliable) for t, ty in self.extra_topics)
+            out.append((f"/{cam}/color/image_raw", "sensor_msgs/msg/Image", RECORD_SENSOR))
+            out.append((f"/{cam}/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image", RECORD_SENSOR))
+            out.append((f"/{cam}/color/camera_info", "sensor_msgs/msg/CameraInfo", RECORD_SENSOR))
+        out.append((self.joint_states_topic, "sensor_msgs/msg/JointState", RECORD))
+        out.append((self.action_topic, normalise_type(self.action_type), RECORD))
+        out.extend((t, ty, RECORD) for t, ty in self.extras())
         return out
-
-
-def _parse_extra(items: list[str]) -> tuple[tuple[str, str], ...]:
-    out = []
-    for item in items:
-        if not item:
-            continue
-        topic, sep, type_name = item.rpartition(":")
-        if not sep or not topic.startswith("/"):
-            raise EpisodeError(f"extra topic {item!r} is not '/topic:pkg/msg/Type'")
-        out.append((topic, normalise_type(type_name)))
-    return tuple(out)
 
 
 def _msg_class(type_name: str):
@@ -90,39 +98,7 @@ class RecorderNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        d = lambda s: ParameterDescriptor(description=s, read_only=True)  # noqa: E731
-        self.declare_parameter("output_dir", "episodes", d("folder of episode files (created)"))
-        self.declare_parameter(
-            "cameras", ["corner"], ParameterDescriptor(description="cameras to record", dynamic_typing=True,
-                                                       read_only=True)
-        )
-        self.declare_parameter("joint_states_topic", "/joint_states", d("proprioception topic"))
-        self.declare_parameter("action_topic", "/forward_position_controller/commands", d("commanded actions"))
-        self.declare_parameter("action_type", "std_msgs/msg/Float64MultiArray", d("type of action_topic"))
-        self.declare_parameter(
-            "extra_topics", [""], d("more topics to record, each '/topic:pkg/msg/Type'")
-        )
-        self.declare_parameter("success_topic", "/sim/success", d("std_msgs/Bool task success ('' = none)"))
-        self.declare_parameter("task", "", d("task name stored in each episode's metadata"))
-        self.declare_parameter("max_episode_s", 0.0, d("stop an episode automatically after this long; 0 = never"))
-        self.declare_parameter(
-            "calibration_file", "", d("camera extrinsics YAML copied into each episode's metadata ('' = none)")
-        )
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
-        self.cfg = RecorderConfig(
-            output_dir=str(g("output_dir")),
-            cameras=tuple(str(c) for c in (g("cameras") or ()) if str(c)),
-            joint_states_topic=str(g("joint_states_topic")),
-            action_topic=str(g("action_topic")),
-            action_type=normalise_type(str(g("action_type"))),
-            extra_topics=_parse_extra(list(g("extra_topics"))),
-            success_topic=str(g("success_topic")),
-            task=str(g("task")),
-            max_episode_s=float(g("max_episode_s")),
-            calibration_file=str(g("calibration_file")),
-        )
-        if self.cfg.max_episode_s < 0:
-            raise EpisodeError(f"max_episode_s must be >= 0, got {self.cfg.max_episode_s}")
+        self.cfg: RecorderConfig = declare(self, RecorderConfig)  # raises ParameterError
         self.out_dir = Path(self.cfg.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -144,9 +120,7 @@ class RecorderNode(Node):
                 cls, topic, lambda data, t=topic, ty=type_name: self._on_raw(t, ty, data), qos, raw=True
             )
         if self.cfg.success_topic:
-            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self.create_subscription(Bool, self.cfg.success_topic, self._on_success, latched)
+            self.create_subscription(Bool, self.cfg.success_topic, self._on_success, LATCHED)
         self._diag = Diagnostics(self, NODE_NAME, hardware_id="recorder")
         self.create_service(Trigger, "/recorder/start", self._on_start)
         self.create_service(Trigger, "/recorder/stop", self._on_stop)
@@ -262,7 +236,7 @@ class RecorderNode(Node):
                 w = None
             recording, count = w is not None, (w.count if w is not None else 0)
             current = str(w.path) if w is not None else ""
-        if time.monotonic() - self._last_error_time < 5.0:
+        if time.monotonic() - self._last_error_time < ERROR_HOLD_S:
             level, message = ERROR, self._last_error
         else:
             level, message = OK, "recording" if recording else "idle"
