@@ -7,6 +7,13 @@ One description serves both ways of starting the graph:
   process per node, with the same parameter file, where the ``ros2`` command line is missing.
 
 A graph is its parameter file: the nodes are the file's top-level keys.
+
+This package is the ROS-side tooling that runs and drives whole graphs (the nodes themselves
+are in :mod:`l1flow_ros.nodes`): :mod:`.launcher` (one process per node), :mod:`.evaluation`
+(``l1flow eval`` / ``demo``: seeded episodes on the simulated arm), :mod:`.recording` (graph
+recording of scripted demonstrations) and :mod:`.faults` (the fault suite). Nodes these tools
+run in their own process (their probes, ``--one-process``) are brought up and torn down by
+:class:`l1flow_ros.nodes.composition.Composition`. This module itself imports no ROS package.
 """
 
 from __future__ import annotations
