@@ -35,11 +35,6 @@ stayed up, the /diagnostics reason seen, whether the arm was held, commands outs
 limits, commands that moved the arm while only invalid or stale data was on offer, chunks
 made from invalid observations, recovery and its time, and control ticks missed.
 
-The modules, by role: :mod:`.assets` (the bundles and the nodes' parameter file), :mod:`.guard`
-(the arm and the guard's process, and the guard's rules), :mod:`.world` (the camera, probes and
-injections), :mod:`.case` (what a case function uses), :mod:`.cases` (the cases),
-:mod:`.harness` (the graph and the case runner) and :mod:`.report` (results and the table).
-
 "Arm held" (cases where only invalid or no data is on offer): after the fault starts, the
 arm must come to rest within ``SETTLE_MAX_S`` (the executor's starvation rule: the running
 chunk ends, the command reaches its last waypoint within the limits and stops; "at rest" =
@@ -51,6 +46,11 @@ messages are sent during the hold; a bad chunk asks for a far-away position (``P
 executing it would move the arm. Chunks on the wire made by the inference node from an
 observation stamped after the fault began (``GRACE_S``), or from a stamp the harness
 poisoned or an embedding it injected, are counted as chunks from invalid data.
+
+The modules, by role: :mod:`.assets` (the bundles and the nodes' parameter file), :mod:`.guard`
+(the arm and the guard's process, and the guard's rules), :mod:`.world` (the camera, probes and
+injections), :mod:`.case` (what a case function uses), :mod:`.cases` (the cases),
+:mod:`.harness` (the graph and the case runner) and :mod:`.report` (results and the table).
 
 Run it: ``l1flow faults`` (all cases) or ``l1flow faults --cases camera_stops,chunk_nan``;
 ``--markdown FILE`` / ``--json FILE`` write the table. ROS traffic stays on this machine
