@@ -1,4 +1,6 @@
-"""Perception core without ROS: geometry, images, time sync, the one preprocessing path."""
+"""Perception core without ROS: geometry, images, time sync, the one preprocessing path, the engine."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -21,12 +23,23 @@ from l1flow_ros.perception.geometry import (
     voxel_downsample,
 )
 from l1flow_ros.perception.images import resize_rgb, rgb_to_float
+from l1flow_ros.perception.pipeline import (
+    ERROR,
+    OK,
+    STAGES,
+    WARN,
+    PerceptionConfig,
+    PerceptionEngine,
+    StreamError,
+    needed_streams,
+)
 from l1flow_ros.perception.preprocess import (
     CameraFrame,
     ObservationHistory,
     RawFrames,
     frame_step,
     preprocess_frames,
+    step_to_model,
 )
 from l1flow_ros.perception.sync import ApproximateTimeSync
 from l1flow_ros.spec import ObservationSpec
@@ -393,3 +406,294 @@ def test_fuzz_frame_step_valid_or_perception_error(depth_kind, depth_hw, color_h
     assert step["rgb"].shape == (2, 3, 16, 20) and step["rgb"].dtype == np.uint8
     assert step["points"].shape == (32, 3) and np.isfinite(step["points"]).all()
     assert step["proprio"].shape == (2,) and np.isfinite(step["proprio"]).all()
+
+
+# ----------------------------------------------------------------------------- engine (perception.pipeline)
+
+
+def make_bundle(path, seed: int = 0, **obs) -> str:
+    """A tiny bundle observing spec(**obs) (torch, CPU, a second or so)."""
+    import torch
+
+    from l1flow_ros.perception.encoders import EncoderConfig
+    from l1flow_ros.policy.bundle import make_manifest, save_bundle
+    from l1flow_ros.policy.model import ModelConfig, PolicyModel
+    from l1flow_ros.policy.normalizer import Normalizer
+    from l1flow_ros.policy.unet import UnetConfig
+    from l1flow_ros.spec import ActionSpec, SamplerSpec
+
+    torch.manual_seed(seed)
+    act = ActionSpec(names=("ee_x", "ee_y"), horizon=8, n_action_steps=4, dt=0.1)
+    enc = EncoderConfig(image_channels=(8, 16), image_keypoints=8, image_feature_dim=16, point_hidden=(16, 32),
+                        point_feature_dim=16, proprio_hidden=16, proprio_feature_dim=8, out_dim=32, groups=4)
+    model = PolicyModel(spec(**obs), act, SamplerSpec(),
+                        ModelConfig(encoder=enc, unet=UnetConfig(down_dims=(16, 32), groups=4, time_embed_dim=16)))
+    save_bundle(path, model, make_manifest(model, Normalizer(-np.ones(2), np.ones(2), [0.1, 0.2], [1.0, 2.0])))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine_assets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine")
+    calib = d / "calib.yaml"
+    calib.write_text("cameras:\n" + "".join(f"  {c}:\n    matrix: {np.asarray(T).tolist()}\n" for c, T in CALIB.items()))
+    front_only = d / "front_calib.yaml"
+    front_only.write_text(f"cameras:\n  front:\n    matrix: {np.eye(4).tolist()}\n")
+    return {"a": make_bundle(d / "a", 0), "b": make_bundle(d / "b", 1),
+            "front": make_bundle(d / "front", 2, cameras=("front",)),
+            "calib": str(calib), "front_calib": str(front_only)}
+
+
+def _decode_camera(stream, item, intr):
+    """Items here are CameraFrame parts already; a string stands for a message the decoder refuses."""
+    if isinstance(item, str):
+        raise StreamError(stream, item)
+    return item
+
+
+def _decode_proprio(item, names):
+    return np.asarray(item, dtype=np.float64)
+
+
+class Clock:
+    def __init__(self, ns: int = 0) -> None:
+        self.ns = ns
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def make_engine(assets, bundle: str | None = "a", clock: Clock | None = None, **cfg) -> PerceptionEngine:
+    cfg.setdefault("calibration_file", assets["calib"])
+    eng = PerceptionEngine(PerceptionConfig(**cfg), clock or Clock(), _decode_camera, _decode_proprio)
+    eng.intrinsics.update(front=INTR, side=INTR)
+    if bundle is not None:
+        eng.swap_in(eng.load(assets[bundle]))
+    return eng
+
+
+def feed(eng: PerceptionEngine, fr: RawFrames, stamp: int, bad: dict | None = None):
+    """One observation's messages, one per stream (``bad``: stream -> a refused stand-in);
+    returns the complete set the last of them made, and every restart reason."""
+    items = {}
+    for c, f in fr.cameras.items():
+        items[f"{c}/color"] = CameraFrame(color=f.color)
+        items[f"{c}/depth"] = CameraFrame(depth=f.depth)
+    items["joint_states"] = fr.proprio
+    items.update(bad or {})
+    out, restarts = None, []
+    for stream, item in items.items():
+        got, restarted = eng.add(stream, stamp, item)
+        out = got or out
+        if restarted:
+            restarts.append(restarted)
+    return out, restarts
+
+
+def test_needed_streams_per_observation_and_source():
+    both = ("front/color", "front/depth", "side/color", "side/depth", "joint_states")
+    assert needed_streams(spec()) == both  # the first camera's colour is the reference
+    assert needed_streams(spec(), cloud_cameras=("side",)) == ("front/color", "front/depth", "side/color",
+                                                              "side/cloud", "joint_states")
+    assert needed_streams(spec(), source="realsense") == ("front/rgbd", "side/rgbd", "joint_states")
+    # Points without colour and no image: depth only; points coloured from a cloud: no colour image.
+    assert needed_streams(spec(use_rgb=False, proprio_names=())) == ("front/depth", "side/depth")
+    assert needed_streams(spec(use_rgb=False, point_color=True), cloud_cameras=("front",)) == (
+        "front/cloud", "side/color", "side/depth", "joint_states")
+    assert needed_streams(spec(num_points=0)) == ("front/color", "side/color", "joint_states")
+
+
+def test_config_parameters_names_defaults_and_live_split():
+    """The node's parameter interface: these names, defaults and live / fixed-at-start split."""
+    got = {f.name: (f.default, f.metadata["live"]) for f in dataclasses.fields(PerceptionConfig)}
+    assert got == {
+        "cameras": ((), False), "cloud_cameras": ((), False), "checkpoint": ("", True),
+        "calibration_file": ("", False), "slop": (0.02, True), "max_observation_age": (0.5, True),
+        "publish_cloud": (False, True), "cloud_frame_id": ("base", True), "encoder_backend": ("torch", True),
+        "encoder_device": ("cpu", True), "strict_joint_names": (False, True), "diagnostics_period": (1.0, False),
+        "source": ("topics", False), "realsense_serials": ((), False), "realsense_width": (640, False),
+        "realsense_height": (480, False), "realsense_fps": (30, False),
+    }
+    PerceptionConfig().validate()
+    for bad, words in [({"slop": -0.1}, "slop"), ({"max_observation_age": 0.0}, "max_observation_age"),
+                       ({"encoder_backend": "magic"}, "encoder_backend"), ({"source": "usb"}, "source"),
+                       ({"cameras": ("a", "a")}, "cameras"), ({"cameras": ("a/b",)}, "cameras"),
+                       ({"cameras": ("a",), "cloud_cameras": ("b",)}, "cloud_cameras"),
+                       ({"cameras": ("a",), "source": "realsense"}, "serial")]:
+        with pytest.raises(ValueError, match=words):
+            PerceptionConfig(**bad).validate()
+
+
+def test_engine_step_is_the_preprocessing_path(engine_assets):
+    """Sets through the engine give the dataset path's model input (frame_step -> history), its
+    embedding, stage times and the latency statistics."""
+    from l1flow_ros.perception.embedder import Embedder
+
+    clock = Clock()
+    eng = make_engine(engine_assets, clock=clock)
+    e = Embedder(engine_assets["a"], warmup=False)
+    assert eng.embedder.fingerprint == e.fingerprint
+    hist = ObservationHistory(e.obs_spec.n_obs_steps, e.period_s)
+    for k in range(3):
+        stamp = ms(1000 + 60 * k)
+        fr = raw_frames(seed=k, stamp=stamp)
+        s, restarts = feed(eng, fr, stamp)
+        assert s is not None and s.stamp_ns == stamp and not restarts
+        clock.ns = stamp + ms(30)
+        out = eng.step(s)
+        hist.push(stamp, step_to_model(frame_step(e.obs_spec, fr, CALIB)))
+        offline = hist.get()
+        assert set(out.model_input) == set(offline) == {"rgb", "points", "proprio"}
+        for key in offline:
+            np.testing.assert_array_equal(out.model_input[key], offline[key])
+        np.testing.assert_allclose(out.embedding, e.embed(offline), rtol=1e-5, atol=1e-6)
+        assert out.stamp_ns == stamp and out.fingerprint == e.fingerprint
+        assert out.step["points"].shape == (32, 3)
+        decode, fuse, encode, total = out.times_s
+        assert min(out.times_s) >= 0 and total >= decode + fuse + encode - 1e-9
+        clock.ns = stamp + ms(40)
+        eng.record(out)
+    assert out.model_input["rgb"].shape == (2, 2, 3, 16, 20)
+    assert eng.n_published == 3 and eng.last_ok_ns == clock.ns
+    t = eng.timings_ms()
+    assert set(t) == set(STAGES)
+    assert t["latency"][0] == pytest.approx(40.0)  # stamp -> recorded, on the engine's clock
+
+
+def test_engine_refuses_old_and_future_sets_and_keeps_going(engine_assets):
+    clock = Clock()
+    eng = make_engine(engine_assets, clock=clock, max_observation_age=0.2)
+    s, _ = feed(eng, raw_frames(stamp=ms(1000)), ms(1000))
+    clock.ns = ms(1300)
+    with pytest.raises(PerceptionError, match="old"):
+        eng.step(s)
+    s, _ = feed(eng, raw_frames(stamp=ms(1600)), ms(1600))
+    clock.ns = ms(1350)
+    with pytest.raises(PerceptionError, match="future"):
+        eng.step(s)
+    s, _ = feed(eng, raw_frames(stamp=ms(1700)), ms(1700))
+    clock.ns = ms(1710)
+    assert eng.step(s).stamp_ns == ms(1700)
+
+
+def test_engine_stream_error_drops_that_stream_and_a_bad_camera_info_is_reported(engine_assets):
+    clock = Clock(ms(1010))
+    eng = make_engine(engine_assets, clock=clock)
+    s, _ = feed(eng, raw_frames(stamp=ms(1000)), ms(1000), bad={"front/color": "encoding rgba8"})
+    with pytest.raises(StreamError, match="front/color: encoding rgba8"):
+        eng.step(s)
+    ages = eng.stream_ages_s(clock.ns)
+    assert ages["front/color"] is None and ages["side/color"] == pytest.approx(0.01)  # only its queue dropped
+    # A CameraInfo that could not be decoded: reported under its own name, which is no
+    # synchronised stream (nothing to drop); the engine carries on once a good one comes.
+    eng.intrinsics["side"] = ValueError("CameraInfo K has NaN or inf")
+    s, _ = feed(eng, raw_frames(stamp=ms(1100)), ms(1100))
+    clock.ns = ms(1110)
+    with pytest.raises(StreamError, match="side/camera_info: CameraInfo K"):
+        eng.step(s)
+    eng.intrinsics["side"] = INTR
+    s, _ = feed(eng, raw_frames(stamp=ms(1200)), ms(1200))
+    clock.ns = ms(1210)
+    assert eng.step(s) is not None
+    del eng.intrinsics["side"]
+    s, _ = feed(eng, raw_frames(stamp=ms(1300)), ms(1300))
+    with pytest.raises(PerceptionError, match="no CameraInfo"):
+        eng.step(s)
+
+
+def test_engine_clock_jump_restarts_synchroniser_and_history(engine_assets):
+    clock = Clock()
+    eng = make_engine(engine_assets, clock=clock)
+    for t in (10_000, 10_100):
+        s, _ = feed(eng, raw_frames(seed=t, stamp=ms(t)), ms(t))
+        clock.ns = ms(t + 10)
+        eng.step(s)
+    # Time goes 9 s back (a simulator reset): the synchroniser would wait for the old time.
+    s, restarts = feed(eng, raw_frames(seed=1, stamp=ms(1000)), ms(1000))
+    assert restarts and "jumped" in restarts[0] and "front/color" in restarts[0]
+    assert s is not None and s.stamp_ns == ms(1000)
+    clock.ns = ms(1010)
+    out = eng.step(s)
+    p = out.model_input["proprio"]  # (To, P): the history holds the new observation only
+    np.testing.assert_array_equal(p[0], p[1])
+    np.testing.assert_allclose(p[1], raw_frames(seed=1).proprio.astype(np.float32))
+
+
+def test_engine_live_slop(engine_assets):
+    """A new slop applies from the change on: side 30 ms off front is no set at 10 ms, one at 50 ms."""
+    eng = make_engine(engine_assets, slop=0.01)
+
+    def send(t_front: int, t_side: int):
+        fr, out = raw_frames(), None
+        for c, t in (("front", t_front), ("side", t_side)):
+            out = eng.add(f"{c}/color", ms(t), CameraFrame(color=fr.cameras[c].color))[0] or out
+            out = eng.add(f"{c}/depth", ms(t), CameraFrame(depth=fr.cameras[c].depth))[0] or out
+        return eng.add("joint_states", ms(t_front), fr.proprio)[0] or out
+
+    assert send(1000, 1030) is None
+    eng.configure(dataclasses.replace(eng.cfg, slop=0.05))
+    s = send(2000, 2030)
+    assert s is not None and s.stamp_ns == ms(2000) and s.stamps["side/depth"] == ms(2030)
+    assert eng.streams == needed_streams(spec())
+
+
+def test_engine_swap_in_and_bundle_checks(engine_assets):
+    clock = Clock(ms(1010))
+    eng = make_engine(engine_assets, clock=clock)
+    fp_a = eng.embedder.fingerprint
+    assert eng.load(engine_assets["a"]) is None  # in use already
+    assert eng.load(engine_assets["a"], reload=True).fingerprint == fp_a  # e.g. another backend
+    s, _ = feed(eng, raw_frames(stamp=ms(1000)), ms(1000))
+    emb_front = eng.load(engine_assets["front"])
+    eng.swap_in(emb_front)
+    assert eng.streams == ("front/color", "front/depth", "joint_states")
+    assert eng.step(s) is None  # a set made for the previous checkpoint's streams is not encoded
+    s, _ = feed(eng, RawFrames(cameras={"front": raw_frames().cameras["front"]}, proprio=np.zeros(2)), ms(1005))
+    assert eng.step(s).fingerprint == emb_front.fingerprint
+    eng.swap_in(eng.load(engine_assets["b"]))
+    assert eng.embedder.fingerprint not in (fp_a, emb_front.fingerprint)
+    # Bundles this node cannot feed.
+    for cfg, words in [({"cameras": ("front",)}, "needs cameras"),
+                       ({"calibration_file": ""}, "no calibration file"),
+                       ({"calibration_file": engine_assets["front_calib"]}, r"no extrinsics for \['side'\]"),
+                       ({"calibration_file": engine_assets["calib"] + ".missing"}, "calibration is unusable")]:
+        with pytest.raises(PerceptionError, match=words):
+            make_engine(engine_assets, bundle="a", **cfg)
+
+
+def test_engine_calibration_written_after_start(engine_assets, tmp_path):
+    late = tmp_path / "late.yaml"
+    eng = make_engine(engine_assets, bundle=None, calibration_file=str(late))
+    with pytest.raises(PerceptionError):
+        eng.load(engine_assets["a"])
+    late.write_text(open(engine_assets["calib"]).read())
+    eng.swap_in(eng.load(engine_assets["a"]))  # the file is read again when a bundle is loaded
+    assert set(eng.calib) == {"front", "side"}
+
+
+def test_engine_health(engine_assets):
+    clock = Clock(ms(1000))
+    eng = make_engine(engine_assets, bundle=None, clock=clock, max_observation_age=0.5)
+    eng.checkpoint_error = "checkpoint x not loaded"
+    assert eng.status() == (ERROR, "checkpoint x not loaded")  # no encoder runs
+    assert eng.refresh(clock.ns) is None  # no checkpoint, nothing to be stale about
+    eng.swap_in(eng.load(engine_assets["a"]))
+    assert eng.status() == (OK, "publishing embeddings")  # a swap-in clears it
+    eng.checkpoint_error = "checkpoint y not loaded"
+    assert eng.status() == (WARN, "checkpoint y not loaded")  # the previous encoder keeps running
+    eng.checkpoint_error = None
+    # Nothing received: stale, naming the stream.
+    assert eng.refresh(clock.ns) == "front/color: no valid message received"
+    assert eng.status() == (ERROR, "front/color: no valid message received")
+    # A fresh data-path error is kept; once max_observation_age old, the current reason replaces it.
+    eng.fail("front/color: encoding rgba8")
+    clock.ns += ms(400)
+    assert eng.refresh(clock.ns) is None and eng.status()[1] == "front/color: encoding rgba8"
+    s, _ = feed(eng, raw_frames(stamp=clock.ns), clock.ns)
+    clock.ns += ms(200)
+    assert "no embedding for 0.5 s" in eng.refresh(clock.ns)  # messages are recent, none was encoded
+    out = eng.step(s)
+    eng.record(out)
+    assert eng.status() == (OK, "publishing embeddings") and eng.refresh(clock.ns) is None
+    clock.ns += ms(2000)
+    assert eng.refresh(clock.ns) == "front/color: last message 2.20 s ago (stopped publishing?)"

@@ -146,6 +146,8 @@ class Rig:
                     dep = image_to_msg(np.zeros((24, 32), np.uint16), "16UC1", stamp, c)
             msgs[f"{c}/color"], msgs[f"{c}/depth"] = col, dep
             msgs[f"{c}/info"] = camera_info_to_msg(INTR, stamp, c)
+            if c == "front" and bad == "bad_camera_info":
+                msgs[f"{c}/info"].k = [float("nan")] * 9
         names = ["j_unknown_0", "j_unknown_1"] if bad == "unknown_joints" else [*JOINTS, "right_j0"]
         msgs["js"] = joint_state_to_msg(names, self.rng.normal(size=len(names)), stamp)
         return msgs
@@ -234,7 +236,7 @@ def test_embedding_stamped_and_equal_to_training_path(rig_factory, assets):
     assert emb.shape == (32,)
 
 
-BAD = ["wrong_encoding", "wrong_size", "nan_depth", "inf_depth", "zero_depth", "unknown_joints"]
+BAD = ["wrong_encoding", "wrong_size", "nan_depth", "inf_depth", "zero_depth", "unknown_joints", "bad_camera_info"]
 
 
 @pytest.mark.parametrize("bad", BAD)
