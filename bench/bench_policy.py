@@ -1,7 +1,8 @@
 """Mode coverage and sampling latency of every method, side by side in one run.
 
-Trains each method on the two-mode toy task (``l1flow_ros.policy.toy``) with the
+Trains each registered method (``l1flow_ros.policy.methods``) on the two-mode toy task (``l1flow_ros.policy.toy``) with the
 real training loop, then reports for each sampler:
+  - (every sampler kind of each method at its default steps, and L1 Flow with 10 Euler steps)
   - near-mode share (>= 90% is the bar), left-mode share (30-70% is the bar),
     mean RMS distance to the nearest mode;
   - network evaluations per chunk (NFE);
@@ -25,22 +26,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from l1flow_ros.policy import toy
+from l1flow_ros.inference.backends import parse_sampler
+from l1flow_ros.policy import methods, toy
 from l1flow_ros.policy.bundle import load_bundle
 from l1flow_ros.policy.model import ModelConfig, PolicyModel
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
-# (label, bundle trained with, sampler to draw with, NFE)
-METHODS = [
-    ("L1 Flow 2-step", "l1flow", SamplerSpec("l1flow", 2, (0.5,)), 2),
-    ("L1 Flow 10-step Euler", "l1flow", SamplerSpec("l1flow", 10, ()), 10),
-    ("FM 10-step", "fm", SamplerSpec("fm", 10, ()), 10),
-    ("DDIM 10", "ddpm", SamplerSpec("ddim", 10, ()), 10),
-    ("DDPM 100", "ddpm", SamplerSpec("ddpm", 100, ()), 100),
-    ("IMLE 1-step", "imle", SamplerSpec("imle", 1, ()), 1),
-    ("OFP 1-step", "ofp", SamplerSpec("ofp", 1, ()), 1),
-    ("Regression", "regression", SamplerSpec("regression", 1, ()), 1),
-]
+TEACHER = "fm"  # every student distils the FM bundle here (OFP starts from its weights)
+# Beyond every kind at its default steps: the same L1 Flow network integrated by 10 Euler steps.
+EXTRA = (("l1flow", "l1flow:10"),)
+
+
+def rows_to_draw() -> list[tuple[str, str]]:
+    """(method, sampler string) per table row: each method's sampler kinds, then EXTRA after its method."""
+    rows = []
+    for m in methods.METHODS.values():
+        rows += [(m.name, f"{k.name}:{k.default_steps}") for k in m.kinds]
+        rows += [e for e in EXTRA if e[0] == m.name]
+    return rows
 
 
 @torch.no_grad()
@@ -58,11 +61,9 @@ def latency_ms(model: PolicyModel, obs: dict[str, torch.Tensor], repeats: int) -
 
 def default_size_model(sampler: SamplerSpec) -> PolicyModel:
     """The package's default network on a Meta-World-like spec (random weights: latency only)."""
-    from l1flow_ros.policy.model import prediction_for
-
     obs = ObservationSpec(proprio_names=("ee_x", "ee_y", "ee_z", "gripper"), use_rgb=False, n_obs_steps=2)
     act = ActionSpec(names=("ee_x", "ee_y", "ee_z", "gripper"), horizon=16, n_action_steps=8)
-    return PolicyModel(obs, act, sampler, ModelConfig(prediction=prediction_for(sampler.kind))).eval()
+    return PolicyModel(obs, act, sampler, ModelConfig(prediction=methods.prediction_for(sampler.kind))).eval()
 
 
 def main() -> None:
@@ -80,9 +81,11 @@ def main() -> None:
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_policy_"))
 
     trained = {}
-    for objective in ("fm", "l1flow", "ddpm", "regression", "imle", "ofp"):
-        steps = max(1, int(toy.TOY_STEPS[objective] * args.scale))
-        teacher = work / "fm" if objective in ("imle", "ofp") else None  # OFP: starts from the FM weights
+    # Teachers first, then the students.
+    order = [TEACHER, *(m for m in methods.trained() if m != TEACHER), *methods.distilled()]
+    for objective in order:
+        steps = max(1, int(toy.TOY_STEPS.get(objective, toy.DEFAULT_TOY_STEPS) * args.scale))
+        teacher = work / TEACHER if methods.get(objective).distill else None
         if args.reuse and (work / objective / "manifest.json").is_file():
             trained[objective] = load_bundle(work / objective)
             print(f"loaded  {objective:10s} ({trained[objective][0].train['step']} steps)", flush=True)
@@ -95,9 +98,11 @@ def main() -> None:
     obs_toy = {"proprio": torch.zeros(1, 1, 2)}
     obs_big = {"proprio": torch.zeros(1, 2, 4)}
     rows = []
-    for label, objective, sampler, nfe in METHODS:
+    for objective, text in rows_to_draw():
         manifest, model = trained[objective]
-        m = model.with_sampler(dataclasses.replace(sampler, warm_start=False))
+        sampler = dataclasses.replace(parse_sampler(text, manifest.sampler), warm_start=False)
+        label, nfe = methods.label(sampler), sampler.steps  # every sampler here: one network pass per step
+        m = model.with_sampler(sampler)
         st = toy.mode_stats(y0, toy.sample_policy(m, manifest.normalizer_obj(), y0, seed=7))
         big = default_size_model(sampler)
         rows.append(

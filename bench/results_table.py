@@ -24,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-ORDER = ("l1flow", "imle", "ofp", "fm", "ddim")
-LABEL = {"l1flow": "L1 Flow 2-step", "imle": "IMLE 1-step", "ofp": "OFP 1-step", "fm": "FM 10-step",
-         "ddim": "DDIM 10"}
+from l1flow_ros.policy import methods
+
+# The pipeline's methods by bundle name, in registry order, each labelled by the sampler it ships with
+# ("l1flow": "L1 Flow 2-step", ..., "ddim": "DDIM 10").
+LABEL = {name: methods.label(m.default_sampler(None)) for name, m in methods.by_run_name().items()}
+ORDER = tuple(LABEL)
 
 
 def time_chunks(bundles: dict[str, Path], iters: int, rounds: int, threads: int) -> dict[str, list[float]]:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from l1flow_ros.perception.encoders import EncoderConfig, ObservationEncoder
-from l1flow_ros.policy import samplers
 from l1flow_ros.policy.bundle import (
     FORMAT_VERSION,
     BundleError,
@@ -22,6 +21,7 @@ from l1flow_ros.policy.bundle import (
     read_manifest,
     save_bundle,
 )
+from l1flow_ros.policy.methods import diffusion, fm, l1flow, ofp
 from l1flow_ros.policy.model import ModelConfig, PolicyModel
 from l1flow_ros.policy.normalizer import Normalizer
 from l1flow_ros.policy.unet import ConditionalUnet1D, UnetConfig
@@ -146,7 +146,7 @@ class ExactEpsilon(nn.Module):
     def __init__(self, x0: torch.Tensor, num_train_steps: int) -> None:
         super().__init__()
         self.x0, self.k = x0, num_train_steps
-        self.ac = samplers.cosine_alphas_cumprod(num_train_steps)
+        self.ac = diffusion.cosine_alphas_cumprod(num_train_steps)
 
     def forward(self, x, t, cond, r=None):
         a = self.ac[int(round(float(t[0]) * self.k))]
@@ -159,12 +159,12 @@ CHUNK = torch.linspace(-1, 1, 8 * 2).reshape(1, 8, 2)
 def test_two_step_returns_the_predicted_chunk_exactly():
     net = FixedChunk(CHUNK)
     noise = torch.randn(5, 8, 2)
-    out = samplers.l1flow_two_step(net, torch.zeros(5, 1), noise, t1=0.3)
+    out = l1flow.two_step(net, torch.zeros(5, 1), noise, t1=0.3)
     assert torch.equal(out, CHUNK.expand(5, 8, 2))
     assert net.calls == [0.0, pytest.approx(0.3)]
     # Warm-started: still exactly the chunk, first call at t_w.
     net.calls.clear()
-    out = samplers.l1flow_two_step(
+    out = l1flow.two_step(
         net, torch.zeros(5, 1), noise, 0.8, warm=torch.zeros_like(noise), warm_t=0.5
     )
     assert torch.equal(out, CHUNK.expand(5, 8, 2)) and net.calls == [0.5, pytest.approx(0.8)]
@@ -179,14 +179,14 @@ def test_two_step_second_input_is_on_the_path():
             return super().forward(x, t, cond)
 
     noise = torch.randn(2, 8, 2)
-    samplers.l1flow_two_step(Spy(CHUNK), torch.zeros(2, 1), noise, t1=0.25)
+    l1flow.two_step(Spy(CHUNK), torch.zeros(2, 1), noise, t1=0.25)
     assert torch.equal(seen[0], noise)
     assert torch.allclose(seen[1], noise + 0.25 * (CHUNK - noise))
 
 
 @pytest.mark.parametrize("steps", [1, 3, 10])
 def test_l1flow_euler_lands_on_the_predicted_chunk(steps):
-    out = samplers.l1flow_euler(FixedChunk(CHUNK), torch.zeros(3, 1), torch.randn(3, 8, 2), steps)
+    out = l1flow.euler(FixedChunk(CHUNK), torch.zeros(3, 1), torch.randn(3, 8, 2), steps)
     assert torch.allclose(out, CHUNK.expand(3, 8, 2), atol=1e-5)
 
 
@@ -194,28 +194,28 @@ def test_constant_velocity_integrates_exactly():
     v = torch.randn(1, 8, 2)
     noise = torch.randn(4, 8, 2)
     for steps in (1, 7, 10):
-        out = samplers.fm_euler(ConstantVelocity(v), torch.zeros(4, 1), noise, steps)
+        out = fm.euler(ConstantVelocity(v), torch.zeros(4, 1), noise, steps)
         assert torch.allclose(out, noise + v, atol=1e-5)
     warm = torch.randn(4, 8, 2)
-    out = samplers.fm_euler(ConstantVelocity(v), torch.zeros(4, 1), noise, 5, warm=warm, warm_t=0.6)
+    out = fm.euler(ConstantVelocity(v), torch.zeros(4, 1), noise, 5, warm=warm, warm_t=0.6)
     assert torch.allclose(out, 0.4 * noise + 0.6 * warm + 0.4 * v, atol=1e-5)
-    out = samplers.flow_map_one_step(ConstantVelocity(v), torch.zeros(4, 1), noise)
+    out = ofp.flow_map_one_step(ConstantVelocity(v), torch.zeros(4, 1), noise)
     assert torch.allclose(out, noise + v, atol=1e-6)
-    out = samplers.flow_map_steps(ConstantVelocity(v), torch.zeros(4, 1), noise, 4)
+    out = ofp.flow_map_steps(ConstantVelocity(v), torch.zeros(4, 1), noise, 4)
     assert torch.allclose(out, noise + v, atol=1e-5)
 
 
 def test_ddim_and_ddpm_recover_the_data_point_with_a_perfect_network():
     x0 = CHUNK * 0.9
     net = ExactEpsilon(x0, 100)
-    out = samplers.ddim(net, torch.zeros(2, 1), torch.randn(2, 8, 2), steps=10, num_train_steps=100)
+    out = diffusion.ddim(net, torch.zeros(2, 1), torch.randn(2, 8, 2), steps=10, num_train_steps=100)
     assert torch.allclose(out, x0.expand(2, 8, 2), atol=1e-4)
-    out = samplers.ddpm(net, torch.zeros(2, 1), torch.randn(2, 100, 8, 2), num_train_steps=100)
+    out = diffusion.ddpm(net, torch.zeros(2, 1), torch.randn(2, 100, 8, 2), num_train_steps=100)
     assert torch.allclose(out, x0.expand(2, 8, 2), atol=1e-4)
 
 
 def test_cosine_schedule_shape():
-    ac = samplers.cosine_alphas_cumprod(100)
+    ac = diffusion.cosine_alphas_cumprod(100)
     assert ac.shape == (100,) and ac[0] > 0.99 and ac[-1] < 1e-3
     assert torch.all(ac[1:] < ac[:-1])
 

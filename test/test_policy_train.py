@@ -17,6 +17,8 @@ from l1flow_ros.cli import main as cli_main
 from l1flow_ros.data.store import StoreWriter
 from l1flow_ros.policy import objectives as O
 from l1flow_ros.policy.bundle import load_bundle, read_manifest
+from l1flow_ros.policy.config import FlowTimeConfig
+from l1flow_ros.policy.methods import fm, imle, l1flow, ofp, regression
 from l1flow_ros.policy.train import STATE_FILE, lr_at
 from l1flow_ros.spec import ActionSpec, ObservationSpec
 
@@ -40,21 +42,21 @@ class Oracle(nn.Module):
 def test_losses_vanish_for_a_perfect_network():
     x1 = torch.rand(1, 8, 3).expand(64, 8, 3) * 2 - 1
     cond = torch.zeros(64, 4)
-    cfg = O.FlowTimeConfig()
-    assert O.l1flow_loss(Oracle(x1, "sample"), cond, x1, cfg) == 0
-    assert O.fm_loss(Oracle(x1, "velocity"), cond, x1, cfg) < 1e-8
-    assert O.regression_loss(Oracle(x1, "sample"), cond, x1) == 0
+    cfg = FlowTimeConfig()
+    assert l1flow.loss(Oracle(x1, "sample"), cond, x1, cfg) == 0
+    assert fm.loss(Oracle(x1, "velocity"), cond, x1, cfg) < 1e-8
+    assert regression.loss(Oracle(x1, "sample"), cond, x1) == 0
     # A wrong network is penalised.
-    assert O.l1flow_loss(Oracle(-x1, "sample"), cond, x1, cfg) > 0.1
+    assert l1flow.loss(Oracle(-x1, "sample"), cond, x1, cfg) > 0.1
 
 
 def test_time_distribution():
     like = torch.zeros(1)
     g = torch.Generator().manual_seed(0)
-    t = O.sample_t(20000, O.FlowTimeConfig(uniform_share=0.0), like, g)
+    t = O.sample_t(20000, FlowTimeConfig(uniform_share=0.0), like, g)
     assert 0 < float(t.min()) and float(t.max()) < 1
     assert abs(float(torch.logit(t).mean())) < 0.05 and abs(float(torch.logit(t).std()) - 1) < 0.05
-    tu = O.sample_t(20000, O.FlowTimeConfig(uniform_share=0.5), like, g)
+    tu = O.sample_t(20000, FlowTimeConfig(uniform_share=0.5), like, g)
     # The uniform share puts mass at the ends, where the logit-normal has almost none.
     assert float((tu < 0.02).float().mean()) > 5 * float((t < 0.02).float().mean())
 
@@ -64,15 +66,15 @@ def test_chamfer_rewards_covering_every_mode():
     both = a[:, [0, 5]]
     one = a[:, [0, 1]]
     middle = torch.zeros(1, 2, 8, 2)
-    assert O.chamfer(a, both) < 1e-6
-    assert O.chamfer(a, one) > 1.0 and O.chamfer(a, middle) > 1.0
-    assert O.chamfer(a, both) < O.chamfer(a, one)
+    assert imle.chamfer(a, both) < 1e-6
+    assert imle.chamfer(a, one) > 1.0 and imle.chamfer(a, middle) > 1.0
+    assert imle.chamfer(a, both) < imle.chamfer(a, one)
 
 
 def test_warm_tail():
     x1 = torch.arange(6.0).reshape(1, 6, 1)
-    assert O.warm_tail(x1, 2)[0, :, 0].tolist() == [0, 1, 2, 3, 3, 3]
-    assert O.warm_tail(x1, 0).equal(x1)
+    assert ofp.warm_tail(x1, 2)[0, :, 0].tolist() == [0, 1, 2, 3, 3, 3]
+    assert ofp.warm_tail(x1, 0).equal(x1)
 
 
 def test_lr_schedule():
@@ -90,12 +92,12 @@ def test_ofp_and_imle_losses_train_the_student():
     cfg = UnetConfig(down_dims=(16,), time_embed_dim=16, two_times=True)
     net, target = ConditionalUnet1D(2, 4, cfg), ConditionalUnet1D(2, 4, cfg)
     x1, cond = torch.rand(16, 8, 2), torch.randn(16, 4)
-    loss = O.ofp_loss(net, target, cond, x1, O.OfpConfig(shift=2), O.FlowTimeConfig())
+    loss = ofp.loss(net, target, cond, x1, ofp.OfpConfig(shift=2), FlowTimeConfig())
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
     assert all(p.grad is None for p in target.parameters())
     student = ConditionalUnet1D(2, 4, UnetConfig(down_dims=(16,), time_embed_dim=16))
-    loss = O.imle_loss(student, cond[:4], torch.rand(4, 3, 8, 2), O.ImleConfig(3, 5))
+    loss = imle.loss(student, cond[:4], torch.rand(4, 3, 8, 2), imle.ImleConfig(3, 5))
     loss.backward()
     assert torch.isfinite(loss)
 
@@ -206,7 +208,7 @@ def test_diffusion_policy_size_trains_on_cuda_bf16():
     losses = []
     for _ in range(5):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = O.l1flow_loss(model.head, model.encode(obs), x1, O.FlowTimeConfig())
+            loss = l1flow.loss(model.head, model.encode(obs), x1, FlowTimeConfig())
         opt.zero_grad()
         loss.backward()
         opt.step()

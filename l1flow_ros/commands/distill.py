@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 
+from l1flow_ros.policy import methods
+
 NAME = "distill"
-HELP = "Distil a one-step student (imle | ofp) from a teacher bundle."
+HELP = f"Distil a one-step student ({' | '.join(methods.distilled())}) from a teacher bundle."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from l1flow_ros.commands.train import add_loop_arguments
-    from l1flow_ros.policy.config import DISTILL_METHODS, ImleConfig, OfpConfig
+    from l1flow_ros.policy.methods.imle import ImleConfig
+    from l1flow_ros.policy.methods.ofp import OfpConfig
 
     add_loop_arguments(parser)
-    parser.add_argument("--method", required=True, choices=DISTILL_METHODS)
+    parser.add_argument(
+        "--method", required=True, choices=methods.distilled(),
+        help="; ".join(f"{m}: {methods.get(m).label}" for m in methods.distilled()),
+    )
     parser.add_argument(
         "--teacher",
         help="teacher bundle (required for imle; ofp starts from it when given, else from scratch)",
@@ -53,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from l1flow_ros.commands.train import loop_config
     from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
     from l1flow_ros.policy.bundle import read_manifest
-    from l1flow_ros.policy.objectives import FlowTimeConfig, ImleConfig, OfpConfig
-    from l1flow_ros.policy.train import ObjectiveConfigs, default_sampler, train
+    from l1flow_ros.policy.config import FlowTimeConfig
+    from l1flow_ros.policy.methods.imle import ImleConfig
+    from l1flow_ros.policy.methods.ofp import OfpConfig
+    from l1flow_ros.policy.train import ObjectiveConfigs, train
 
     if args.teacher:
         teacher = read_manifest(args.teacher)
@@ -65,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if ds.action_spec.names != teacher.action.names:
             raise SystemExit(f"the store's actions {ds.action_spec.names} differ from the teacher's")
         obs_spec, action_spec, flow_time = teacher.observation, teacher.action, teacher_flow_time(teacher)
-    elif args.method == "imle":
-        raise SystemExit("imle distils a teacher: give --teacher")
+    elif methods.get(args.method).needs_teacher:
+        raise SystemExit(f"{args.method} distils a teacher: give --teacher")
     else:  # OFP from scratch: self-distillation needs no teacher
         normalizer = compute_normalizer(args.data)
         ds = ChunkDataset(args.data, normalizer=normalizer)
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         action_spec,
         args.out,
         loop_config(args, args.method),
-        sampler=default_sampler(args.method, ofp),
+        sampler=methods.get(args.method).default_sampler(cfgs),
         cfgs=cfgs,
         teacher_dir=args.teacher,
         resume=args.resume,
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 def teacher_flow_time(manifest):
     """The teacher's training-time distribution, when it recorded one."""
-    from l1flow_ros.policy.objectives import FlowTimeConfig
+    from l1flow_ros.policy.config import FlowTimeConfig
 
     try:
         return FlowTimeConfig(**manifest.train["objective"]["flow_time"])

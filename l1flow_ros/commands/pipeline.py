@@ -10,9 +10,11 @@ train, distill, export, eval), in order, into one run folder:
     <out>/bundles/<m>/    one bundle per method, exported to ONNX
     <out>/results.json    success / latency per method, evaluated through the node graph
 
-Methods: l1flow (L1 Flow, 2-step), fm (flow-matching teacher, 10-step), ddim
-(DDPM-trained, DDIM 10), imle (1-step student of the fm teacher), ofp (1-step
-self-distilled from the l1flow bundle).
+Methods: those of ``l1flow_ros.policy.methods`` (references such as regression left
+out), each named after the sampler its bundle ships with: l1flow (L1 Flow, 2-step),
+imle (1-step student of the fm teacher), ofp (1-step, self-distilled from the l1flow
+bundle), fm (flow-matching teacher, 10-step), ddim (DDPM-trained, DDIM 10). A
+distilled method's teacher is trained too, whether listed or not.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from l1flow_ros.policy import methods as registry
+
 NAME = "pipeline"
 HELP = "teleop -> record -> dataset -> train -> distil -> export -> deploy -> evaluate, on one Meta-World task"
 
-METHODS = ("l1flow", "fm", "ddim", "imle", "ofp")
+METHODS = tuple(registry.by_run_name())  # bundle names: l1flow, imle, ofp, fm, ddim
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -134,27 +138,29 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
         common.append("--resume")  # continues from OUT/train_state.pt; a finished run is only re-saved
     arch = ["--down-dims", args.down_dims, "--embed-dim", str(args.embed_dim)]
     warm = str(max(1, min(100, args.train_steps // 10)))
-    need = set(methods) | ({"fm"} if "imle" in methods else set()) | ({"l1flow"} if "ofp" in methods else set())
+    by_name = registry.by_run_name()
+    teacher_of = {m: registry.get(by_name[m].teacher).run_name for m in methods if by_name[m].distill}
+    need = set(methods) | set(teacher_of.values())
     print("== 3. train")
-    for m, objective in (("l1flow", "l1flow"), ("fm", "fm"), ("ddim", "ddpm")):
-        if m in need:
+    for m, method in by_name.items():
+        if m in need and not method.distill:
             if resume and (bundles / m / ".trained").is_file():
                 print(f"   {m}: done in an earlier run")
                 continue
-            _cli(["train", "--objective", objective, "--out", str(bundles / m), "--steps", str(args.train_steps),
+            _cli(["train", "--objective", method.name, "--out", str(bundles / m), "--steps", str(args.train_steps),
                   "--warmup-steps", warm, "--save-every", str(min(500, args.train_steps)), *common, *arch])
             (bundles / m / ".trained").write_text(f"{args.train_steps}\n")
     print("== 4. distil")
     dwarm = str(max(1, min(100, args.distill_steps // 10)))
-    for m, teacher in (("imle", "fm"), ("ofp", "l1flow")):
-        if m in methods:
+    for m, method in by_name.items():
+        if m in teacher_of:
             if resume and (bundles / m / ".trained").is_file():
                 print(f"   {m}: done in an earlier run")
                 continue
-            _cli(["distill", "--method", m, "--teacher", str(bundles / teacher), "--out", str(bundles / m),
-                  "--steps", str(args.distill_steps), "--warmup-steps", dwarm,
-                  "--save-every", str(min(500, args.distill_steps)), *common,
-                  *(["--teacher-pool", str(args.imle_pool)] if m == "imle" else [])])
+            pool = ["--teacher-pool", str(args.imle_pool)] if method.teacher_pool is not None else []
+            _cli(["distill", "--method", method.name, "--teacher", str(bundles / teacher_of[m]),
+                  "--out", str(bundles / m), "--steps", str(args.distill_steps), "--warmup-steps", dwarm,
+                  "--save-every", str(min(500, args.distill_steps)), *common, *pool])
             (bundles / m / ".trained").write_text(f"{args.distill_steps}\n")
     print("== 5. export")
     for m in methods:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from l1flow_ros.policy import methods
+
 NAME = "train"
-HELP = "Train a policy (l1flow | fm | ddpm | regression) on a zarr store into a checkpoint bundle."
+HELP = f"Train a policy ({' | '.join(methods.trained())}) on a zarr store into a checkpoint bundle."
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +70,13 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from l1flow_ros.policy.config import OBJECTIVES, FlowTimeConfig
+    from l1flow_ros.policy.config import FlowTimeConfig
 
     add_loop_arguments(parser)
-    parser.add_argument("--objective", default="l1flow", choices=OBJECTIVES)
+    parser.add_argument(
+        "--objective", default="l1flow", choices=methods.trained(),
+        help="; ".join(f"{m}: {methods.get(m).label}" for m in methods.trained()),
+    )
     parser.add_argument("--horizon", type=int, help="actions per chunk (default: the store's action spec)")
     parser.add_argument(
         "--n-action-steps", type=int, help="actions executed per chunk (default: the store's)"
@@ -85,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--down-dims", type=_ints, help="U-Net widths, e.g. 64,128,256 (overrides --unet)")
     parser.add_argument("--embed-dim", type=int, help="observation embedding size (default 128)")
-    parser.add_argument("--t1", type=float, default=0.5, help="L1 Flow two-step: time of the second step")
+    parser.add_argument("--t1", type=float, default=0.5,
+                        help="L1 Flow two-step: time of the second step (a sampler with intermediate times)")
     parser.add_argument("--sampler-steps", type=int, help="inference steps of the shipped sampler")
     f = FlowTimeConfig()
     parser.add_argument("--t-logit-mean", type=float, default=f.logit_mean)
@@ -98,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
     from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
     from l1flow_ros.perception.encoders import EncoderConfig
+    from l1flow_ros.policy.config import FlowTimeConfig
     from l1flow_ros.policy.model import ModelConfig, prediction_for
-    from l1flow_ros.policy.objectives import FlowTimeConfig
-    from l1flow_ros.policy.train import ObjectiveConfigs, default_sampler, train
+    from l1flow_ros.policy.train import ObjectiveConfigs, train
     from l1flow_ros.policy.unet import UNET_DP, UnetConfig
 
     normalizer = compute_normalizer(args.data)
@@ -108,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
     action_spec = ds.action_spec
     if args.n_action_steps:
         action_spec = dataclasses.replace(action_spec, n_action_steps=args.n_action_steps)
-    sampler = default_sampler(args.objective)
-    if args.objective == "l1flow":
+    sampler = methods.get(args.objective).default_sampler(None)
+    if sampler.t_values:  # L1 Flow two-step: the time of its second step
         sampler = dataclasses.replace(sampler, t_values=(args.t1,))
     if args.sampler_steps:
         sampler = dataclasses.replace(sampler, steps=args.sampler_steps)

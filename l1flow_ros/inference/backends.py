@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from l1flow_ros.policy import methods
 from l1flow_ros.spec import SamplerSpec
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -75,7 +76,7 @@ def policy_onnx_name(sampler: SamplerSpec | None = None, warm: bool = False) -> 
 
 def noise_shape(spec: SamplerSpec, horizon: int, action_dim: int, batch: int = 1) -> tuple[int, ...]:
     """Shape of the noise input: (B, H, A), or (B, K, H, A) for ancestral DDPM (fresh noise per step)."""
-    if spec.kind == "ddpm":
+    if methods.sampler_kind(spec.kind).noise_per_step:
         return (batch, spec.steps, horizon, action_dim)
     return (batch, horizon, action_dim)
 
@@ -86,11 +87,10 @@ def parse_sampler(text: str, base: SamplerSpec | None = None) -> SamplerSpec:
     Fields not given (t values, warm start) come from ``base`` when the kind matches.
     """
     kind, _, steps = text.strip().partition(":")
-    default_steps = {"l1flow": 2, "fm": 10, "ddim": 10, "ddpm": 100, "imle": 1, "ofp": 1, "regression": 1}
-    if kind not in default_steps:
-        raise ValueError(f"unknown sampler {text!r}; kinds: {sorted(default_steps)} (e.g. 'fm:10')")
+    if kind not in methods.SAMPLER_KINDS:
+        raise ValueError(f"unknown sampler {text!r}; kinds: {sorted(methods.SAMPLER_KINDS)} (e.g. 'fm:10')")
     try:
-        n = int(steps) if steps else default_steps[kind]
+        n = int(steps) if steps else methods.sampler_kind(kind).default_steps
     except ValueError as e:
         raise ValueError(f"sampler {text!r}: steps must be an integer") from e
     if n < 1:

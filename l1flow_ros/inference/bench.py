@@ -1,7 +1,8 @@
 """Inference latency of every sampler on every available backend, side by side in one run.
 
-For one bundle, each sampler (L1 Flow 2-step, IMLE 1-step, OFP 1-step, FM 10-step,
-DDIM 10, DDPM 100) is a *variant* of the bundle (same encoder and U-Net; weights copied
+For one bundle, each sampler (by default every sampler kind of the registered methods,
+``l1flow_ros.policy.methods``, at its default steps: L1 Flow 2-step, IMLE 1-step,
+OFP 1-step, FM 10-step, DDIM 10, DDPM 100) is a *variant* of the bundle (same encoder and U-Net; weights copied
 where shapes match, see :mod:`l1flow_ros.inference.synthetic`): latency depends on the
 architecture and the number of network evaluations, not on what the weights learnt.
 Each variant is exported to ONNX (parity-checked like ``l1flow export``) and run on each
@@ -22,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from l1flow_ros.inference.backends import open_encoder, open_policy, parse_sampler, sampler_tag
+from l1flow_ros.policy import methods
 
-DEFAULT_SAMPLERS = ("l1flow:2", "imle:1", "ofp:1", "fm:10", "ddim:10", "ddpm:100")
-LABELS = {"l1flow2": "L1 Flow 2-step", "imle1": "IMLE 1-step", "ofp1": "OFP 1-step", "fm10": "FM 10-step",
-          "ddim10": "DDIM 10", "ddpm100": "DDPM 100"}
+DEFAULT_SAMPLERS = methods.default_samplers()  # "l1flow:2", "imle:1", ..., "ddpm:100"
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class Row:
     trained: bool  # the bundle's own weights (same prediction) or a partly untrained variant
     samples_ms: list[float] = dataclasses.field(default_factory=list)
     error: str = ""
+    label: str = ""  # display name, e.g. "FM 10-step" (the tag when empty)
 
     @property
     def p50(self) -> float:
@@ -96,8 +97,8 @@ class Row:
 
 
 def prepare_variants(bundle: str | Path, samplers: tuple[str, ...], workdir: Path,
-                     export: bool = True) -> dict[str, tuple[Path, bool]]:
-    """tag -> (variant bundle dir, trained?) for each sampler, exported to ONNX."""
+                     export: bool = True) -> dict[str, tuple[Path, bool, str]]:
+    """tag -> (variant bundle dir, trained?, display name) for each sampler, exported to ONNX."""
     from l1flow_ros.inference.export import export_bundle
     from l1flow_ros.inference.synthetic import variant_bundle
     from l1flow_ros.policy.bundle import read_manifest
@@ -111,7 +112,7 @@ def prepare_variants(bundle: str | Path, samplers: tuple[str, ...], workdir: Pat
         trained = variant_bundle(bundle, d, spec)
         if export:
             export_bundle(d, encoder=False)
-        out[sampler_tag(spec)] = (d, trained)
+        out[sampler_tag(spec)] = (d, trained, methods.label(spec))
     return out
 
 
@@ -126,9 +127,9 @@ def bench_inference(bundle: str | Path, workdir: str | Path, samplers: tuple[str
     variants = prepare_variants(bundle, samplers, workdir, export=need_onnx)
     rng = np.random.default_rng(0)
     runs: list[tuple[Row, Any]] = []
-    for tag, (d, trained) in variants.items():
+    for tag, (d, trained, label) in variants.items():
         for b in backends:
-            row = Row(tag, b.label, trained)
+            row = Row(tag, b.label, trained, label=label)
             try:
                 pol = open_policy(d, b.backend, **b.kwargs())
                 cond = rng.standard_normal((1, pol.cond_dim), dtype=np.float32)
@@ -189,7 +190,7 @@ def format_table(rows: list[Row]) -> str:
     lines = ["| sampler | backend | weights | p50 ms | p99 ms | p50 / FM 10 | p50 / DDPM 100 |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        name = LABELS.get(r.sampler, r.sampler)
+        name = r.label or r.sampler
         w = "bundle" if r.trained else "untrained variant"
         if r.sampler == "encoder":
             name, w = "encoder (obs -> embedding)", "bundle"

@@ -5,17 +5,8 @@ unnormalise (numpy, outside). ``policy_graph()`` and ``encoder_graph()`` are
 the two modules exported to ONNX; the runtime feeds them numpy arrays.
 
 What the chunk network predicts depends on how it was trained
-(``ModelConfig.prediction``), and only some samplers can use each kind:
-
-=============  ===================================  =====================
-prediction     trained by                           sampler kinds
-=============  ===================================  =====================
-sample         L1 Flow (clean chunk), IMLE student  l1flow, imle
-velocity       flow matching                        fm
-epsilon        DDPM                                 ddim, ddpm
-flow_map       One-Step Flow Policy                 ofp
-regression     L1 regression                        regression
-=============  ===================================  =====================
+(``ModelConfig.prediction``), and only the sampler kinds made for that prediction
+can draw it: the table and the samplers are in ``l1flow_ros.policy.methods``.
 """
 
 from __future__ import annotations
@@ -29,30 +20,12 @@ import torch
 from torch import nn
 
 from l1flow_ros.perception.encoders import EncoderConfig, ObservationEncoder
-from l1flow_ros.policy import samplers
+from l1flow_ros.policy.methods import PREDICTIONS, WARM_START_KINDS, prediction_for, sampler_kind
 from l1flow_ros.policy.unet import ConditionalUnet1D, UnetConfig
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
 if TYPE_CHECKING:
     from l1flow_ros.policy.bundle import Manifest
-
-PREDICTION_SAMPLERS = {
-    "sample": ("l1flow", "imle"),
-    "velocity": ("fm",),
-    "epsilon": ("ddim", "ddpm"),
-    "flow_map": ("ofp",),
-    "regression": ("regression",),
-}
-# Samplers that accept a warm start from the previous chunk's tail.
-WARM_START_KINDS = ("l1flow", "fm", "ofp")
-
-
-def prediction_for(kind: str) -> str:
-    """The network output a sampler kind needs."""
-    for pred, kinds in PREDICTION_SAMPLERS.items():
-        if kind in kinds:
-            return pred
-    raise ValueError(f"unknown sampler kind {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +36,8 @@ class ModelConfig:
     num_train_steps: int = 100  # diffusion training steps (epsilon prediction)
 
     def __post_init__(self) -> None:
-        if self.prediction not in PREDICTION_SAMPLERS:
-            raise ValueError(f"prediction {self.prediction!r} not in {sorted(PREDICTION_SAMPLERS)}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {self.prediction!r} not in {sorted(PREDICTIONS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -133,24 +106,17 @@ class PolicyModel(nn.Module):
         self._check_sampler(sampler)
 
     def _check_sampler(self, sampler: SamplerSpec) -> None:
-        allowed = PREDICTION_SAMPLERS[self.cfg.prediction]
-        if sampler.kind not in allowed:
+        kind = sampler_kind(sampler.kind)
+        if kind.prediction != self.cfg.prediction:
             raise ValueError(
-                f"a {self.cfg.prediction!r} network cannot be sampled with {sampler.kind!r}; use {allowed}"
+                f"a {self.cfg.prediction!r} network cannot be sampled with {sampler.kind!r}; "
+                f"use {PREDICTIONS[self.cfg.prediction]}"
             )
         if sampler.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
-        if sampler.kind == "ddpm" and sampler.steps != self.cfg.num_train_steps:
-            raise ValueError(
-                f"ddpm samples all {self.cfg.num_train_steps} training steps; steps={sampler.steps}"
-            )
-        if sampler.kind == "ddim" and self.cfg.num_train_steps % sampler.steps:
-            raise ValueError(f"ddim steps {sampler.steps} must divide {self.cfg.num_train_steps}")
-        if sampler.kind == "l1flow" and sampler.steps == 2 and not (0.0 < sampler.t_values[0] < 1.0):
-            raise ValueError(f"l1flow two-step needs 0 < t_values[0] < 1, got {sampler.t_values}")
-        if sampler.warm_start and (
-            sampler.kind not in WARM_START_KINDS or not 0.0 <= sampler.warm_start_t < 1.0
-        ):
+        if kind.check is not None:
+            kind.check(sampler, self.cfg)
+        if sampler.warm_start and (not kind.warm_start or not 0.0 <= sampler.warm_start_t < 1.0):
             raise ValueError(f"warm start needs a sampler in {WARM_START_KINDS} and 0 <= warm_start_t < 1")
 
     def with_sampler(self, sampler: SamplerSpec) -> PolicyModel:
@@ -163,7 +129,7 @@ class PolicyModel(nn.Module):
     def noise_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of the noise ``sample`` takes: (B, H, A); DDPM: (B, K, H, A), one per step."""
         h, a = self.action_spec.horizon, self.action_spec.dim
-        if self.sampler.kind == "ddpm":
+        if sampler_kind(self.sampler.kind).noise_per_step:
             return (batch, self.cfg.num_train_steps, h, a)
         return (batch, h, a)
 
@@ -174,28 +140,10 @@ class PolicyModel(nn.Module):
         self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Normalised chunk (B, H, A); the same (cond, noise, warm) gives the same chunk."""
-        s = self.sampler
-        if warm is not None and s.kind not in WARM_START_KINDS:
-            raise ValueError(f"sampler {s.kind!r} takes no warm start")
-        if s.kind == "l1flow":
-            if s.steps == 2:
-                return samplers.l1flow_two_step(self.head, cond, noise, s.t_values[0], warm, s.warm_start_t)
-            return samplers.l1flow_euler(self.head, cond, noise, s.steps, warm, s.warm_start_t)
-        if s.kind == "fm":
-            return samplers.fm_euler(self.head, cond, noise, s.steps, warm, s.warm_start_t)
-        if s.kind == "ddim":
-            return samplers.ddim(self.head, cond, noise, s.steps, self.cfg.num_train_steps)
-        if s.kind == "ddpm":
-            return samplers.ddpm(self.head, cond, noise, self.cfg.num_train_steps)
-        if s.kind == "imle":
-            return samplers.one_step(self.head, cond, noise)
-        if s.kind == "ofp":
-            if s.steps == 1:
-                return samplers.flow_map_one_step(self.head, cond, noise, warm, s.warm_start_t)
-            if warm is not None:
-                raise ValueError("ofp warm start is one step (steps=1)")
-            return samplers.flow_map_steps(self.head, cond, noise, s.steps)
-        return samplers.regression(self.head, cond, noise)
+        kind = sampler_kind(self.sampler.kind)
+        if warm is not None and not kind.warm_start:
+            raise ValueError(f"sampler {kind.name!r} takes no warm start")
+        return kind.sample(self.head, cond, noise, self.sampler, self.cfg, warm)
 
     def forward(
         self, obs: dict[str, torch.Tensor], noise: torch.Tensor, warm: torch.Tensor | None = None

@@ -1,4 +1,5 @@
-"""One flat training loop for every objective and both distillations (nanoGPT style).
+"""One flat training loop for every method (nanoGPT style): what differs between
+methods (loss, default sampler, teacher) is in their modules, ``l1flow_ros.policy.methods``.
 
     l1flow train   --objective l1flow|fm|ddpm|regression --data STORE --out BUNDLE
     l1flow distill --method imle|ofp --teacher BUNDLE --data STORE --out BUNDLE
@@ -29,9 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from l1flow_ros.policy import methods
 from l1flow_ros.policy import objectives as obj
 from l1flow_ros.policy.bundle import load_bundle, make_manifest, save_bundle
-from l1flow_ros.policy.config import DISTILL_METHODS, TrainConfig
+from l1flow_ros.policy.config import FlowTimeConfig, TrainConfig
+from l1flow_ros.policy.methods import LossInputs
+from l1flow_ros.policy.methods.imle import ImleConfig
+from l1flow_ros.policy.methods.ofp import OfpConfig
 from l1flow_ros.policy.model import ModelConfig, PolicyModel, prediction_for
 from l1flow_ros.policy.normalizer import Normalizer
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
@@ -42,25 +47,12 @@ LOG_FILE = "train_log.jsonl"
 
 @dataclass(frozen=True)
 class ObjectiveConfigs:
-    """The per-objective knobs; only the one the objective uses matters."""
+    """The per-method knobs (recorded in the manifest as ``train["objective"]``); only those
+    of the method being trained matter. A method with knobs of its own adds a field here."""
 
-    flow_time: obj.FlowTimeConfig = field(default_factory=obj.FlowTimeConfig)
-    imle: obj.ImleConfig = field(default_factory=obj.ImleConfig)
-    ofp: obj.OfpConfig = field(default_factory=obj.OfpConfig)
-
-
-def default_sampler(objective: str, ofp: obj.OfpConfig | None = None) -> SamplerSpec:
-    """The sampler a bundle trained with ``objective`` ships with."""
-    if objective == "l1flow":
-        return SamplerSpec(kind="l1flow", steps=2, t_values=(0.5,))
-    if objective == "fm":
-        return SamplerSpec(kind="fm", steps=10, t_values=())
-    if objective == "ddpm":
-        return SamplerSpec(kind="ddim", steps=10, t_values=())
-    if objective == "ofp":
-        t_w = (ofp or obj.OfpConfig()).warm_t
-        return SamplerSpec(kind="ofp", steps=1, t_values=(), warm_start=True, warm_start_t=t_w)
-    return SamplerSpec(kind=objective, steps=1, t_values=())
+    flow_time: FlowTimeConfig = field(default_factory=FlowTimeConfig)  # L1 Flow, FM, OFP
+    imle: ImleConfig = field(default_factory=ImleConfig)
+    ofp: OfpConfig = field(default_factory=OfpConfig)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -83,7 +75,7 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay
 
 
 class LossModule(nn.Module):
-    """forward(obs, actions) -> scalar loss; the one module DDP wraps.
+    """forward(obs, actions) -> scalar loss of the method; the one module DDP wraps.
 
     The teacher and the EMA target are kept out of the registered modules
     (in a tuple), so DDP neither syncs nor checks them.
@@ -100,14 +92,11 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
         self.objective = objective
+        self.method = methods.get(objective)
         self.cfgs = cfgs
+        if teacher is not None:
+            teacher = self.method.prepare_teacher(teacher, cfgs)
         self._aux = (teacher, ema)
-        if teacher is not None and objective == "imle" and cfgs.imle.teacher_steps > 0:
-            self._aux = (
-                teacher.with_sampler(dataclasses.replace(teacher.sampler, steps=cfgs.imle.teacher_steps)),
-                ema,
-            )
-
         self.pool: torch.Tensor | None = None  # (N, K, H, A) teacher samples per dataset item
 
     @torch.no_grad()
@@ -116,8 +105,6 @@ class LossModule(nn.Module):
         teacher = self._aux[0]
         if teacher is None or not hasattr(dataset, "__getitems__"):
             raise ValueError("teacher_pool needs a teacher and a dataset with batched __getitems__")
-        if k < self.cfgs.imle.teacher_samples:
-            raise ValueError(f"teacher_pool {k} < teacher_samples {self.cfgs.imle.teacher_samples}")
         t0 = time.monotonic()
         gen = torch.Generator(device).manual_seed(seed)
         n, step = len(dataset), max(1, 4096 // k)
@@ -134,30 +121,10 @@ class LossModule(nn.Module):
     ) -> torch.Tensor:
         teacher, ema = self._aux
         cond = self.model.encode(obs)  # (B, D)
-        net = self.model.head
-        c = self.cfgs
-        if self.objective == "l1flow":
-            return obj.l1flow_loss(net, cond, x1, c.flow_time)
-        if self.objective == "fm":
-            return obj.fm_loss(net, cond, x1, c.flow_time)
-        if self.objective == "ddpm":
-            return obj.ddpm_loss(net, cond, x1, self.model.cfg.num_train_steps)
-        if self.objective == "regression":
-            return obj.regression_loss(net, cond, x1)
-        if self.objective == "imle" and self.pool is not None:
-            if index is None:
-                raise ValueError("a teacher pool needs the batch's dataset indices")
-            b, m = x1.shape[0], c.imle.teacher_samples
-            pick = torch.rand(b, self.pool.shape[1], device=x1.device).argsort(dim=1)[:, :m]  # m of K, no repeats
-            samples = self.pool[index.to(self.pool.device)[:, None], pick]  # (B, m, H, A)
-            return obj.imle_loss(net, cond, samples, c.imle)
-        if self.objective == "imle":
-            with torch.no_grad():
-                samples = obj.teacher_samples(
-                    teacher.sample, teacher.encode(obs), c.imle.teacher_samples, tuple(x1.shape[1:])
-                )  # (B, m, H, A)
-            return obj.imle_loss(net, cond, samples, c.imle)
-        return obj.ofp_loss(net, ema.head, cond, x1, c.ofp, c.flow_time)
+        return self.method.loss(LossInputs(
+            net=self.model.head, cond=cond, x1=x1, obs=obs, cfgs=self.cfgs, model_cfg=self.model.cfg,
+            teacher=teacher, ema=ema, pool=self.pool, index=index,
+        ))  # fmt: skip
 
 
 class _Indexed(Dataset):
@@ -242,7 +209,7 @@ def train(
     OFP also trains from scratch (no teacher), as self-distillation.
     """
     cfgs = cfgs or ObjectiveConfigs()
-    distill = cfg.objective in DISTILL_METHODS
+    method = methods.get(cfg.objective)
     rank, world, local_rank = _dist_env()
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -257,15 +224,17 @@ def train(
 
     # ---- models: student (or model), optional teacher, EMA.
     teacher = None
-    sampler = sampler or default_sampler(cfg.objective, cfgs.ofp)
+    sampler = sampler or method.default_sampler(cfgs)
     if model_cfg is None:
         model_cfg = ModelConfig(prediction=prediction_for(sampler.kind))
-    if cfg.objective == "imle" and teacher_dir is None:
-        raise ValueError("IMLE distillation needs a teacher bundle")
-    if distill and teacher_dir is not None:
+    if method.needs_teacher and teacher_dir is None:
+        raise ValueError(f"{method.label} needs a teacher bundle")
+    if method.distill and teacher_dir is not None:
         t_manifest, teacher = load_bundle(teacher_dir, device=str(device))
-        if cfg.objective == "imle" and t_manifest.model.prediction != "velocity":
-            raise ValueError("IMLE distils a flow-matching (fm) teacher")
+        want = method.teacher_prediction
+        if want is not None and t_manifest.model.prediction != want:
+            raise ValueError(f"{method.label} distils a {want!r}-predicting teacher (e.g. {method.teacher}), "
+                             f"not a {t_manifest.model.prediction!r} one")
         if (t_manifest.observation, t_manifest.action) != (obs_spec, action_spec):
             raise ValueError("the teacher's observation / action specs differ from the data's")
         if t_manifest.normalizer != normalizer.to_dict():
@@ -274,24 +243,22 @@ def train(
         model_cfg = dataclasses.replace(t_manifest.model, prediction=prediction_for(sampler.kind))
     model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
     if teacher is not None:
-        if cfg.objective == "imle":
-            init = cfgs.imle.init
-        else:  # OFP: a velocity (fm) teacher is a flow map with r ignored; other heads mean other things
-            init = "teacher" if t_manifest.model.prediction == "velocity" else "encoder"
+        init = method.student_init(cfgs, t_manifest.model.prediction)
         if init == "teacher":
             # A flow map's r-embedding starts at zero: the OFP student starts as the teacher.
             model.load_state_dict(teacher.state_dict(), strict=False)
         elif init == "encoder":
             model.encoder.load_state_dict(teacher.encoder.state_dict())
         elif init != "scratch":
-            raise ValueError(f"imle init {init!r} not in ('encoder', 'teacher', 'scratch')")
+            raise ValueError(f"{cfg.objective} init {init!r} not in ('encoder', 'teacher', 'scratch')")
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     loss_module = LossModule(model, cfg.objective, cfgs, teacher=teacher, ema=ema)
     pool_info = None
-    if cfg.objective == "imle" and cfgs.imle.teacher_pool > 0:
-        secs = loss_module.build_teacher_pool(dataset, cfgs.imle.teacher_pool, device, cfg.seed)
-        pool_info = {"teacher_pool": cfgs.imle.teacher_pool, "items": len(dataset), "pool_s": round(secs, 2)}
+    k = method.teacher_pool(cfgs) if method.teacher_pool is not None else 0
+    if k > 0:
+        secs = loss_module.build_teacher_pool(dataset, k, device, cfg.seed)
+        pool_info = {"teacher_pool": k, "items": len(dataset), "pool_s": round(secs, 2)}
         dataset = _Indexed(dataset)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
