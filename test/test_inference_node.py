@@ -168,6 +168,43 @@ def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, spin_nodes, tmp_
                                 for d in rig.diags))
 
 
+def test_swap_that_fails_to_load_is_reported_and_the_parameter_put_back(ros_context, spin_nodes, bundle,
+                                                                         tmp_path):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    make_bundle(tmp_path / "b", seed=2)
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle)})
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    rig.wait_connected()
+    svc = rig.node.service
+    fp = svc.active.fingerprint
+    # b passes every check; opening it fails on the swap worker, as a backend out of memory does.
+    opened, real_open = [], svc._open
+
+    def failing_open(path, cfg):
+        opened.append(path)
+        if path == str(tmp_path / "b"):
+            raise RuntimeError("out of device memory")
+        return real_open(path, cfg)
+
+    svc._open = failing_open
+    res = rig.node.set_parameters([Parameter("checkpoint", value=str(tmp_path / "b"))])
+    assert res[0].successful, res[0].reason
+    assert rig.wait(lambda: any(d.level == DiagnosticStatus.ERROR and "failed to load" in d.message
+                                for d in rig.diags))
+    assert rig.wait(lambda: rig.node.get_parameter("checkpoint").value == str(bundle)), "checkpoint not put back"
+    assert rig.node.cfg.checkpoint == str(bundle)
+    svc._swap_thread.join(10.0)
+    assert opened == [str(tmp_path / "b")], "putting the parameter back started another swap"
+    assert svc.active.fingerprint == fp and svc.pending is None and svc.counts["swaps"] == 0
+    rig.pub_emb.publish(_emb_msg(np.zeros(32, np.float32), 5000, fp))
+    assert rig.wait(lambda: rig.chunks), "the old policy stopped"
+    assert rig.chunks[0].header.frame_id == fp
+
+
 def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
