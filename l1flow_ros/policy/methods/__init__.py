@@ -1,16 +1,16 @@
 """The training methods, one module each, and the one registry that training,
-distillation, export, ``l1flow pipeline``, the benchmarks and evaluation enumerate.
+distillation, sampler parsing, export, ``l1flow pipeline`` and the benchmarks enumerate.
 
-======== ========================= ========== ================================
-method   trains                    predicts   sampler kinds (default first)
-======== ========================= ========== ================================
-l1flow   L1 Flow                   sample     l1flow (2-step; N-step Euler)
-imle     IMLE one-step student     sample     imle (1 pass)
-ofp      One-Step Flow Policy      flow_map   ofp (1 jump; N jumps)
-fm       flow matching (teacher)   velocity   fm (N Euler steps)
-ddpm     diffusion                 epsilon    ddim (N of K), ddpm (all K)
-regr.    L1 regression (reference) regression regression (1 pass)
-======== ========================= ========== ================================
+========== ========================= ========== ================================
+method     trains                    predicts   sampler kinds (default first)
+========== ========================= ========== ================================
+l1flow     L1 Flow                   sample     l1flow (2-step; N-step Euler)
+imle       IMLE one-step student     sample     imle (1 pass)
+ofp        One-Step Flow Policy      flow_map   ofp (1 jump; N jumps)
+fm         flow matching (teacher)   velocity   fm (N Euler steps)
+ddpm       diffusion                 epsilon    ddim (N of K), ddpm (all K)
+regression L1 regression (reference) regression regression (1 pass)
+========== ========================= ========== ================================
 
 A sampler kind samples every network with its prediction: an IMLE student can be
 drawn by the ``l1flow`` sampler, a DDPM network by ``ddim`` or ``ddpm``.
