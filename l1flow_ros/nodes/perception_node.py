@@ -40,13 +40,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import String
 
 from l1flow_ros.graph import resolve_path
+from l1flow_ros.msgs import sensor_conv
 from l1flow_ros.msgs.chunk_conv import MessageError, embedding_to_msg, stamp_to_ns
-from l1flow_ros.msgs.sensor_conv import (
-    camera_frame_from_msgs,
-    camera_info_from_msg,
-    joint_state_from_msg,
-    pointcloud_to_msg,
-)
 from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import Diagnostics
@@ -115,13 +110,13 @@ class PerceptionNode(Node):
         yet is retried: an export may still be being written)."""
         from l1flow_ros.policy.bundle import read_manifest
 
-        self._ckpt_requested = any(p.name == "checkpoint" for p in params)
-        for p in params:
-            if p.name == "checkpoint" and p.value:
-                try:
-                    read_manifest(resolve_path(p.value), check_weights=False)
-                except Exception as e:  # any reason to refuse goes back to the caller
-                    return SetParametersResult(successful=False, reason=str(e))
+        paths = [p.value for p in params if p.name == "checkpoint"]
+        self._ckpt_requested = bool(paths)
+        try:
+            for path in filter(None, paths):
+                read_manifest(resolve_path(path), check_weights=False)
+        except Exception as e:  # any reason to refuse goes back to the caller
+            return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
 
     def _on_config(self, old: PerceptionConfig, new: PerceptionConfig) -> None:
@@ -165,7 +160,7 @@ class PerceptionNode(Node):
 
     def _on_info(self, cam: str, msg: CameraInfo) -> None:
         try:
-            intr = camera_info_from_msg(msg)
+            intr = sensor_conv.camera_info_from_msg(msg)
         except MessageError as e:
             self.engine.intrinsics[cam] = e
             return
@@ -232,13 +227,13 @@ class PerceptionNode(Node):
     def _decode_camera(self, stream: str, msg: Any, intr: CameraIntrinsics | None) -> CameraFrame:
         """One camera message ("<cam>/color", "/depth" or "/cloud") -> its part of the frame."""
         try:
-            return camera_frame_from_msgs(info=intr, **{stream.rsplit("/", 1)[1]: msg})
+            return sensor_conv.camera_frame_from_msgs(info=intr, **{stream.rsplit("/", 1)[1]: msg})
         except MessageError as e:
             raise StreamError(stream, str(e)) from None
 
     def _decode_proprio(self, msg: JointState, names: tuple[str, ...]) -> Any:
         try:
-            return joint_state_from_msg(msg, names, allow_extra=not self.cfg.strict_joint_names)[0]
+            return sensor_conv.joint_state_from_msg(msg, names, allow_extra=not self.cfg.strict_joint_names)[0]
         except MessageError as e:
             raise StreamError("joint_states", str(e)) from None
 
@@ -247,9 +242,8 @@ class PerceptionNode(Node):
         self.last_model_input = out.model_input
         if self.cfg.publish_cloud and "points" in out.step:
             pts = out.step["points"]  # (num_points, 3 or 6): xyz (+ rgb)
-            self._pub_cloud.publish(pointcloud_to_msg(
-                pts[:, :3], pts[:, 3:6] if pts.shape[1] >= 6 else None, out.stamp_ns, self.cfg.cloud_frame_id
-            ))
+            cols = pts[:, 3:6] if pts.shape[1] >= 6 else None
+            self._pub_cloud.publish(sensor_conv.pointcloud_to_msg(pts[:, :3], cols, out.stamp_ns, self.cfg.cloud_frame_id))
         had_error = self.engine.error is not None
         self.engine.record(out)  # clears the data path's error
         if had_error:

@@ -18,6 +18,9 @@ and reports on /diagnostics.
 - **Swap-in of a new encoder** (:meth:`PerceptionEngine.load`, then
   :meth:`PerceptionEngine.swap_in`): loading happens off the hot path; the swap replaces
   encoder, history and synchroniser at once, so no embedding mixes two checkpoints.
+- **Health** (:meth:`PerceptionEngine.status`, :meth:`PerceptionEngine.refresh`): the data
+  path's newest error until an embedding goes out, or why none came; a checkpoint that
+  could not be loaded; stage times (p50 / p99) and each stream's age.
 
 Threads: :meth:`~PerceptionEngine.add` from subscription callbacks, :meth:`~PerceptionEngine.step`
 from one worker, :meth:`~PerceptionEngine.load` / :meth:`~PerceptionEngine.swap_in` from a loader,
@@ -113,7 +116,8 @@ class StreamError(PerceptionError):
         self.stream = stream
 
 
-def needed_streams(spec: ObservationSpec, source: str = "topics", cloud_cameras: tuple[str, ...] = ()) -> tuple[str, ...]:
+def needed_streams(spec: ObservationSpec, source: str = "topics",
+                   cloud_cameras: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Synchroniser streams a checkpoint's observation needs; the first is the reference."""
     out = []
     for cam in spec.cameras:
