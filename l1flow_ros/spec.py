@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 def _from_dict(cls, d: dict[str, Any]):
     """Build a dataclass from a dict, ignoring unknown keys, tuples from lists."""
@@ -132,3 +134,25 @@ class Chunk:
 
     def due_ns(self, k: int) -> int:
         return self.t_obs_ns + int(round((k + 1) * self.dt * 1e9))
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The executor's planned but unexecuted actions.
+
+    times_ns: (K,) absolute due times, increasing; actions: (K, A) in action units,
+    columns in the policy's action order.
+    """
+
+    times_ns: np.ndarray
+    actions: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.times_ns)
+        a = np.asarray(self.actions)
+        if t.ndim != 1 or a.ndim != 2 or a.shape[0] != t.shape[0] or t.shape[0] == 0:
+            raise ValueError(f"tail needs times (K,) and actions (K, A), got {t.shape} and {a.shape}")
+        if np.any(np.diff(t) <= 0):
+            raise ValueError("tail times must be strictly increasing")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("tail actions have NaN or inf")

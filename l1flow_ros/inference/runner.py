@@ -14,36 +14,13 @@ ROS-free; the inference node holds one runner per loaded checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from l1flow_ros.inference.backends import Encoder, Policy, noise_shape, open_encoder, open_policy
-from l1flow_ros.spec import Chunk
-
-
-@dataclass(frozen=True)
-class Tail:
-    """The executor's planned but unexecuted actions.
-
-    times_ns: (K,) absolute due times, increasing; actions: (K, A) in action units,
-    columns in the policy's action order.
-    """
-
-    times_ns: np.ndarray
-    actions: np.ndarray
-
-    def __post_init__(self) -> None:
-        t = np.asarray(self.times_ns)
-        a = np.asarray(self.actions)
-        if t.ndim != 1 or a.ndim != 2 or a.shape[0] != t.shape[0] or t.shape[0] == 0:
-            raise ValueError(f"tail needs times (K,) and actions (K, A), got {t.shape} and {a.shape}")
-        if np.any(np.diff(t) <= 0):
-            raise ValueError("tail times must be strictly increasing")
-        if not np.all(np.isfinite(a)):
-            raise ValueError("tail actions have NaN or inf")
+from l1flow_ros.spec import Chunk, Tail
 
 
 def resample_tail(tail: Tail, chunk_times_ns: np.ndarray, min_overlap: int = 1) -> np.ndarray | None:

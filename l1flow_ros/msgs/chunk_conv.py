@@ -22,9 +22,8 @@ from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from l1flow_ros.inference.runner import Tail
 from l1flow_ros.msgs.stamps import split_ns, stamp_to_ns
-from l1flow_ros.spec import Chunk
+from l1flow_ros.spec import Chunk, Tail
 
 
 class MessageError(ValueError):
