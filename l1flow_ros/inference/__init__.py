@@ -7,6 +7,8 @@
 - ``export``: ``encoder.onnx`` / ``policy.onnx`` with the sampler unrolled, parity-checked.
 - ``runner``: ``PolicyRunner``, normalisation, seeded noise and warm start around a backend.
 - ``checkpoint`` / ``hotswap``: validation of a new bundle and the head switch by fingerprint.
+- ``config`` / ``service``: the inference node's configuration and its engine (load, check,
+  swap by fingerprint, one embedding -> chunk with timing), which the node wraps.
 - ``bench`` / ``synthetic``: sampler x backend latency on variants of one architecture.
 - ``latency``: rolling latency statistics and the newest-only slot the node hands work through.
 
