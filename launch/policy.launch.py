@@ -21,31 +21,17 @@ from lifecycle_msgs.msg import Transition
 
 def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
+    share = FindPackageShare("l1flow_ros")
     checkpoint = LaunchConfiguration("checkpoint")
     overrides = [params_file]
 
-    perception = Node(
-        package="l1flow_ros",
-        executable="perception_node",
-        name="perception_node",
-        parameters=overrides,
-        output="screen",
-    )
-    inference = LifecycleNode(
-        package="l1flow_ros",
-        executable="inference_node",
-        name="inference_node",
-        namespace="",
-        parameters=[params_file, {"checkpoint": checkpoint}],
-        output="screen",
-    )
-    executor = Node(
-        package="l1flow_ros",
-        executable="executor_node",
-        name="executor_node",
-        parameters=overrides,
-        output="screen",
-    )
+    perception = Node(package="l1flow_ros", executable="perception_node", name="perception_node",
+                      parameters=overrides, output="screen")
+    inference = LifecycleNode(package="l1flow_ros", executable="inference_node", name="inference_node",
+                              namespace="", parameters=[params_file, {"checkpoint": checkpoint}],
+                              output="screen")
+    executor = Node(package="l1flow_ros", executable="executor_node", name="executor_node",
+                    parameters=overrides, output="screen")
     configure = EmitEvent(
         event=ChangeState(
             lifecycle_node_matcher=matches_action(inference),
@@ -68,16 +54,12 @@ def generate_launch_description() -> LaunchDescription:
     )
     return LaunchDescription(
         [
-            DeclareLaunchArgument(
-                "params_file",
-                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "config", "policy.yaml"]),
-                description="ROS 2 parameter file for all nodes",
-            ),
-            DeclareLaunchArgument(
-                "checkpoint",
-                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "models", "default"]),
-                description="checkpoint bundle directory to deploy",
-            ),
+            DeclareLaunchArgument("params_file",
+                                  default_value=PathJoinSubstitution([share, "config", "policy.yaml"]),
+                                  description="ROS 2 parameter file for all nodes"),
+            DeclareLaunchArgument("checkpoint",
+                                  default_value=PathJoinSubstitution([share, "models", "default"]),
+                                  description="checkpoint bundle directory to deploy"),
             perception,
             inference,
             executor,

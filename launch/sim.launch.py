@@ -20,26 +20,18 @@ def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare("l1flow_ros")
     return LaunchDescription(
         [
-            DeclareLaunchArgument(
-                "params_file",
-                default_value=PathJoinSubstitution([share, "config", "sim.yaml"]),
-                description="ROS 2 parameter file for all nodes",
-            ),
-            DeclareLaunchArgument(
-                "checkpoint",
-                default_value=PathJoinSubstitution([share, "models", "default"]),
-                description="checkpoint bundle directory to deploy",
-            ),
-            Node(
-                package="l1flow_ros",
-                executable="sim_robot_node",
-                name="sim_robot_node",
-                parameters=[params_file],
-                output="screen",
-            ),
+            DeclareLaunchArgument("params_file",
+                                  default_value=PathJoinSubstitution([share, "config", "sim.yaml"]),
+                                  description="ROS 2 parameter file for all nodes"),
+            DeclareLaunchArgument("checkpoint",
+                                  default_value=PathJoinSubstitution([share, "models", "default"]),
+                                  description="checkpoint bundle directory to deploy"),
+            Node(package="l1flow_ros", executable="sim_robot_node", name="sim_robot_node",
+                 parameters=[params_file], output="screen"),
             IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "policy.launch.py"])),
-                launch_arguments={"params_file": params_file, "checkpoint": LaunchConfiguration("checkpoint")}.items(),
+                launch_arguments={"params_file": params_file,
+                                  "checkpoint": LaunchConfiguration("checkpoint")}.items(),
             ),
         ]
     )

@@ -17,26 +17,15 @@ from launch_ros.substitutions import FindPackageShare
 
 def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
+    share = FindPackageShare("l1flow_ros")
     return LaunchDescription(
         [
-            DeclareLaunchArgument(
-                "params_file",
-                default_value=PathJoinSubstitution([FindPackageShare("l1flow_ros"), "config", "teleop.yaml"]),
-                description="ROS 2 parameter file for all nodes",
-            ),
-            Node(
-                package="l1flow_ros",
-                executable="teleop_node",
-                name="teleop_node",
-                parameters=[params_file],
-                output="screen",
-            ),
-            Node(
-                package="l1flow_ros",
-                executable="recorder_node",
-                name="recorder_node",
-                parameters=[params_file],
-                output="screen",
-            ),
+            DeclareLaunchArgument("params_file",
+                                  default_value=PathJoinSubstitution([share, "config", "teleop.yaml"]),
+                                  description="ROS 2 parameter file for all nodes"),
+            Node(package="l1flow_ros", executable="teleop_node", name="teleop_node", parameters=[params_file],
+                 output="screen"),
+            Node(package="l1flow_ros", executable="recorder_node", name="recorder_node",
+                 parameters=[params_file], output="screen"),
         ]
     )
