@@ -51,7 +51,7 @@ from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, ns_to_durat
 from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.nodes.params import LiveParameters, declare
-from l1flow_ros.policy.bundle import BundleError, read_manifest
+from l1flow_ros.policy.manifest import BundleError, read_manifest
 from l1flow_ros.spec import ActionSpec
 
 NODE_NAME = "executor_node"

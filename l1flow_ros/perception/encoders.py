@@ -14,35 +14,14 @@ preprocessing here: that lives in ``perception.preprocess``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from l1flow_ros.policy.model_config import EncoderConfig  # torch-free: manifests read without torch
 from l1flow_ros.spec import ObservationSpec
 
 # Order of the positional inputs of the exported encoder graph.
 MODALITIES = ("rgb", "points", "proprio")
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    image_channels: tuple[int, ...] = (16, 32, 64)  # one ResNet stage (stride 2) per entry
-    image_keypoints: int = 32  # spatial-softmax keypoints per view
-    image_feature_dim: int = 64  # per view and frame
-    share_image_encoder: bool = False  # one CNN for all views instead of one per view
-    point_hidden: tuple[int, ...] = (64, 128)  # shared per-point MLP widths
-    point_feature_dim: int = 64  # per frame
-    proprio_hidden: int = 64
-    proprio_feature_dim: int = 32  # for the whole history
-    out_dim: int = 128
-    groups: int = 8  # GroupNorm groups (BatchNorm breaks with EMA and small batches)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        from l1flow_ros.spec import _from_dict
-
-        return _from_dict(cls, d)
 
 
 def _gn(channels: int, groups: int) -> nn.GroupNorm:

@@ -13,43 +13,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from l1flow_ros.perception.encoders import EncoderConfig, ObservationEncoder
+from l1flow_ros.perception.encoders import ObservationEncoder
 from l1flow_ros.policy.methods import PREDICTIONS, WARM_START_KINDS, prediction_for, sampler_kind
-from l1flow_ros.policy.unet import ConditionalUnet1D, UnetConfig
+from l1flow_ros.policy.model_config import ModelConfig  # torch-free: manifests read without torch
+from l1flow_ros.policy.unet import ConditionalUnet1D
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
 if TYPE_CHECKING:
-    from l1flow_ros.policy.bundle import Manifest
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    prediction: str = "sample"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    unet: UnetConfig = field(default_factory=UnetConfig)
-    num_train_steps: int = 100  # diffusion training steps (epsilon prediction)
-
-    def __post_init__(self) -> None:
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction {self.prediction!r} not in {sorted(PREDICTIONS)}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}")
-        if "encoder" in d:
-            d["encoder"] = EncoderConfig.from_dict(d["encoder"])
-        if "unet" in d:
-            d["unet"] = UnetConfig.from_dict(d["unet"])
-        return cls(**d)
+    from l1flow_ros.policy.manifest import Manifest
 
 
 class PolicyGraph(nn.Module):

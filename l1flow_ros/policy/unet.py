@@ -11,30 +11,13 @@ initialised from a flow-matching teacher starts as that teacher.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class UnetConfig:
-    down_dims: tuple[int, ...] = (64, 128, 256)  # small default: trains on 2 CPU cores
-    kernel_size: int = 5
-    groups: int = 8
-    time_embed_dim: int = 64
-    time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
-    two_times: bool = False  # also embed a target time r (one-step flow-map students)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UnetConfig:
-        from l1flow_ros.spec import _from_dict
-
-        return _from_dict(cls, d)
-
-
-# The Diffusion Policy size (about 250 M parameters); for GPU training.
-UNET_DP = UnetConfig(down_dims=(512, 1024, 2048), time_embed_dim=256)
+# The config lives in the torch-free model_config (manifests are read without torch);
+# UNET_DP is re-exported for ``from l1flow_ros.policy.unet import UNET_DP``.
+from l1flow_ros.policy.model_config import UNET_DP, UnetConfig  # noqa: F401
 
 
 class SinusoidalEmbedding(nn.Module):
