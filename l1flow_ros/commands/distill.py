@@ -56,13 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from l1flow_ros.commands.train import loop_config
-    from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
+    from l1flow_ros.commands.train import run_training
+    from l1flow_ros.data.store import ChunkDataset, compute_normalizer
     from l1flow_ros.policy.bundle import read_manifest
     from l1flow_ros.policy.config import FlowTimeConfig
     from l1flow_ros.policy.methods.imle import ImleConfig
     from l1flow_ros.policy.methods.ofp import OfpConfig
-    from l1flow_ros.policy.train import ObjectiveConfigs, train
+    from l1flow_ros.policy.train import ObjectiveConfigs
 
     if args.teacher:
         teacher = read_manifest(args.teacher)
@@ -92,23 +92,8 @@ def run(args: argparse.Namespace) -> int:
                         teacher_pool=args.teacher_pool),
         ofp=ofp,
     )
-    fp = train(
-        ds,
-        normalizer,
-        obs_spec,
-        action_spec,
-        args.out,
-        loop_config(args, args.method),
-        sampler=methods.get(args.method).default_sampler(cfgs),
-        cfgs=cfgs,
-        teacher_dir=args.teacher,
-        resume=args.resume,
-        info={"data": {"episodes": ds.num_episodes, "steps": len(ds), "tasks": store_tasks(args.data)}},
-        progress=not args.no_progress,
-    )
-    if fp:
-        print(f"bundle {args.out} fingerprint {fp}")
-    return 0
+    return run_training(args, ds, normalizer, obs_spec, action_spec, args.method,
+                        sampler=methods.get(args.method).default_sampler(cfgs), cfgs=cfgs, teacher_dir=args.teacher)
 
 
 def teacher_flow_time(manifest):

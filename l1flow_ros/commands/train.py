@@ -102,11 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from l1flow_ros.data.store import ChunkDataset, compute_normalizer, store_tasks
+    from l1flow_ros.data.store import ChunkDataset, compute_normalizer
     from l1flow_ros.perception.encoders import EncoderConfig
     from l1flow_ros.policy.config import FlowTimeConfig
     from l1flow_ros.policy.model import ModelConfig, prediction_for
-    from l1flow_ros.policy.train import ObjectiveConfigs, train
+    from l1flow_ros.policy.train import ObjectiveConfigs
     from l1flow_ros.policy.unet import UNET_DP, UnetConfig
 
     normalizer = compute_normalizer(args.data)
@@ -127,20 +127,20 @@ def run(args: argparse.Namespace) -> int:
     cfgs = ObjectiveConfigs(
         flow_time=FlowTimeConfig(args.t_logit_mean, args.t_logit_std, args.t_uniform_share)
     )
-    fp = train(
-        ds,
-        normalizer,
-        ds.obs_spec,
-        action_spec,
-        args.out,
-        loop_config(args, args.objective),
-        model_cfg=model_cfg,
-        sampler=sampler,
-        cfgs=cfgs,
-        resume=args.resume,
-        info={"data": {"episodes": ds.num_episodes, "steps": len(ds), "tasks": store_tasks(args.data)}},
-        progress=not args.no_progress,
-    )
+    return run_training(args, ds, normalizer, ds.obs_spec, action_spec, args.objective, model_cfg=model_cfg,
+                        sampler=sampler, cfgs=cfgs)
+
+
+def run_training(args: argparse.Namespace, ds, normalizer, obs_spec, action_spec, method: str, **kw) -> int:
+    """``policy.train.train`` with what `l1flow train` and `l1flow distill` pass alike (the
+    loop config from the arguments, resume, the data's provenance, progress); prints the
+    bundle's fingerprint."""
+    from l1flow_ros.data.store import store_tasks
+    from l1flow_ros.policy.train import train
+
+    fp = train(ds, normalizer, obs_spec, action_spec, args.out, loop_config(args, method), resume=args.resume,
+               info={"data": {"episodes": ds.num_episodes, "steps": len(ds), "tasks": store_tasks(args.data)}},
+               progress=not args.no_progress, **kw)
     if fp:
         print(f"bundle {args.out} fingerprint {fp}")
     return 0
