@@ -202,13 +202,13 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
     feeder = rclpy.create_node("bench_chunk_feeder", context=ctx)
     pub = feeder.create_publisher(JointTrajectory, "/l1flow/action_chunk", 1)
     rig.add(node, feeder)
-    node._measured = np.zeros(len(names))  # as if /joint_states had arrived
+    node._stream.set_measured(np.zeros(len(names)), time.monotonic())  # as if /joint_states had arrived
     assert node._enable(True)[0]
 
     stop_load, workers = _start_load(load)
     rng = np.random.default_rng(0)
     time.sleep(1.0)  # settle (discovery, load start-up)
-    node.reset_timing()
+    node._loop.reset_timing()
     t_end = time.monotonic() + seconds
     while time.monotonic() < t_end:
         t = node.get_clock().now().nanoseconds
@@ -216,8 +216,8 @@ def measure(rate: float, load: str, spin_us: int, seconds: float, chunk_hz: floa
             a = np.cumsum(rng.normal(scale=0.01, size=(16, len(names))), axis=0)
             pub.publish(chunk_to_msg(Chunk(t, 0.1, a, tuple(names))))
         time.sleep(1.0 / chunk_hz)
-    err = np.abs(node.period_errors_ns()) * 1e-3  # us
-    missed = node.timing_stats()["missed_ticks"]
+    err = np.abs(node._loop.period_errors_ns()) * 1e-3  # us
+    missed = node._loop.timing_stats()["missed_ticks"]
     sched = node._scheduler.stats()
     accepted, rejected = sched.accepted, sum(sched.rejected.values())
     stop_load.set()

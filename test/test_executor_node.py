@@ -104,8 +104,8 @@ class Harness:
         msg.position = [float(x) for x in q] + [0.3]
         self.js_pub.publish(msg)
         target = np.asarray(q, dtype=np.float64)
-        assert self.wait(lambda: self.node._measured is not None
-                         and np.array_equal(self.node._measured, target), 5.0)
+        assert self.wait(lambda: self.node._stream.measured is not None
+                         and np.array_equal(self.node._stream.measured, target), 5.0)
 
     def enable(self, on: bool):
         from std_srvs.srv import SetBool
@@ -182,9 +182,9 @@ def test_commands_stream_at_the_configured_rate(make_harness):
     rate = 500.0
     h = make_harness(rate_hz=rate)
     started(h)
-    d0, w0, n0 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
+    d0, w0, n0 = h.node._loop.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
     time.sleep(1.0)
-    d1, w1, n1 = h.node.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
+    d1, w1, n1 = h.node._loop.timing_stats()["deadlines"], time.monotonic(), h.node._stream.ticks
     # Absolute deadlines: one deadline per period, no drift, whatever the load (a deadline the
     # thread could not meet is skipped and counted as missed, never made up in a burst).
     assert (d1 - d0) / (w1 - w0) == pytest.approx(rate, rel=0.05)
@@ -255,7 +255,7 @@ def _max_step(h: Harness) -> float:
     the wake-to-wake period by the work jitter inside a tick (about a millisecond on two
     loaded cores): that is the slack.
     """
-    return 1.0 / h.rate + h.node.timing_stats()["period_error_max_us"] * 1e-6 + 1e-3
+    return 1.0 / h.rate + h.node._loop.timing_stats()["period_error_max_us"] * 1e-6 + 1e-3
 
 
 def test_splice_and_jump_stay_within_limits(make_harness):

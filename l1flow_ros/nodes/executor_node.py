@@ -1,27 +1,21 @@
 """executor_node: streams the policy's action chunks to the arm controller at control rate.
 
-Subscribes ``/l1flow/action_chunk`` (JointTrajectory, reliable depth 1, taken serialized and
-rejected unread above ``max_chunk_bytes``: deserializing 1000 points of 100 joints holds the
-GIL 5 ms) and ``/joint_states``. Each tick of the control thread (absolute deadlines at
-``rate_hz``) is published on the controller interface ``output``:
-``forward_position`` (Float64MultiArray of absolute targets, action order, every tick, on
-``/forward_position_controller/commands``), ``joint_trajectory`` (JointTrajectory of the plan
-at the chunk's dt, once per plan, on ``/arm_controller/joint_trajectory``; header.stamp = its
-start) or ``ee_delta`` (Float64MultiArray of per-tick displacements, grippers absolute, on
-``/ee_delta_controller/commands``). ``/l1flow/executor/enable`` (std_srvs/SetBool) hands the
-arm between teleop and the policy; ``/l1flow/executor/tail`` carries the unexecuted planned
-tail for warm starts (point k due at header.stamp + time_from_start); ``/l1flow/checkpoint``
-tightens the limits (``limits_from_checkpoint``); ``/diagnostics`` reports period error,
-missed ticks, starvation, chunk age, rejections and how each thread is scheduled.
+Subscribes ``/l1flow/action_chunk`` (JointTrajectory, taken serialized and rejected unread
+above ``max_chunk_bytes``: deserializing 1000 points of 100 joints holds the GIL 5 ms) and
+``/joint_states``. Each tick of the control thread (absolute deadlines at ``rate_hz``) is
+published on the ``output`` interface (topics in ``OUTPUT_TOPICS``): ``forward_position``
+(Float64MultiArray of absolute targets, action order, every tick), ``joint_trajectory``
+(JointTrajectory of the plan at the chunk's dt, once per plan; header.stamp = its start) or
+``ee_delta`` (Float64MultiArray of per-tick displacements, grippers absolute).
+``/l1flow/executor/enable`` (std_srvs/SetBool) hands the arm between teleop and the policy;
+``/l1flow/executor/tail`` carries the unexecuted plan for warm starts (point k due at
+header.stamp + time_from_start); ``/l1flow/checkpoint`` tightens the limits
+(``limits_from_checkpoint``); ``/diagnostics`` reports timing, starvation, chunk age,
+rejections and how each thread is scheduled.
 
-The engine is ROS-free, in :mod:`l1flow_ros.control`: ``config`` (the parameters, limits),
-``stream`` (enable, controller presence, what each tick sends), ``scheduler`` (the plan),
-``loop`` (the deadlines and their statistics), ``realtime`` (why and how each thread of
-``main()`` is scheduled, with the measured missed ticks; stop signals). ``main()`` runs the
-callbacks on the main thread, the control loop on its own, and takes SIGINT / SIGTERM on a
-third: the control thread is stopped and joined first, a second signal is ignored, exit 0.
-Composed into another process, ``setup_executor_thread()`` and ``setup_middleware_threads()``
-give the same priorities.
+The engine is ROS-free, in :mod:`l1flow_ros.control` (``config``, ``stream``, ``scheduler``,
+``loop``, ``status``); how ``main()``'s three threads (callbacks, control loop, stop signals)
+are scheduled and stopped, and why, is :mod:`l1flow_ros.control.realtime`'s docstring.
 """
 
 from __future__ import annotations
@@ -151,14 +145,6 @@ class ExecutorNode(Node):
         # same clock without a call into rcl that hands the GIL to another thread mid-tick.
         return time.time_ns() if self._system_clock else self.get_clock().now().nanoseconds
 
-    @property
-    def _measured(self) -> np.ndarray | None:
-        return self._stream.measured
-
-    @_measured.setter
-    def _measured(self, q: np.ndarray) -> None:  # benchmarks enable without a /joint_states stream
-        self._stream.set_measured(q, time.monotonic())
-
     def _reject(self, reason: str) -> None:
         self._stream.reject(reason)
         self.get_logger().warning(f"rejected action chunk: {reason}", throttle_duration_sec=1.0)
@@ -264,21 +250,12 @@ class ExecutorNode(Node):
 
     # -- diagnostics -------------------------------------------------------------------------------
 
-    def period_errors_ns(self) -> np.ndarray:
-        return self._loop.period_errors_ns()
-
-    def reset_timing(self) -> None:
-        """Start the timing statistics afresh (benchmarks)."""
-        self._loop.reset_timing()
-        self._missed_reported = 0
-
-    def timing_stats(self) -> dict[str, float]:
-        return self._loop.timing_stats()
-
     def _publish_diagnostics(self) -> None:
-        st, timing, now = self._scheduler.stats(), self.timing_stats(), self._now_ns()
+        st, timing, now = self._scheduler.stats(), self._loop.timing_stats(), self._now_ns()
         r, missed = self._stream.report(), int(timing["missed_ticks"])
-        new_missed, self._missed_reported = missed - self._missed_reported, missed
+        # Fewer than reported: the loop's statistics were reset (benchmarks); count afresh.
+        new_missed = missed - self._missed_reported if missed >= self._missed_reported else missed
+        self._missed_reported = missed
         level, message, values = summary(
             r, st, timing, now_ns=now, output=self.cfg.output, output_topic=OUTPUT_TOPICS[self.cfg.output],
             rate_hz=self.cfg.rate_hz, new_missed=new_missed, checkpoint_error=self._checkpoint_error,
