@@ -122,17 +122,17 @@ def test_health_puts_the_worst_first():
 
 def test_summary_keeps_every_diagnostics_field():
     s = make()
-    timing = {"period_error_p50_us": 1.04, "period_error_p99_us": 20.0, "period_error_max_us": 300.0,
+    timing = {"period_error_us_p50": 1.04, "period_error_us_p99": 20.0, "period_error_us_max": 300.0,
               "missed_ticks": 4.0, "deadlines": 1000.0, "periods": 999.0}
     level, message, values = summary(s.report(), SchedulerStats(accepted=3), timing, now_ns=T0,
                                      output="forward_position", output_topic="/out", rate_hz=500.0, new_missed=4,
-                                     replan_due=True, threads={"control_thread": "SCHED_FIFO 50",
-                                                               "executor_thread": "x", "middleware_threads": "y"})
+                                     replan_due=True, control_thread="SCHED_FIFO 50", executor_thread="x",
+                                     middleware_threads="y")
     assert list(values) == [
-        "enabled", "mode", "output", "rate_hz", "period_error_p50_us", "period_error_p99_us",
-        "period_error_max_us", "missed_ticks", "deadlines", "starvation_events", "chunk_age_ms",
+        "enabled", "mode", "output", "rate_hz", "period_error_us_p50", "period_error_us_p99",
+        "period_error_us_max", "missed_ticks", "deadlines", "starvation_events", "chunk_age_ms",
         "chunks_accepted", "chunks_rejected", "last_rejection", "dropped_stale_actions", "limited_ticks",
         "replan_due", "control_thread", "executor_thread", "middleware_threads"]
-    assert values["missed_ticks"] == 4 and values["period_error_p50_us"] == 1.0 and values["chunks_accepted"] == 3
+    assert values["missed_ticks"] == 4 and values["period_error_us_p50"] == 1.0 and values["chunks_accepted"] == 3
     assert values["control_thread"] == "SCHED_FIFO 50" and np.isnan(values["chunk_age_ms"])
     assert level == WARN and "no /joint_states" in message and "4 control ticks missed" in message

@@ -145,9 +145,9 @@ class ControlLoop:
         err.partition((k50, k99))
         return {
             "periods": float(n),
-            "period_error_p50_us": float(err[k50]) * 1e-3,
-            "period_error_p99_us": float(err[k99]) * 1e-3,
-            "period_error_max_us": float(err[k99:].max()) * 1e-3,
+            "period_error_us_p50": float(err[k50]) * 1e-3,
+            "period_error_us_p99": float(err[k99]) * 1e-3,
+            "period_error_us_max": float(err[k99:].max()) * 1e-3,
             "missed_ticks": float(self.missed),
             "deadlines": float(self.deadlines),
         }

@@ -78,10 +78,12 @@ def health(*, enabled: bool, starved: bool, output_topic: str, new_rejections: i
 def summary(r: StreamReport, st: SchedulerStats, timing: Mapping[str, float], *, now_ns: int, output: str,
             output_topic: str, rate_hz: float, new_missed: int, replan_due: bool, checkpoint_error: str = "",
             joint_states_problem: str = "", joint_states_age_s: float | None = None,
-            joint_states_timeout_s: float = 1.0, threads: Mapping[str, str] | None = None) -> tuple[int, str, dict]:
+            joint_states_timeout_s: float = 1.0, control_thread: str = "", executor_thread: str = "",
+            middleware_threads: str = "") -> tuple[int, str, dict]:
     """(level, message, values) of one diagnostics period of the executor: its stream report,
-    the scheduler's statistics, the loop's ``timing_stats()``; ``threads`` (how each is
-    scheduled) goes last into the values."""
+    the scheduler's statistics, the loop's ``timing_stats()``; how each thread is scheduled
+    (``control_thread``, ``executor_thread``, ``middleware_threads``) goes last into the values.
+    Keys: the executor_node table of :mod:`l1flow_ros.nodes.diagnostics`."""
     level, message = health(
         enabled=r.enabled, starved=st.mode == Mode.STARVED, output_topic=output_topic,
         new_rejections=r.new_rejections, last_rejection=r.last_rejection, checkpoint_error=checkpoint_error,
@@ -94,9 +96,9 @@ def summary(r: StreamReport, st: SchedulerStats, timing: Mapping[str, float], *,
         "mode": st.mode.value,
         "output": output,
         "rate_hz": rate_hz,
-        "period_error_p50_us": round(timing["period_error_p50_us"], 1),
-        "period_error_p99_us": round(timing["period_error_p99_us"], 1),
-        "period_error_max_us": round(timing["period_error_max_us"], 1),
+        "period_error_us_p50": round(timing["period_error_us_p50"], 1),
+        "period_error_us_p99": round(timing["period_error_us_p99"], 1),
+        "period_error_us_max": round(timing["period_error_us_max"], 1),
         "missed_ticks": int(timing["missed_ticks"]),
         "deadlines": int(timing["deadlines"]),
         "starvation_events": st.starvation_events,
@@ -107,6 +109,8 @@ def summary(r: StreamReport, st: SchedulerStats, timing: Mapping[str, float], *,
         "dropped_stale_actions": st.dropped_stale_actions,
         "limited_ticks": st.limited_ticks,
         "replan_due": replan_due,
-        **(threads or {}),
+        "control_thread": control_thread,
+        "executor_thread": executor_thread,
+        "middleware_threads": middleware_threads,
     }
     return level, message, values

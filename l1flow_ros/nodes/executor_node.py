@@ -262,8 +262,8 @@ class ExecutorNode(Node):
             replan_due=self._scheduler.replan_due(now) if self._scheduler.ready else True,
             joint_states_problem=self._joints.problem, joint_states_timeout_s=JOINT_STATES_TIMEOUT_S,
             joint_states_age_s=None if r.joint_states_t is None else time.monotonic() - r.joint_states_t,
-            threads={"control_thread": self._thread_note, "executor_thread": self._executor_note,
-                     "middleware_threads": self._middleware_note})
+            control_thread=self._thread_note, executor_thread=self._executor_note,
+            middleware_threads=self._middleware_note)
         self._diag.publish(LEVELS[level], message, values, stamp_ns=now)
 
     # -- threads and shutdown ----------------------------------------------------------------------
