@@ -44,6 +44,15 @@ def bcast(t: torch.Tensor) -> torch.Tensor:
     return t[:, None, None]
 
 
+def flow_point(
+    x1: torch.Tensor, cfg: FlowTimeConfig, gen: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training point on the straight path: (eps, t (B,), x_t = t * x1 + (1 - t) * eps)."""
+    eps = randn(x1.shape, x1, gen)
+    t = sample_t(x1.shape[0], cfg, x1, gen)
+    return eps, t, bcast(t) * x1 + (1 - bcast(t)) * eps
+
+
 @torch.no_grad()
 def teacher_samples(
     teacher_sample_fn, cond: torch.Tensor, m: int, shape: tuple[int, int], gen: torch.Generator | None = None

@@ -29,11 +29,9 @@ def loss(
     """L1 Flow: the network predicts the clean chunk from x_t; L1 loss."""
     import torch.nn.functional as F
 
-    from l1flow_ros.policy.objectives import bcast, randn, sample_t
+    from l1flow_ros.policy.objectives import flow_point
 
-    eps = randn(x1.shape, x1, gen)
-    t = sample_t(x1.shape[0], cfg, x1, gen)
-    x_t = bcast(t) * x1 + (1 - bcast(t)) * eps
+    eps, t, x_t = flow_point(x1, cfg, gen)
     return F.l1_loss(net(x_t, t, cond), x1)
 
 

@@ -110,7 +110,7 @@ def loss(
     import torch
     import torch.nn.functional as F
 
-    from l1flow_ros.policy.objectives import bcast, rand, randn, sample_t
+    from l1flow_ros.policy.objectives import bcast, flow_point, rand, randn
 
     b = x1.shape[0]
     n_flow = max(1, int(round(cfg.flow_share * b)))
@@ -118,9 +118,7 @@ def loss(
     n_cons = b - n_flow - n_warm
     if n_cons < 1:
         raise ValueError(f"ofp batch {b} too small for the flow / warm shares")
-    eps = randn(x1.shape, x1, gen)
-    t = sample_t(b, tcfg, x1, gen)
-    x_t = bcast(t) * x1 + (1 - bcast(t)) * eps
+    eps, t, x_t = flow_point(x1, tcfg, gen)
     losses = []
 
     # 1. Flow matching at r = t with self-guidance.
