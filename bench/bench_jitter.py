@@ -365,8 +365,8 @@ def measure_process(rate: float, load: str, spin_us: int, seconds: float, chunk_
         # Deadlines from the node's count; from the time between both reports where it has none.
         "periods": int(f(d1, "deadlines") - f(d0, "deadlines") if "deadlines" in d1
                        else round((f(d1, "received") - f(d0, "received")) * rate)),
-        "p50": f(d1, "period_error_p50_us"),
-        "p99": f(d1, "period_error_p99_us"), "max": max(f(d, "period_error_max_us") for d in during),
+        "p50": f(d1, "period_error_us_p50"),
+        "p99": f(d1, "period_error_us_p99"), "max": max(f(d, "period_error_us_max") for d in during),
         "missed": f(d1, "missed_ticks") - f(d0, "missed_ticks"),
         "chunks": int(f(d1, "chunks_accepted") - f(d0, "chunks_accepted")),
         "rejected": int(f(d1, "chunks_rejected") - f(d0, "chunks_rejected")),

@@ -178,8 +178,8 @@ def _cpu_starvation(c: CaseContext) -> None:
                    f"({100 * ms / max(dl, 1):.0f} %)")
     v = st1.values
     c.res.notes.append(f"executor period error over its timing window (/diagnostics): p50 "
-                       f"{diag_value(v, 'period_error_p50_us'):.0f} us, p99 {diag_value(v, 'period_error_p99_us'):.0f} us, "
-                       f"max {diag_value(v, 'period_error_max_us'):.0f} us")
+                       f"{diag_value(v, 'period_error_us_p50'):.0f} us, p99 {diag_value(v, 'period_error_us_p99'):.0f} us, "
+                       f"max {diag_value(v, 'period_error_us_max'):.0f} us")
     c.clear()
     c.wait_recovered()
 
