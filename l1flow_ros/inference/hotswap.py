@@ -1,6 +1,6 @@
 """Checkpoint hot-swap, ROS-free: which head decodes which embedding.
 
-Protocol (../DESIGN.md, "Checkpoint swap"):
+Protocol (docs/ARCHITECTURE.md, "Checkpoint swap"):
 
 1. a new bundle is validated (synchronously, cheap checks) and warmed up off the control
    path; it then becomes *pending* next to the *active* head;

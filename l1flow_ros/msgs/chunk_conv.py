@@ -1,6 +1,6 @@
 """Conversions for the policy's own messages: embeddings, action chunks and commands.
 
-Contract (../DESIGN.md):
+Contract (docs/ARCHITECTURE.md, "Messages of the policy"):
 - embedding: sensor_msgs/Image, encoding 32FC1, height 1, width D;
   header.stamp = observation time; header.frame_id = checkpoint fingerprint.
 - action chunk: trajectory_msgs/JointTrajectory; header.stamp = observation time;

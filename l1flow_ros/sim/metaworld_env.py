@@ -311,7 +311,7 @@ class MetaWorldSim:
     def _get_renderer(self) -> mujoco.Renderer:
         if self._renderer is None:
             m = self.model
-            # Fast CPU rendering: ~100 ms -> ~17 ms per RGB-D frame at ~100 px (DESIGN.md).
+            # Fast CPU rendering: ~100 ms -> ~17 ms per RGB-D frame at ~100 px (docs/BENCHMARKS.md, simulated arm).
             m.vis.quality.shadowsize = 0
             m.vis.quality.offsamples = 0
             h, w = self.cfg.image_size
