@@ -230,8 +230,11 @@ class InferenceService:
 
     # ------------------------------------------------------------------ diagnostics
 
-    def values(self, cfg: InferenceConfig) -> dict[str, str]:
-        """The loaded policy and its timing, as /diagnostics reports them (times in ms)."""
+    def values(self, cfg: InferenceConfig, embeddings_overwritten: int = 0) -> dict[str, str]:
+        """Every /diagnostics key/value of the inference node: the loaded policy, its timing
+        (ms), ``embeddings_overwritten`` (the node's mailbox: embeddings replaced by a newer one
+        before inference took them) and the counters. Keys: the inference_node table of
+        :mod:`l1flow_ros.nodes.diagnostics`."""
         active, pending = self.switcher.active, self.switcher.pending
         lat, age = self.latency.summary(), self.age.summary()
         return {
@@ -247,4 +250,6 @@ class InferenceService:
             "inference_ms_max": f"{lat['max']:.3f}",
             "obs_to_chunk_ms_p50": f"{age['p50']:.3f}",
             "obs_to_chunk_ms_p99": f"{age['p99']:.3f}",
+            "embeddings_overwritten": str(embeddings_overwritten),
+            **{k: str(v) for k, v in self.counts.items()},
         }

@@ -278,11 +278,7 @@ class InferenceNode(LifecycleNode):
             level, message = OK, "inactive"
         else:
             level, message = OK, "publishing action chunks"
-        self._diag.publish(level, message, {
-            **self.service.values(self.cfg),
-            "embeddings_overwritten": str(self._mailbox.dropped),
-            **{k: str(v) for k, v in self.service.counts.items()},
-        })
+        self._diag.publish(level, message, self.service.values(self.cfg, self._mailbox.dropped))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -277,16 +277,7 @@ class PerceptionNode(Node):
         if on_change and state == self._last_diag_state:
             return
         self._last_diag_state = state
-        emb = self.engine.embedder
-        vals = {
-            "fingerprint": emb.fingerprint if emb else "",
-            "backend": emb.backend if emb else self.cfg.encoder_backend,
-            "embeddings_published": str(self.engine.n_published),
-        }
-        for k, (p50, p99) in self.engine.timings_ms().items():
-            vals[f"{k}_ms_p50"], vals[f"{k}_ms_p99"] = f"{p50:.2f}", f"{p99:.2f}"
-        for s, age in self.engine.stream_ages_s(self.get_clock().now().nanoseconds).items():
-            vals[f"age_s/{s}"] = "never" if age is None else f"{age:.3f}"
+        vals = self.engine.values(self.get_clock().now().nanoseconds)
         self._diag.publish(bytes([state[0]]), state[1], vals)
 
     # ------------------------------------------------------------------ realsense / shutdown

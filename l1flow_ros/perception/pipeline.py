@@ -20,7 +20,8 @@ and reports on /diagnostics.
   encoder, history and synchroniser at once, so no embedding mixes two checkpoints.
 - **Health** (:meth:`PerceptionEngine.status`, :meth:`PerceptionEngine.refresh`): the data
   path's newest error until an embedding goes out, or why none came; a checkpoint that
-  could not be loaded; stage times (p50 / p99) and each stream's age.
+  could not be loaded; stage times (p50 / p99) and each stream's age
+  (:meth:`PerceptionEngine.values`, the node's /diagnostics key/values).
 
 Threads: :meth:`~PerceptionEngine.add` from subscription callbacks, :meth:`~PerceptionEngine.step`
 from one worker, :meth:`~PerceptionEngine.load` / :meth:`~PerceptionEngine.swap_in` from a loader,
@@ -405,6 +406,23 @@ class PerceptionEngine:
             t = ck.sync.last_stamp(st)
             out[st] = None if t is None else (now_ns - t) * 1e-9
         return out
+
+    def values(self, now_ns: int) -> dict[str, str]:
+        """Every /diagnostics key/value of the perception node: the encoder in use, the
+        embeddings published, each stage's p50 / p99 (ms) and each stream's age (s, "never"
+        before its first message). Keys: the perception_node table of
+        :mod:`l1flow_ros.nodes.diagnostics`."""
+        emb = self.embedder
+        vals = {
+            "fingerprint": emb.fingerprint if emb else "",
+            "backend": emb.backend if emb else self.cfg.encoder_backend,
+            "embeddings_published": str(self.n_published),
+        }
+        for k, (p50, p99) in self.timings_ms().items():
+            vals[f"{k}_ms_p50"], vals[f"{k}_ms_p99"] = f"{p50:.2f}", f"{p99:.2f}"
+        for st, age in self.stream_ages_s(now_ns).items():
+            vals[f"{st}/age_s"] = "never" if age is None else f"{age:.3f}"
+        return vals
 
     def stale_reason(self, now_ns: int) -> str | None:
         """Why no embedding came for max_observation_age (None: one did, or no checkpoint yet)."""
