@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# README's test command: set up (idempotent), lint, then the whole test suite.
+# README's test command: set up (idempotent), lint, then the whole test suite; arguments go to
+# pytest, e.g. `-m core`, `-m node`, `-m graph` for one tier (pyproject.toml lists the tiers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -38,7 +38,23 @@ def _has_cuda() -> bool:
         return False
 
 
+# The tiers (pyproject.toml says what each may use): every test carries exactly one, so that
+# `-m core`, `-m learning`, `-m node` and `-m graph` together are the whole suite.
+TIERS = ("core", "learning", "node", "graph")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an untiered test is refused by every run
 def pytest_collection_modifyitems(config, items):
+    untiered = []
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            untiered.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if untiered:
+        raise pytest.UsageError(
+            f"each test needs exactly one tier marker of {', '.join(TIERS)} (a module's `pytestmark`, "
+            "or the test's own decorator in a module that mixes tiers):\n" + "\n".join(untiered)
+        )
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (TensorRT / CUDA backends)")
