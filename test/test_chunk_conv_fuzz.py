@@ -28,6 +28,8 @@ from l1flow_ros.msgs.chunk_conv import (
 from l1flow_ros.msgs.stamps import header_stamp_ns, split_ns, stamp_to_ns
 from l1flow_ros.spec import Chunk
 
+pytestmark = pytest.mark.core
+
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 int32 = st.integers(-(2**31), 2**31 - 1)

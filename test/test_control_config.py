@@ -12,6 +12,8 @@ from l1flow_ros.config import with_changes
 from l1flow_ros.control.config import ExecutorConfig
 from l1flow_ros.spec import ActionSpec
 
+pytestmark = pytest.mark.core
+
 # The parameters that may change while the node runs; every other one is fixed at start.
 LIVE = {"latency_margin", "splice", "crossfade_duration", "ensemble_k", "interpolation", "execute_steps",
         "n_action_steps", "max_future", "max_age", "starvation_timeout", "lower", "upper", "max_velocity",

@@ -12,6 +12,8 @@ import pytest
 
 from l1flow_ros.control.loop import TIMING_WINDOW, ControlLoop, sleep_until
 
+pytestmark = pytest.mark.core
+
 PERIOD = 2_000_000  # 500 Hz
 
 

@@ -12,7 +12,11 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from l1flow_ros.control import realtime
+
+pytestmark = pytest.mark.core
 
 
 def on_thread(fn):

@@ -13,6 +13,8 @@ from l1flow_ros.control.status import ERROR, OK, WARN, JointPicker, health, summ
 from l1flow_ros.control.stream import CommandStream
 from l1flow_ros.spec import Chunk
 
+pytestmark = pytest.mark.core
+
 NAMES = ("x", "y", "grip")
 TICK = 2_000_000
 T0 = 10_000_000_000

@@ -36,6 +36,7 @@ def _cfg(num_points=64):
     return sim_dataset_config(cameras=CAMS, image_size=(16, 16), num_points=num_points, n_obs_steps=2, horizon=4)
 
 
+@pytest.mark.graph
 def test_episode_steps_are_synchronised_at_dt(episodes):
     cfg = _cfg()
     path = episodes / "ep0.mcap"
@@ -68,6 +69,7 @@ def test_episode_steps_are_synchronised_at_dt(episodes):
     assert np.all((p[:, 0] >= ws[0]) & (p[:, 0] <= ws[1]) & (p[:, 2] >= ws[4]) & (p[:, 2] <= ws[5]))
 
 
+@pytest.mark.graph
 def test_build_store_skips_failed_and_broken_episodes(episodes, tmp_path):
     from l1flow_ros.data.store import ChunkDataset, open_store
 
@@ -93,6 +95,7 @@ def test_build_store_skips_failed_and_broken_episodes(episodes, tmp_path):
         build_dataset([broken / "zz_broken.mcap"], tmp_path / "none.zarr", _cfg(), progress=False)
 
 
+@pytest.mark.graph
 def test_missing_topics_and_bad_config_are_clear_errors(episodes, tmp_path):
     cfg = DatasetConfig.from_dict({**_cfg(0).to_dict(), "action_topic": "/nope"})
     with pytest.raises(DatasetError, match="/nope"):
@@ -103,6 +106,7 @@ def test_missing_topics_and_bad_config_are_clear_errors(episodes, tmp_path):
         DatasetConfig.from_dict({"observation": {"use_rgb": True}, "action": {"names": ["a"]}})
 
 
+@pytest.mark.graph
 def test_cli_dataset_build_info_and_config(episodes, tmp_path, capsys):
     from l1flow_ros.cli import main
 
@@ -138,6 +142,7 @@ def _padded_image(a: np.ndarray, encoding: str, big_endian: bool, pad: int, stam
     return msg
 
 
+@pytest.mark.core
 def test_recorded_episode_equals_live_decoding(tmp_path):
     """No training/serving skew: the same message bytes, (1) recorded in an MCAP episode -> dataset
     building -> zarr store, and (2) received live -> the l1flow_ros.msgs decoders -> perception's
@@ -226,6 +231,7 @@ def test_recorded_episode_equals_live_decoding(tmp_path):
             np.testing.assert_array_equal(stored[key][k], arr, err_msg=f"step {k} {key}: store vs live")
 
 
+@pytest.mark.core
 def test_recorded_message_the_node_would_reject_fails_its_episode(tmp_path):
     """A recorded frame the node's decoder rejects (here mono8 colour, and data shorter than
     step x height) makes its episode a DatasetError with the decoder's reason, not training data."""

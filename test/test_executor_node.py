@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
 # Behaviour tests stream at 100 Hz to spare the shared test CPUs; the rate test uses 500 Hz.
@@ -87,14 +88,7 @@ class Harness:
     def now(self) -> int:
         return self.io.get_clock().now().nanoseconds
 
-    @staticmethod
-    def wait(pred, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.01)
-        return False
+    wait = staticmethod(wait_for)  # conftest's; every call here gives its own timeout
 
     def joint_state(self, q) -> None:
         from sensor_msgs.msg import JointState
@@ -178,6 +172,7 @@ def started(h: Harness, q0=(0.0, 0.0, 0.3, -1.0)) -> int:
     return h.now()
 
 
+@pytest.mark.node
 def test_commands_stream_at_the_configured_rate(make_harness):
     rate = 500.0
     h = make_harness(rate_hz=rate)
@@ -198,6 +193,7 @@ def test_commands_stream_at_the_configured_rate(make_harness):
     np.testing.assert_allclose(q, np.tile([0.0, 0.0, 0.3, -1.0], (len(q), 1)), atol=1e-12)
 
 
+@pytest.mark.node
 def test_disabled_publishes_nothing_and_enabling_starts_from_the_measured_position(make_harness):
     h = make_harness()
     h.joint_state([0.1, 0.2, 0.3, -1.0])
@@ -224,6 +220,7 @@ def test_disabled_publishes_nothing_and_enabling_starts_from_the_measured_positi
     np.testing.assert_allclose(h.commands()[1][n_after], [-0.2, 0.0, 0.25, 1.0], atol=1e-12)
 
 
+@pytest.mark.node
 def test_enable_without_joint_states_is_refused(make_harness):
     h = make_harness()
     r = h.enable(True)
@@ -232,6 +229,7 @@ def test_enable_without_joint_states_is_refused(make_harness):
     assert len(h.cmds) == 0
 
 
+@pytest.mark.node
 def test_no_command_comes_from_an_action_whose_time_had_passed(make_harness):
     h = make_harness(latency_margin=0.02)
     t0 = started(h)
@@ -258,6 +256,7 @@ def _max_step(h: Harness) -> float:
     return 1.0 / h.rate + h.node._loop.timing_stats()["period_error_us_max"] * 1e-6 + 1e-3
 
 
+@pytest.mark.node
 def test_splice_and_jump_stay_within_limits(make_harness):
     h = make_harness(**LIMITS, splice="crossfade")
     t0 = started(h)
@@ -278,6 +277,7 @@ def test_splice_and_jump_stay_within_limits(make_harness):
     assert set(np.unique(q[:, 3])) == {-1.0, 1.0}  # binary gripper
 
 
+@pytest.mark.node
 def test_starvation_holds_and_recovers(make_harness):
     from l1flow_ros.control.scheduler import Mode
 
@@ -319,6 +319,7 @@ def test_starvation_holds_and_recovers(make_harness):
     assert np.abs(np.diff(q2[n_hold - 1:, 0])).max() <= 0.4 * _max_step(h) + 1e-9
 
 
+@pytest.mark.node
 def test_malformed_chunks_are_rejected_and_the_node_keeps_running(make_harness):
     from diagnostic_msgs.msg import DiagnosticStatus
 
@@ -349,6 +350,7 @@ def test_malformed_chunks_are_rejected_and_the_node_keeps_running(make_harness):
     assert h.wait(lambda: int(diag_values(h.last_diag())["chunks_accepted"]) == 1, 3.0)
 
 
+@pytest.mark.node
 def test_an_oversized_chunk_is_rejected_unread(make_harness):
     h = make_harness(max_chunk_bytes=4096)
     started(h, (0.0, 0.0, 0.3, -1.0))
@@ -360,6 +362,7 @@ def test_an_oversized_chunk_is_rejected_unread(make_harness):
     assert h.wait(lambda: h.last_cmd()[0] > 0.05, 5.0)
 
 
+@pytest.mark.node
 def test_executor_thread_priority(ros_context):
     import os
 
@@ -390,6 +393,7 @@ def test_executor_thread_priority(ros_context):
         node.destroy_node()
 
 
+@pytest.mark.node
 def test_joint_trajectory_output_and_tail(make_harness):
     from l1flow_ros.msgs.chunk_conv import duration_to_ns, stamp_to_ns
 
@@ -419,6 +423,7 @@ def test_joint_trajectory_output_and_tail(make_harness):
     np.testing.assert_allclose([p.positions[0] for p in tail.points], a[k, 0], atol=1e-12)
 
 
+@pytest.mark.node
 def test_ee_delta_output_sums_to_the_motion(make_harness):
     h = make_harness(output="ee_delta")
     started(h, (0.1, 0.0, 0.3, -1.0))
@@ -434,6 +439,7 @@ def test_ee_delta_output_sums_to_the_motion(make_harness):
     assert set(np.unique(d[:, 3])) <= {-1.0, 1.0} and d[-1, 3] == 1.0  # gripper stays absolute
 
 
+@pytest.mark.node
 def test_live_parameter_changes_are_validated(make_harness):
     from rclpy.parameter import Parameter
 
@@ -447,6 +453,7 @@ def test_live_parameter_changes_are_validated(make_harness):
     assert h.node._scheduler.config.splice == "ensemble"
 
 
+@pytest.mark.node
 def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
     import dataclasses
 
@@ -482,6 +489,7 @@ def test_checkpoint_limits_tighten_the_configured_ones(make_harness, tmp_path):
     assert h.wait(lambda: h.last_diag() is not None and h.last_diag().level == DiagnosticStatus.ERROR, 5.0)
 
 
+@pytest.mark.node
 def test_parameter_files_may_write_integers_for_floats(ros_context):
     from rclpy.parameter import Parameter
 
@@ -634,6 +642,7 @@ def check_thread_scheduling(pid: int, control: int) -> None:
 
 
 @pytest.mark.parametrize("sigints", [1, 2])
+@pytest.mark.graph
 def test_own_process_stops_cleanly_on_sigint(ros_context, tmp_path, sigints):
     """Ctrl-C under ros2 launch: the terminal's SIGINT, and launch's own a moment later. The
     control thread stops before the context goes: exit code 0, no failed publish, no traceback."""

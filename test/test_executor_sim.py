@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from conftest import matched, wait_for
 
+pytestmark = pytest.mark.graph
+
 EE = ("ee_x", "ee_y", "ee_z")
 
 

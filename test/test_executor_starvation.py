@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -36,15 +37,6 @@ MIN_SHARE = 0.95
 R10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # the simulator's /joint_states QoS
 TOPIC = "/starvation/joint_states"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
-
-
-def wait_for(pred, timeout=30.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 class Stream(Node):
@@ -145,6 +137,7 @@ def one_multi_threaded(nodes, context):
     (make_executor, 2.0),  # subscribers that work 2 ms per message (32 % of the interpreter's time)
     (one_multi_threaded, 0.0),  # the three nodes on one multi-threaded executor
 ], ids=["make_executor-bare", "make_executor-2ms", "multi_threaded-bare"])
+@pytest.mark.node
 def test_two_subscribers_get_every_message_of_an_80hz_stream(ros_context, build, work_ms):
     stream = Stream(ros_context)
     a = Counter("starvation_a", ros_context, work_s=work_ms * 1e-3)
@@ -168,6 +161,7 @@ def test_two_subscribers_get_every_message_of_an_80hz_stream(ros_context, build,
         destroy_nodes(nodes)
 
 
+@pytest.mark.node
 def test_multi_threaded_executor_waits_while_a_message_waits_for_a_worker(ros_context):
     """The busy loop itself, made to last: the only worker is busy (a callback of another group
     blocks), so a message's handler waits in the queue with its subscription out of the wait
@@ -208,6 +202,7 @@ def test_multi_threaded_executor_waits_while_a_message_waits_for_a_worker(ros_co
         destroy_nodes([node, talker])
 
 
+@pytest.mark.graph
 def test_composed_graph_nodes_and_two_probes_get_every_joint_state(ros_context):
     """The real simulator's physics thread publishing /joint_states, the real teleop node (joy mode,
     subscribed, idle) and the inference node (configured and active: a multi-threaded executor),

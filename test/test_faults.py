@@ -33,6 +33,7 @@ def harness(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", faults.CASES, ids=faults.CASE_NAMES)
+@pytest.mark.graph
 def test_fault_case(harness, case):
     r = harness.run_case(case)
     detail = f"{r.behaviour} | seen: {r.reasons[:6]} | notes: {r.notes}"
@@ -47,6 +48,7 @@ def test_fault_case(harness, case):
     assert r.survived
 
 
+@pytest.mark.core
 def test_guard_rule_flags_a_leap_and_a_bound():
     """The guard's own rules, without ROS: a step beyond max_velocity x (elapsed + T) and a
     position beyond the limits are flagged; a step inside is not."""

@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+@pytest.mark.core
 def test_isolated_domain():
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert 0 < int(os.environ["ROS_DOMAIN_ID"]) <= 232
 
 
+@pytest.mark.node
 def test_joint_state_round_trip(ros_context):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -51,6 +53,7 @@ def test_joint_state_round_trip(ros_context):
     assert m.header.stamp.sec == 42
 
 
+@pytest.mark.graph
 def test_colcon_build_installs_share_files(tmp_path):
     ws = tmp_path / "ws"
     (ws / "src").mkdir(parents=True)
@@ -87,6 +90,7 @@ def test_colcon_build_installs_share_files(tmp_path):
     assert "rclpy" in text
 
 
+@pytest.mark.core
 def test_ruff_clean():
     r = subprocess.run(
         [str(VENV_BIN / "ruff"), "check", "l1flow_ros", "test", "bench", "launch", "setup.py"],
@@ -95,6 +99,7 @@ def test_ruff_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.graph
 def test_cli_help_lists_only_real_subcommands():
     from l1flow_ros import cli
 
@@ -107,6 +112,7 @@ def test_cli_help_lists_only_real_subcommands():
     assert "usage: l1flow" in r.stdout
 
 
+@pytest.mark.core
 def test_package_xml_is_valid_for_colcon():
     from catkin_pkg.package import parse_package
 

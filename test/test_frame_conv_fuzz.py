@@ -7,6 +7,7 @@ valid result or a MessageError with a reason, never another exception."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from builtin_interfaces.msg import Duration, Time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from l1flow_ros.msgs.chunk_conv import MessageError, tail_from_msg
 from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs
+
+pytestmark = pytest.mark.core
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BPP = {"rgb8": 3, "bgr8": 3, "16UC1": 2, "32FC1": 4, "rgba8": 4, "mono8": 1}

@@ -31,7 +31,7 @@ ENCODER_SWITCH_DELAY = 0.15  # s, the fake perception's "encoder load" time
 PLANNING_PERIOD = TINY_ACTION.n_action_steps * TINY_ACTION.dt
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.node]
 
 
 @pytest.fixture

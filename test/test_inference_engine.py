@@ -17,7 +17,7 @@ from l1flow_ros.inference.service import COUNTERS, Dropped, InferenceService
 from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
 from l1flow_ros.policy.bundle import read_manifest
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.core]
 
 CFG = InferenceConfig(threads=1, warmup_iterations=1)
 EMB = np.linspace(-1, 1, 32).astype(np.float32)  # (D,), the tiny policy's embedding size

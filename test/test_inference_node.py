@@ -74,6 +74,7 @@ def _emb_msg(e: np.ndarray, stamp_ns: int, fp: str):
     return embedding_to_msg(e, stamp_ns, fp)
 
 
+@pytest.mark.node
 def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
@@ -124,6 +125,7 @@ def test_lifecycle_chunk_contract_and_same_result_as_runner(ros_context, spin_no
     assert rig.node.service.active is None
 
 
+@pytest.mark.node
 def test_bad_input_reported_and_node_keeps_running(ros_context, spin_nodes, bundle):
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -156,6 +158,7 @@ def test_bad_input_reported_and_node_keeps_running(ros_context, spin_nodes, bund
     assert rig.chunks[0].header.stamp.nanosec == 4000
 
 
+@pytest.mark.node
 def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, spin_nodes, tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -168,6 +171,7 @@ def test_configure_fails_cleanly_on_bad_checkpoint(ros_context, spin_nodes, tmp_
                                 for d in rig.diags))
 
 
+@pytest.mark.node
 def test_swap_that_fails_to_load_is_reported_and_the_parameter_put_back(ros_context, spin_nodes, bundle,
                                                                          tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
@@ -205,6 +209,7 @@ def test_swap_that_fails_to_load_is_reported_and_the_parameter_put_back(ros_cont
     assert rig.chunks[0].header.frame_id == fp
 
 
+@pytest.mark.node
 def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -246,6 +251,7 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     assert np.max(np.abs(got - cold)) > 1e-4
 
 
+@pytest.mark.core
 def test_tail_from_msg_reorders_and_rejects():
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -272,6 +278,7 @@ def test_tail_from_msg_reorders_and_rejects():
         tail_from_msg(msg, ("a", "b"))
 
 
+@pytest.mark.node
 def test_onnxruntime_backend_needs_export_then_runs(ros_context, spin_nodes, tmp_path):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter

@@ -11,6 +11,8 @@ import pytest
 
 from l1flow_ros.graph import GRAPHS, NODE_CLASSES, config_path, node_class, nodes_in_config
 
+pytestmark = pytest.mark.core
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

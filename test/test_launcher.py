@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_for
 
 from l1flow_ros.graph import LIFECYCLE_NODES, NODE_CLASSES, node_class
 from l1flow_ros.graph.launcher import node_command, parse_overrides
@@ -93,12 +94,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pids, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: not any(_alive(p) for p in pids), timeout)
 
 
 def _light_graph(tmp_path: Path) -> Path:
@@ -110,6 +106,7 @@ def _light_graph(tmp_path: Path) -> Path:
     })
 
 
+@pytest.mark.core
 def test_node_commands_and_overrides():
     cmd = node_command("executor_node", "/x/p.yaml", ["rate_hz:=250.0"])
     assert cmd[-5:] == ["--ros-args", "--params-file", "/x/p.yaml", "-p", "rate_hz:=250.0"]
@@ -120,12 +117,14 @@ def test_node_commands_and_overrides():
         parse_overrides(["no_separator"])
 
 
+@pytest.mark.core
 def test_lifecycle_set_matches_the_classes():
     from rclpy.lifecycle import LifecycleNode
 
     assert {n for n in NODE_CLASSES if issubclass(node_class(n), LifecycleNode)} == set(LIFECYCLE_NODES)
 
 
+@pytest.mark.graph
 def test_run_starts_each_node_in_its_own_process_and_stops_on_sigint(tmp_path):
     path = _params(tmp_path, {
         "executor_node": {"joint_names": ["ee_x", "ee_y", "ee_z", "gripper"], "lower": [-0.5, 0.4, 0.05, -1.0],
@@ -154,6 +153,7 @@ def test_run_starts_each_node_in_its_own_process_and_stops_on_sigint(tmp_path):
         run.kill()
 
 
+@pytest.mark.graph
 def test_a_node_that_dies_is_reported_and_the_rest_stopped(tmp_path):
     run = Run(str(_light_graph(tmp_path)))
     try:
@@ -167,6 +167,7 @@ def test_a_node_that_dies_is_reported_and_the_rest_stopped(tmp_path):
         run.kill()
 
 
+@pytest.mark.graph
 def test_sigterm_stops_the_graph_and_no_node_outlives_a_killed_launcher(tmp_path):
     run = Run(str(_light_graph(tmp_path)))
     try:
@@ -186,6 +187,7 @@ def test_sigterm_stops_the_graph_and_no_node_outlives_a_killed_launcher(tmp_path
         run.kill()
 
 
+@pytest.mark.graph
 def test_a_lifecycle_node_that_cannot_configure_fails_the_run(tmp_path):
     path = _params(tmp_path, {"inference_node": {"checkpoint": str(tmp_path / "no_such_bundle")}})
     run = Run(str(path))
@@ -196,6 +198,7 @@ def test_a_lifecycle_node_that_cannot_configure_fails_the_run(tmp_path):
         run.kill()
 
 
+@pytest.mark.graph
 def test_one_node_restarts_while_the_rest_run(tmp_path):
     from l1flow_ros.graph.launcher import ProcessGraph
 

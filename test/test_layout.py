@@ -11,6 +11,8 @@ import pytest
 
 import l1flow_ros
 
+pytestmark = pytest.mark.core
+
 CORE = ("perception", "policy", "inference", "control", "data", "sim", "msgs")
 NODE_FILE_MAX_LINES = 350  # "about 300": parameters, topics, timers, thread wiring, main()
 

@@ -26,7 +26,7 @@ from l1flow_ros.policy.model import ModelConfig
 from l1flow_ros.policy.train import LOG_FILE, ObjectiveConfigs, train
 from l1flow_ros.policy.unet import UnetConfig
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.core]
 
 # Tiny: a one-level U-Net, and 10 diffusion training steps so that DDPM samples all of them quickly.
 TINY = ModelConfig(

@@ -16,6 +16,8 @@ import yaml
 from l1flow_ros.graph import NODE_CLASSES
 from l1flow_ros.graph.launcher import ProcessGraph
 
+pytestmark = pytest.mark.graph
+
 PARAMS = {
     "executor_node": {"joint_names": ["a", "b"], "lower": [-1.0, -1.0], "upper": [1.0, 1.0],
                       "max_velocity": [1.0, 1.0], "max_acceleration": [10.0, 10.0]},

@@ -8,6 +8,8 @@ from rclpy.parameter import Parameter
 
 from l1flow_ros.nodes.params import LiveParameters, ParameterError, declare, param
 
+pytestmark = pytest.mark.node
+
 
 @dataclass(frozen=True)
 class DemoConfig:

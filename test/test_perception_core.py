@@ -44,6 +44,8 @@ from l1flow_ros.perception.preprocess import (
 from l1flow_ros.perception.sync import ApproximateTimeSync
 from l1flow_ros.spec import ObservationSpec
 
+pytestmark = pytest.mark.core
+
 INTR = CameraIntrinsics(fx=50.0, fy=50.0, cx=15.5, cy=11.5, width=32, height=24)
 
 

@@ -27,6 +27,8 @@ from l1flow_ros.nodes.qos import LATCHED, RELIABLE_1, RELIABLE_10
 from l1flow_ros.perception.geometry import CameraIntrinsics, load_calibration
 from l1flow_ros.perception.preprocess import ObservationHistory, RawFrames, frame_step, step_to_model
 
+pytestmark = pytest.mark.node
+
 CAMS = ("front", "side")
 JOINTS = ("ee_x", "ee_y", "ee_z", "gripper")
 INTR = CameraIntrinsics(fx=40.0, fy=40.0, cx=15.5, cy=11.5, width=32, height=24)

@@ -18,6 +18,8 @@ from l1flow_ros.perception.realsense import (  # noqa: E402
 )
 from l1flow_ros.spec import ObservationSpec  # noqa: E402
 
+pytestmark = pytest.mark.core
+
 W, H = 32, 24
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.graph
+
 ROOT = Path(__file__).resolve().parents[1]
 L1FLOW = str(Path(sys.executable).parent / "l1flow")
 

@@ -27,6 +27,8 @@ from l1flow_ros.policy.normalizer import Normalizer
 from l1flow_ros.policy.unet import ConditionalUnet1D, UnetConfig
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
+pytestmark = pytest.mark.core
+
 TINY_ENC = EncoderConfig(
     image_channels=(8, 16),
     image_keypoints=8,

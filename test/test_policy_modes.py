@@ -10,6 +10,8 @@ import torch
 
 from l1flow_ros.policy import toy
 
+pytestmark = pytest.mark.learning
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

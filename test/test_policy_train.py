@@ -22,6 +22,8 @@ from l1flow_ros.policy.methods import fm, imle, l1flow, ofp, regression
 from l1flow_ros.policy.train import STATE_FILE, lr_at
 from l1flow_ros.spec import ActionSpec, ObservationSpec
 
+pytestmark = pytest.mark.core
+
 # ---------------------------------------------------------------- objectives
 
 

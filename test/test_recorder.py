@@ -24,6 +24,7 @@ from l1flow_ros.nodes.qos import RECORD, RECORD_SENSOR
 from l1flow_ros.nodes.recorder_node import RecorderConfig, RecorderNode
 
 
+@pytest.mark.core
 def test_message_definition_has_nested_types_once():
     text = message_definition("sensor_msgs/CameraInfo")
     assert text.startswith("# This message defines meta information for a camera")
@@ -35,6 +36,7 @@ def test_message_definition_has_nested_types_once():
         message_definition("Image")
 
 
+@pytest.mark.core
 def test_episode_writer_round_trip_and_part_file(tmp_path):
     w = EpisodeWriter(tmp_path / "ep.mcap")
     assert w.part_path.exists() and not (tmp_path / "ep.mcap").exists()
@@ -59,6 +61,7 @@ def test_episode_writer_round_trip_and_part_file(tmp_path):
         list(read_messages(tmp_path / "broken.mcap"))
 
 
+@pytest.mark.core
 def test_config_topics_types_and_qos():
     cfg = RecorderConfig(cameras=("cam",), action_type="std_msgs/Float64MultiArray",
                          extra_topics=("/note:std_msgs/String", ""))
@@ -79,6 +82,7 @@ def test_config_topics_types_and_qos():
             RecorderConfig(**bad).validate()
 
 
+@pytest.mark.node
 def test_parameters_from_a_ros_params_file_fixed_at_start(ros_context, tmp_path):
     params = tmp_path / "rec.yaml"
     params.write_text(f"recorder_node:\n  ros__parameters:\n    output_dir: {tmp_path / 'eps'}\n    cameras: []\n"
@@ -120,6 +124,7 @@ class Graph:
         self.spinning.close()
 
 
+@pytest.mark.graph
 def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, spin_nodes, tmp_path):
     from l1flow_ros.nodes.sim_robot_node import SimRobotNode
     from l1flow_ros.nodes.teleop_node import TeleopNode
@@ -194,6 +199,7 @@ def test_records_scripted_teleop_episode_as_ros2_bag(ros_context, spin_nodes, tm
     assert np.linalg.norm(ep.actions[-1, :3] - ep.actions[0, :3]) > 0.02  # the expert moved the target
 
 
+@pytest.mark.graph
 def test_cli_record_through_the_node_graph_and_offline(tmp_path):
     from l1flow_ros.cli import main
     from l1flow_ros.data.dataset_build import build_dataset, sim_dataset_config
@@ -217,6 +223,7 @@ def test_cli_record_through_the_node_graph_and_offline(tmp_path):
     assert main(["record", "--task", "no-such-v3", "--demos", "1", "--out", str(off), "--offline", "--quiet"]) == 1
 
 
+@pytest.mark.node
 def test_real_arm_episode_without_success_topic_records_unknown_success(ros_context, spin_nodes, tmp_path):
     from std_msgs.msg import Float64MultiArray
 

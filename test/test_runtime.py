@@ -33,7 +33,7 @@ from l1flow_ros.inference.runner import PolicyRunner, Tail, resample_tail
 from l1flow_ros.inference.synthetic import TINY_ACTION, TINY_OBS, make_bundle
 from l1flow_ros.spec import SamplerSpec
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.core]
 
 
 @pytest.fixture(scope="module")

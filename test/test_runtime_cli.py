@@ -9,7 +9,7 @@ import pytest
 from l1flow_ros.cli import main
 from l1flow_ros.inference.synthetic import make_bundle
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.core]
 
 
 def test_export_command_writes_graphs_and_fails_cleanly(tmp_path, capsys):

@@ -12,7 +12,7 @@ from l1flow_ros.inference.backends import open_policy
 from l1flow_ros.inference.export import export_bundle
 from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.core]
 
 needs_trt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
                                reason="TensorRT not installed (pip install -r requirements/gpu.txt)")

@@ -12,6 +12,8 @@ from l1flow_ros.control.safety import Limits, limit_step
 from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler, Mode, SchedulerConfig
 from l1flow_ros.spec import ActionSpec, Chunk
 
+pytestmark = pytest.mark.core
+
 NAMES = ("x", "y", "z")
 TICK = 2_000_000  # 500 Hz
 MS = 1_000_000

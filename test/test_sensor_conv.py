@@ -21,6 +21,8 @@ from l1flow_ros.msgs.sensor_conv import (
 )
 from l1flow_ros.perception.geometry import CameraIntrinsics
 
+pytestmark = pytest.mark.core
+
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 U32 = st.integers(0, 2**32 - 1)
 

@@ -17,6 +17,8 @@ from l1flow_ros.sim.metaworld_env import (
     write_calibration_yaml,
 )
 
+pytestmark = pytest.mark.graph
+
 
 @pytest.fixture(scope="module")
 def sim():

@@ -16,6 +16,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from l1flow_ros.nodes.sim_robot_node import SimRobotNode
 from l1flow_ros.sim.metaworld_env import JOINT_NAMES
 
+pytestmark = pytest.mark.graph
+
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 

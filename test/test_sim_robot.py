@@ -35,6 +35,7 @@ def sim():
     s.close()
 
 
+@pytest.mark.core
 def test_config_defaults_validation_and_sim_config():
     cfg = SimRobotConfig()
     cfg.validate()
@@ -49,6 +50,7 @@ def test_config_defaults_validation_and_sim_config():
             SimRobotConfig(**bad).validate()
 
 
+@pytest.mark.graph
 def test_frames_are_due_at_the_camera_rate_and_dropped_while_the_renderer_is_busy(sim):
     c = Clock()
     r = SimRobot(sim, seed=0, camera_rate_hz=10.0, clock_ns=c.clock_ns, monotonic=c.monotonic)
@@ -93,6 +95,7 @@ def test_frames_are_due_at_the_camera_rate_and_dropped_while_the_renderer_is_bus
     assert r.wait_frame(stop) is None
 
 
+@pytest.mark.graph
 def test_commands_trajectories_and_resets(sim):
     c = Clock()
     r = SimRobot(sim, seed=5, camera_rate_hz=10.0, clock_ns=c.clock_ns, monotonic=c.monotonic)
@@ -125,6 +128,7 @@ def test_commands_trajectories_and_resets(sim):
     assert (st["episode"], st["seed"], st["step"], st["physics_steps"]) == (2, 5, 0, 2)
 
 
+@pytest.mark.graph
 def test_physics_loop_keeps_its_deadlines_and_resynchronises_after_a_stall():
     sim = MetaWorldSim(SimRobotConfig(cameras=()).sim_config())
     r = SimRobot(sim, seed=0, camera_rate_hz=10.0, clock_ns=time.monotonic_ns)
@@ -151,6 +155,7 @@ def test_physics_loop_keeps_its_deadlines_and_resynchronises_after_a_stall():
     assert times[-1] - times[0] >= stall + 0.8 * 19 * dt
 
 
+@pytest.mark.graph
 def test_physics_loop_ends_when_stopped():
     sim = MetaWorldSim(SimRobotConfig(cameras=()).sim_config())
     r = SimRobot(sim, seed=0, camera_rate_hz=10.0, clock_ns=time.monotonic_ns)

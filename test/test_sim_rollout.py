@@ -8,6 +8,8 @@ from l1flow_ros.sim.metaworld_env import MetaWorldSim, ScriptedExpert, SimConfig
 from l1flow_ros.sim.rollout import rollout
 from l1flow_ros.spec import ObservationSpec
 
+pytestmark = pytest.mark.graph
+
 
 class ExpertChunks:
     """Stand-in policy: the scripted expert's target, held for a whole chunk."""

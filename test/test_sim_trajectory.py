@@ -5,6 +5,8 @@ import pytest
 
 from l1flow_ros.sim.trajectory import TrajectoryError, TrajectoryFollower
 
+pytestmark = pytest.mark.core
+
 NAMES = ("x", "y", "g")
 MS = 1_000_000
 

@@ -9,6 +9,8 @@ import torch
 from l1flow_ros.data.store import ChunkDataset, StoreError, StoreWriter, compute_normalizer, open_store
 from l1flow_ros.spec import ActionSpec, ObservationSpec
 
+pytestmark = pytest.mark.core
+
 OBS = ObservationSpec(
     cameras=("front",), image_size=(8, 10), num_points=16, proprio_names=("a", "b", "c"), n_obs_steps=2
 )

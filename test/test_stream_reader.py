@@ -9,12 +9,15 @@ the thread so that nothing arrives afterwards.
 import threading
 import time
 
+import pytest
 from conftest import wait_for
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray
 
 from l1flow_ros.nodes.stream_reader import StreamReader
+
+pytestmark = pytest.mark.node
 
 R10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 TOPIC = "/stream_reader_test/commands"

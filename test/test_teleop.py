@@ -31,6 +31,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 # ---------------------------------------------------------------- core
 
 
+@pytest.mark.core
 def test_joy_integrates_velocity_with_deadman_deadzone_and_box():
     cfg = JoyConfig(axes=(1, 0, 4), axis_scale=(0.1, -0.2, 0.1), deadzone=0.1, deadman_button=4, gripper_button=0,
                     lower=(-0.5, 0.4, 0.05), upper=(0.5, 1.0, 0.5))
@@ -62,6 +63,7 @@ def test_joy_integrates_velocity_with_deadman_deadzone_and_box():
         JoyTeleop(JoyConfig(axes=(0, 1), axis_scale=(0.1,)))
 
 
+@pytest.mark.core
 def test_leader_mirror_picks_scales_and_offsets():
     m = LeaderMirror(LeaderConfig(joint_names=("b", "a"), scale=(2.0, 1.0), offset=(0.0, -1.0)))
     np.testing.assert_allclose(m.command(["a", "b", "c"], [1.0, 2.0, 3.0]), [4.0, 0.0])
@@ -144,6 +146,7 @@ def assert_nothing_sent(p, pump, bad_inputs=0):
     assert len(p.cmds) == sent
 
 
+@pytest.mark.node
 def test_joy_mode_drives_target_from_measured_position(ros_context, spin_nodes):
     node = TeleopNode(context=ros_context, parameter_overrides=[Parameter("mode", value="joy"),
                                                                 Parameter("rate_hz", value=50.0)])
@@ -187,6 +190,7 @@ def test_joy_mode_drives_target_from_measured_position(ros_context, spin_nodes):
     assert_nothing_sent(p, pump, bad_inputs=10)
 
 
+@pytest.mark.node
 def test_leader_mode_mirrors_named_joints(ros_context, spin_nodes):
     node = TeleopNode(context=ros_context, parameter_overrides=[
         Parameter("mode", value="leader"),
@@ -205,6 +209,7 @@ def test_leader_mode_mirrors_named_joints(ros_context, spin_nodes):
     assert_nothing_sent(p, send_bad, bad_inputs=10)
 
 
+@pytest.mark.graph
 def test_expert_mode_solves_the_sim_task_through_ros(ros_context, spin_nodes):
     from l1flow_ros.nodes.sim_robot_node import SimRobotNode
 
@@ -222,6 +227,7 @@ def test_expert_mode_solves_the_sim_task_through_ros(ros_context, spin_nodes):
     assert all(len(c.data) == 4 for c in p.cmds)
 
 
+@pytest.mark.node
 def test_bad_mode_is_rejected(ros_context):
     with pytest.raises(ParameterError, match="mode 'telepathy'"):
         TeleopNode(context=ros_context, parameter_overrides=[Parameter("mode", value="telepathy")])
@@ -230,6 +236,7 @@ def test_bad_mode_is_rejected(ros_context):
                                                              Parameter("task", value="no-task-v3")])
 
 
+@pytest.mark.core
 def test_config_groups_joy_and_leader_settings():
     from l1flow_ros.sim.metaworld_env import ACTION_NAMES
 
@@ -247,6 +254,7 @@ def test_config_groups_joy_and_leader_settings():
             TeleopConfig(**bad).validate()
 
 
+@pytest.mark.node
 def test_grouped_parameters_from_a_ros_params_file(ros_context, tmp_path):
     params = tmp_path / "teleop.yaml"
     params.write_text("teleop_node:\n  ros__parameters:\n    mode: joy\n    joy:\n"
