@@ -394,12 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.process:
         return _main_process(args)
 
-    print(f"# executor jitter: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, {args.seconds:.0f} s per row")
-    print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
-    print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks "
-          "| chunks run / rejected | bare-loop p99 us | p99 / bare p99 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    _header("", args, "", ["rate Hz", "load", "spin us", "periods", "p50 us", "p99 us", "max us", "missed ticks",
+                          "chunks run / rejected", "bare-loop p99 us", "p99 / bare p99"])
     for rate in args.rates:
         for spin in args.spins:
             for load in args.loads:
@@ -413,15 +409,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _header(what: str, args: argparse.Namespace, extra: str, columns: list[str]) -> None:
+    """The machine, the command and the table head of a run."""
+    print(f"# executor jitter{what}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {args.seconds:.0f} s per row{extra}")
+    print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def _main_process(args: argparse.Namespace) -> int:
     loads = [x for x in args.loads if x != "gil"]  # nothing else runs inside the child
-    print(f"# executor jitter, one process per node: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {args.seconds:.0f} s per row, "
-          f"/joint_states at {args.joint_hz:g} Hz, chunks at {args.chunk_hz:g} Hz")
-    print(f"# command: python bench/bench_jitter.py {' '.join(sys.argv[1:])}".rstrip())
-    print("| rate Hz | load | spin us | periods | p50 us | p99 us | max us | missed ticks | missed / min "
-          "| chunks run / rejected | exit | floor p99 us | floor max us | floor missed | control thread |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    _header(", one process per node", args, f", /joint_states at {args.joint_hz:g} Hz, chunks at {args.chunk_hz:g} Hz",
+            ["rate Hz", "load", "spin us", "periods", "p50 us", "p99 us", "max us", "missed ticks", "missed / min",
+             "chunks run / rejected", "exit", "floor p99 us", "floor max us", "floor missed", "control thread"])
     for rate in args.rates:
         for spin in args.spins:
             for load in loads:

@@ -25,6 +25,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,17 @@ def ros_context():
         yield ctx
     finally:
         ctx.try_shutdown()
+
+
+def exported_tiny_bundle(d: Path, seed: int) -> Path:
+    """A tiny untrained L1 Flow bundle with warm start (``inference.synthetic``), exported to
+    ONNX (encoder, policy, warm policy) in ``d``."""
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.inference.synthetic import make_bundle
+
+    make_bundle(d, seed=seed)
+    export_bundle(d)
+    return d
 
 
 def wait_for(pred, timeout: float = 30.0, step: float = 0.02) -> bool:

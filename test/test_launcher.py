@@ -80,6 +80,12 @@ class Run:
             self.proc.kill()
             self.proc.wait()
 
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()  # whatever the test left running
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -132,8 +138,7 @@ def test_run_starts_each_node_in_its_own_process_and_stops_on_sigint(tmp_path):
                           "max_acceleration": [5.0, 5.0, 5.0, 100.0]},
         "inference_node": {"checkpoint": str(BUNDLE), "backend": "onnxruntime", "threads": 1},
     })
-    run = Run(str(path))
-    try:
+    with Run(str(path)) as run:
         pids = run.pids()
         assert set(pids) == {"executor_node", "inference_node"}
         assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
@@ -149,53 +154,39 @@ def test_run_starts_each_node_in_its_own_process_and_stops_on_sigint(tmp_path):
         assert "exit codes" not in run.text, run.text  # every node exited 0
         assert "Traceback" not in run.text, run.text
         assert "context is invalid" not in run.text, run.text  # no publish after the context is gone
-    finally:
-        run.kill()
 
 
 @pytest.mark.graph
 def test_a_node_that_dies_is_reported_and_the_rest_stopped(tmp_path):
-    run = Run(str(_light_graph(tmp_path)))
-    try:
+    with Run(str(_light_graph(tmp_path))) as run:
         pids = run.pids()
         time.sleep(1.0)
         os.kill(pids["teleop_node"], signal.SIGKILL)
         assert run.finish() == 1, run.text
         assert "teleop_node exited with code -9" in run.text
         assert _wait_gone(pids.values())
-    finally:
-        run.kill()
 
 
 @pytest.mark.graph
 def test_sigterm_stops_the_graph_and_no_node_outlives_a_killed_launcher(tmp_path):
-    run = Run(str(_light_graph(tmp_path)))
-    try:
+    with Run(str(_light_graph(tmp_path))) as run:
         pids = run.pids()
         run.proc.send_signal(signal.SIGTERM)
         assert run.finish() == 0, run.text
         assert _wait_gone(pids.values())
-    finally:
-        run.kill()
-    run = Run(str(_light_graph(tmp_path)))
-    try:
+    with Run(str(_light_graph(tmp_path))) as run:
         pids = run.pids()
         run.proc.kill()  # no chance to clean up: the nodes are tied to it
         run.finish()
         assert _wait_gone(pids.values()), "nodes outlived a SIGKILLed launcher"
-    finally:
-        run.kill()
 
 
 @pytest.mark.graph
 def test_a_lifecycle_node_that_cannot_configure_fails_the_run(tmp_path):
     path = _params(tmp_path, {"inference_node": {"checkpoint": str(tmp_path / "no_such_bundle")}})
-    run = Run(str(path))
-    try:
+    with Run(str(path)) as run:
         assert run.finish(timeout=180.0) == 1, run.text
         assert "inference_node: configure failed" in run.text, run.text
-    finally:
-        run.kill()
 
 
 @pytest.mark.graph

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exported_tiny_bundle
 
 from l1flow_ros.inference.backends import (
     BackendError,
@@ -39,10 +40,7 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.core]
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A tiny exported L1 Flow bundle with warm start (encoder, policy, warm policy)."""
-    d = tmp_path_factory.mktemp("rt") / "b"
-    make_bundle(d, seed=1)
-    export_bundle(d)
-    return d
+    return exported_tiny_bundle(tmp_path_factory.mktemp("rt") / "b", seed=1)
 
 
 def _obs(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exported_tiny_bundle
 
 from l1flow_ros.inference.backends import open_policy
-from l1flow_ros.inference.export import export_bundle
-from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
+from l1flow_ros.inference.synthetic import TINY_ACTION
 
 pytestmark = [pytest.mark.gpu, pytest.mark.core]
 
@@ -20,10 +20,7 @@ needs_trt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("gpu") / "b"
-    make_bundle(d, seed=4)
-    export_bundle(d)
-    return d
+    return exported_tiny_bundle(tmp_path_factory.mktemp("gpu") / "b", seed=4)
 
 
 def _inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

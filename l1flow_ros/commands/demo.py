@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from l1flow_ros.graph import share_dir
     from l1flow_ros.graph.evaluation import evaluate_graph, result_json
-    from l1flow_ros.policy.bundle import BundleError, bundle_task, read_manifest
+    from l1flow_ros.policy.manifest import BundleError, bundle_task, read_manifest
 
     out = Path(args.out)
     bundle = Path(args.bundle) if args.bundle else share_dir() / "models" / "default"

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from l1flow_ros.commands.train import run_training
     from l1flow_ros.data.store import ChunkDataset, compute_normalizer
-    from l1flow_ros.policy.bundle import read_manifest
     from l1flow_ros.policy.config import FlowTimeConfig
+    from l1flow_ros.policy.manifest import read_manifest
     from l1flow_ros.policy.methods.imle import ImleConfig
     from l1flow_ros.policy.methods.ofp import OfpConfig
     from l1flow_ros.policy.train import ObjectiveConfigs

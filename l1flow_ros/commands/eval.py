@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     task = args.task
     if task is None:  # the bundle's own task when its episodes recorded one, else the parameter file's
-        from l1flow_ros.policy.bundle import BundleError, bundle_task, read_manifest
+        from l1flow_ros.policy.manifest import BundleError, bundle_task, read_manifest
 
         try:
             task = bundle_task(read_manifest(args.bundle))

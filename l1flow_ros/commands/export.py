@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l1flow_ros.inference.export import ExportError, export_bundle
-    from l1flow_ros.policy.bundle import BundleError
+    from l1flow_ros.policy.manifest import BundleError
 
     try:
         report = export_bundle(args.bundle, samplers=args.samplers, opset=args.opset, atol=args.atol,

@@ -190,7 +190,7 @@ def evaluate_graph(
     (:class:`~l1flow_ros.nodes.composition.Composition`, as the tests compose nodes), to
     measure the difference side by side; deployments run one process per node.
     """
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     bundle = str(Path(bundle).resolve())
     manifest = read_manifest(bundle)

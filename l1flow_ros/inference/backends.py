@@ -274,7 +274,7 @@ def open_encoder(bundle_dir: str | Path, backend: str = "torch", **opts: Any) ->
     ``providers`` (onnxruntime),
     ``fp16``, ``engine_cache_dir``, ``allow_build`` (tensorrt).
     """
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -291,7 +291,7 @@ def open_policy(bundle_dir: str | Path, backend: str = "torch", sampler: Sampler
     ``warm=True`` opens the warm-start variant (extra ``warm`` input); only for bundles
     whose sampler has ``warm_start``.
     """
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)

@@ -101,7 +101,7 @@ def prepare_variants(bundle: str | Path, samplers: tuple[str, ...], workdir: Pat
     """tag -> (variant bundle dir, trained?, display name) for each sampler, exported to ONNX."""
     from l1flow_ros.inference.export import export_bundle
     from l1flow_ros.inference.synthetic import variant_bundle
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     base = read_manifest(bundle).sampler
     out = {}

@@ -59,7 +59,7 @@ def validate_checkpoint(path: str | Path, running: Any | None = None, backend: s
     backend; (tensorrt) a cached engine built for another GPU or TensorRT version when
     building is not allowed.
     """
-    from l1flow_ros.policy.bundle import BundleError, read_manifest
+    from l1flow_ros.policy.manifest import BundleError, read_manifest
 
     if backend not in BACKENDS:
         raise CheckpointRejected(f"unknown backend {backend!r}; choose one of {BACKENDS}")

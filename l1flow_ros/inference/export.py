@@ -147,7 +147,7 @@ def _export_and_check(module: Any, args: tuple, input_names: Sequence[str], outp
 
 def record_files(bundle_dir: Path, names: list[str]) -> str:
     """List exported files in the manifest; the bundle API recomputes the fingerprint."""
-    from l1flow_ros.policy.bundle import add_files
+    from l1flow_ros.policy.manifest import add_files
 
     return add_files(bundle_dir, names)
 

@@ -68,7 +68,7 @@ class PolicyRunner:
     def open(cls, bundle_dir: str | Path, backend: str = "torch", *, seed: int = 0, with_encoder: bool = False,
              warm_start: bool = True, **opts: Any) -> PolicyRunner:
         """Open the bundle's policy (and warm-start variant, encoder) on ``backend``."""
-        from l1flow_ros.policy.bundle import read_manifest
+        from l1flow_ros.policy.manifest import read_manifest
 
         manifest = read_manifest(bundle_dir)
         policy = open_policy(bundle_dir, backend, **opts)

@@ -108,7 +108,7 @@ class PerceptionNode(Node):
     def _check_checkpoint(self, params: list) -> SetParametersResult:
         """A checkpoint set while running must be a readable bundle (at start, one that is not
         yet is retried: an export may still be being written)."""
-        from l1flow_ros.policy.bundle import read_manifest
+        from l1flow_ros.policy.manifest import read_manifest
 
         paths = [p.value for p in params if p.name == "checkpoint"]
         self._ckpt_requested = bool(paths)

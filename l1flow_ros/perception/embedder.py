@@ -26,7 +26,7 @@ class Embedder:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "torch", warmup: bool = True, **opts: Any) -> None:
         from l1flow_ros.inference.backends import open_encoder
-        from l1flow_ros.policy.bundle import read_manifest
+        from l1flow_ros.policy.manifest import read_manifest
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)

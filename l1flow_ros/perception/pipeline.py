@@ -250,7 +250,7 @@ class PerceptionEngine:
         (same directory, same fingerprint) is already in use and ``reload`` is false.
         Raises (BundleError, BackendError, PerceptionError) when it cannot be used."""
         from l1flow_ros.perception.embedder import Embedder
-        from l1flow_ros.policy.bundle import read_manifest
+        from l1flow_ros.policy.manifest import read_manifest
 
         cur = self.embedder
         if cur is not None and not reload and Path(path).resolve() == cur.bundle_dir.resolve():

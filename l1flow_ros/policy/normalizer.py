@@ -83,30 +83,25 @@ class Normalizer:
             pm, ps = proprio.mean(axis=0), proprio.std(axis=0)
         return cls(actions.min(axis=0), actions.max(axis=0), pm, ps)
 
-    def _check(self, x: np.ndarray, n: int, what: str) -> None:
-        if x.shape[-1] != n:
-            raise ValueError(f"{what} last dimension is {x.shape[-1]}, normalizer has {n}")
+    def _affine(self, x: np.ndarray, center: np.ndarray, scale: np.ndarray, what: str, forward: bool) -> np.ndarray:
+        """(x - center) * scale as float32 (forward), or x / scale + center as float64."""
+        x = np.asarray(x) if forward else np.asarray(x, dtype=np.float64)
+        if x.shape[-1] != center.size:
+            raise ValueError(f"{what} last dimension is {x.shape[-1]}, normalizer has {center.size}")
+        return ((x - center) * scale).astype(np.float32) if forward else x / scale + center
 
     def normalize_action(self, a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a)
-        self._check(a, self.action_dim, "action")
-        return ((a - self._a_center) * self._a_scale).astype(np.float32)
+        return self._affine(a, self._a_center, self._a_scale, "action", True)
 
     def unnormalize_action(self, a: np.ndarray) -> np.ndarray:
         """Normalised (..., A) -> action units, float64."""
-        a = np.asarray(a, dtype=np.float64)
-        self._check(a, self.action_dim, "action")
-        return a / self._a_scale + self._a_center
+        return self._affine(a, self._a_center, self._a_scale, "action", False)
 
     def normalize_proprio(self, p: np.ndarray) -> np.ndarray:
-        p = np.asarray(p)
-        self._check(p, self.proprio_dim, "proprio")
-        return ((p - self.proprio_mean) * self._p_scale).astype(np.float32)
+        return self._affine(p, self.proprio_mean, self._p_scale, "proprio", True)
 
     def unnormalize_proprio(self, p: np.ndarray) -> np.ndarray:
-        p = np.asarray(p, dtype=np.float64)
-        self._check(p, self.proprio_dim, "proprio")
-        return p / self._p_scale + self.proprio_mean
+        return self._affine(p, self.proprio_mean, self._p_scale, "proprio", False)
 
     def to_dict(self) -> dict[str, list[float]]:
         return {

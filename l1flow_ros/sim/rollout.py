@@ -177,7 +177,7 @@ def evaluate_bundle(
     ``render_size`` (default: the spec's image size) and go through the same
     preprocessing as in training.
     """
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
     from l1flow_ros.sim.metaworld_env import SimConfig
 
     m = read_manifest(bundle_dir)

@@ -92,7 +92,7 @@ def _other_gpu_bundle(good: Path, dst: Path) -> Path:
     """The good bundle plus an engine cache whose engines were built on another GPU / TensorRT."""
     from l1flow_ros.inference.checkpoint import required_onnx
     from l1flow_ros.inference.engine_cache import DeviceIdentity, EngineCache, EngineKey, default_cache_dir
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     if not dst.exists():
         shutil.copytree(good, dst)

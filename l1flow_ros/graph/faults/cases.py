@@ -213,7 +213,7 @@ def _engine_other_gpu(c: CaseContext) -> None:
     metadata, before anything is deserialised or any TensorRT call is made."""
     from l1flow_ros.inference.checkpoint import CheckpointRejected, validate_checkpoint
     from l1flow_ros.inference.engine_cache import DeviceIdentity
-    from l1flow_ros.policy.bundle import read_manifest
+    from l1flow_ros.policy.manifest import read_manifest
 
     c.fault()
     device = _this_device()

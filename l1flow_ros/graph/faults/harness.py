@@ -58,7 +58,7 @@ class Harness:
         thread that lives as long as the harness: the node processes are tied to it."""
         from l1flow_ros.graph.launcher import ProcessGraph
         from l1flow_ros.nodes.composition import Composition
-        from l1flow_ros.policy.bundle import read_manifest
+        from l1flow_ros.policy.manifest import read_manifest
 
         root = Path(self.assets["calibration"]).parent
         self.rig = Composition().start()

@@ -42,13 +42,8 @@ def diffusion_time(k: int | torch.Tensor, num_train_steps: int) -> float | torch
     return k / num_train_steps
 
 
-def loss(
-    net: Net,
-    cond: torch.Tensor,
-    x1: torch.Tensor,
-    num_train_steps: int = 100,
-    gen: torch.Generator | None = None,
-) -> torch.Tensor:
+def loss(net: Net, cond: torch.Tensor, x1: torch.Tensor, num_train_steps: int = 100,
+         gen: torch.Generator | None = None) -> torch.Tensor:
     """DDPM: diffuse to a random step k, predict the noise; MSE (squaredcos schedule)."""
     import torch
     import torch.nn.functional as F
@@ -69,14 +64,8 @@ def _ddim_timesteps(steps: int, num_train_steps: int) -> list[int]:
     return [i * stride for i in range(steps)][::-1]
 
 
-def ddim(
-    net: Net,
-    cond: torch.Tensor,
-    noise: torch.Tensor,
-    steps: int = 10,
-    num_train_steps: int = 100,
-    clip: float = 1.0,
-) -> torch.Tensor:
+def ddim(net: Net, cond: torch.Tensor, noise: torch.Tensor, steps: int = 10, num_train_steps: int = 100,
+         clip: float = 1.0) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) over ``steps`` of the K training steps.
 
     Predicted clean chunks are clipped to [-clip, clip] (actions live in [-1, 1]).
@@ -96,13 +85,8 @@ def ddim(
     return x
 
 
-def ddpm(
-    net: Net,
-    cond: torch.Tensor,
-    noise: torch.Tensor,
-    num_train_steps: int = 100,
-    clip: float = 1.0,
-) -> torch.Tensor:
+def ddpm(net: Net, cond: torch.Tensor, noise: torch.Tensor, num_train_steps: int = 100,
+         clip: float = 1.0) -> torch.Tensor:
     """Ancestral DDPM sampling over all K steps.
 
     ``noise`` is (B, K, H, A): noise[:, 0] is x_K, noise[:, j] (j >= 1) the
