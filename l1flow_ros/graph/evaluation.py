@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -35,6 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 from l1flow_ros.graph import config_path, nodes_in_config, parameter_value
 from l1flow_ros.graph.launcher import ProcessGraph
 from l1flow_ros.msgs.chunk_conv import stamp_to_ns
+from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.composition import Composition, call_service
 
 EE = ("ee_x", "ee_y", "ee_z", "gripper")
@@ -94,8 +94,7 @@ class _Probe(Node):
 
     def __init__(self, camera: str = "", **kwargs) -> None:
         super().__init__("l1flow_eval", **kwargs)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = qos.LATCHED
         self.lock = threading.Lock()
         self.success = False
         self.latency_ms: list[float] = []
@@ -111,7 +110,7 @@ class _Probe(Node):
         self.create_subscription(Image, "/l1flow/embedding", self._age_into(self.embedding_ms), 10)
         if camera:
             self.create_subscription(Image, f"/{camera}/color/image_raw", self._age_into(self.frame_ms),
-                                     qos_profile_sensor_data)
+                                     qos.SENSOR)
         # Depth 1: a busy process must not replay a backlog (which would show as a fake lag).
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_cmd, 1)
         self.create_subscription(JointState, "/joint_states", self._on_js, 1)

@@ -18,13 +18,13 @@ from pathlib import Path
 import rclpy
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 
 from l1flow_ros.data.mcap_io import read_metadata
 from l1flow_ros.graph.launcher import ProcessGraph
+from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.composition import Composition, call_service
 
 # Meta-World's task horizon: 500 physics steps of 12.5 ms.
@@ -78,8 +78,7 @@ def record_demos_ros(
     with Composition() as rig, ProcessGraph(params, log_file=log_file or out_dir / "nodes.log") as graph:
         ctl = rclpy.create_node("l1flow_record", context=rig.context)
         solved = threading.Event()
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = qos.LATCHED
         ctl.create_subscription(Bool, "/sim/success", lambda m: solved.set() if m.data else solved.clear(),
                                 latched)
         clients = {n: ctl.create_client(Trigger, s) for n, s in (

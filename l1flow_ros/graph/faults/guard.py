@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from l1flow_ros.graph.faults.assets import HOME, JOINT_HZ, JOINTS, LOWER, MAX_VEL, PERIOD_S, UPPER
+from l1flow_ros.nodes import qos
 
 
 class ArmGuard:
@@ -55,8 +56,7 @@ class ArmGuard:
         self.lost = 0  # commands that never arrived (sequence-number gaps)
         self._prev: tuple[int | None, int | None, np.ndarray] = (None, None, self.arm.copy())
         self._qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_js = self.node.create_publisher(JointState, "/joint_states",
-                                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.pub_js = self.node.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
         self.sub = None
         self.connect()
         self._stop = threading.Event()
