@@ -134,7 +134,23 @@ def test_summary_keeps_every_diagnostics_field():
         "enabled", "mode", "output", "rate_hz", "period_error_us_p50", "period_error_us_p99",
         "period_error_us_max", "missed_ticks", "deadlines", "starvation_events", "chunk_age_ms",
         "chunks_accepted", "chunks_rejected", "last_rejection", "dropped_stale_actions", "limited_ticks",
-        "replan_due", "control_thread", "executor_thread", "middleware_threads"]
+        "replan_due", "inference_delay_steps_p95", "obs_to_arrival_ms_p50", "obs_to_arrival_ms_p95",
+        "control_thread", "executor_thread", "middleware_threads"]
+    assert values["inference_delay_steps_p95"] == -1 and np.isnan(values["obs_to_arrival_ms_p95"])  # no chunk yet
     assert values["missed_ticks"] == 4 and values["period_error_us_p50"] == 1.0 and values["chunks_accepted"] == 3
     assert values["control_thread"] == "SCHED_FIFO 50" and np.isnan(values["chunk_age_ms"])
     assert level == WARN and "no /joint_states" in message and "4 control ticks missed" in message
+
+
+def test_the_delay_of_accepted_chunks_is_reported_after_warm_up():
+    """Stamps -> d = ceil(latency / dt) on /diagnostics; rejected chunks and warm-up do not count."""
+    s = make()
+    s.set_measured(np.zeros(len(NAMES)), 0.0)
+    assert s.enable(True, T0)[0]
+    for i in range(6):  # 3 warm-up chunks, then 3 at 130 ms obs -> arrival with dt 0.1 s: d = 2
+        t_obs = T0 + i * 100_000_000
+        s.add_chunk(chunk(t_obs, np.zeros((8, len(NAMES)))), t_obs + 130_000_000)
+    with pytest.raises(ChunkRejected):  # older than the running chunk: not counted
+        s.add_chunk(chunk(T0, np.zeros((8, len(NAMES)))), T0 + 700_000_000)
+    r = s.report()
+    assert s.delay.samples == 3 and r.delay_steps == 2 and abs(r.delay_ms_p50 - 130.0) < 1e-6

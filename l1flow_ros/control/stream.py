@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from l1flow_ros.control.delay import DelayEstimator
 from l1flow_ros.control.scheduler import ChunkScheduler
 from l1flow_ros.spec import Chunk
 
@@ -38,6 +39,9 @@ class StreamReport:
     rejections: int  # chunks rejected in all
     new_rejections: int  # since the last report
     last_rejection: str
+    delay_steps: int | None = None  # inference delay in chunk steps at the estimator's percentile
+    delay_ms_p50: float = float("nan")  # observation -> chunk arrival
+    delay_ms_p95: float = float("nan")
 
 
 class CommandStream:
@@ -58,6 +62,7 @@ class CommandStream:
         self.rejections = 0
         self.last_rejection = ""
         self._rejections_reported = 0
+        self.delay = DelayEstimator()  # observation -> arrival of accepted chunks (control/delay.py)
 
     # -- inputs (callback threads) -------------------------------------------------------------
 
@@ -82,6 +87,7 @@ class CommandStream:
             if self.measured is None:
                 return False, f"no /joint_states with all of {list(self.scheduler.config.names)} yet"
             self._restart_from_measured(now_ns)
+            self.delay.reset()  # a new run: its first chunks are warm-up again
             self.enabled = True
         return True, "enabled"
 
@@ -103,6 +109,8 @@ class CommandStream:
         """Splice a chunk in; raises ChunkRejected (the caller counts it with :meth:`reject`)."""
         self.scheduler.add_chunk(chunk, now_ns)
         self.chunk_dt_ns = int(round(chunk.dt * 1e9))
+        with self.lock:
+            self.delay.add(chunk.t_obs_ns, now_ns, chunk.dt)
 
     def reject(self, reason: str) -> None:
         with self.lock:
@@ -113,8 +121,10 @@ class CommandStream:
         """The state, and the rejections since the previous report."""
         with self.lock:
             new, self._rejections_reported = self.rejections - self._rejections_reported, self.rejections
+            d = self.delay
             return StreamReport(self.enabled, self.measured is not None, self.controller_lost, self.measured_t,
-                                self.rejections, new, self.last_rejection)
+                                self.rejections, new, self.last_rejection, d.steps(), d.latency_ms(50.0),
+                                d.latency_ms(95.0))
 
     # -- the control thread --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class EvalResult:
     missed_ticks: int = 0  # while the episodes ran (from the first chunk to the end)
     missed_ticks_per_min: float = float("nan")
     measured_s: float = 0.0  # the window the counts cover
+    inference_delay_steps_p95: int = -1  # the executor's delay estimate d (control/delay.py); -1: none
     chunks: int = 0
     graph: str = "process per node"  # or "one process" (composition, for side-by-side benchmarks)
 
@@ -77,6 +79,7 @@ class EvalResult:
             ("obs -> chunk latency p50 / p99", f"{self.chunk_latency_ms_p50:.1f} / {self.chunk_latency_ms_p99:.1f} ms"),
             ("  obs -> frame p50 / p99", f"{self.frame_latency_ms_p50:.1f} / {self.frame_latency_ms_p99:.1f} ms"),
             ("  obs -> embedding p50 / p99", f"{self.embedding_latency_ms_p50:.1f} / {self.embedding_latency_ms_p99:.1f} ms"),
+            ("inference delay d p95 (executor)", f"{self.inference_delay_steps_p95} chunk steps"),
             ("perception time p50", f"{self.perception_ms_p50:.2f} ms"),
             ("inference time p50 / p99", f"{self.inference_ms_p50:.2f} / {self.inference_ms_p99:.2f} ms"),
             ("control period error p50 / p99 / max",
@@ -160,6 +163,10 @@ def _missed(probe: _Probe) -> int:
 
 def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
+
+
+def _int(x: float, missing: int = -1) -> int:
+    return missing if math.isnan(x) else int(x)
 
 
 def _f(d: dict[str, str], k: str) -> float:
@@ -271,6 +278,7 @@ def evaluate_graph(
             period_error_us_p50=_f(ex_d, "period_error_us_p50"),
             period_error_us_p99=_f(ex_d, "period_error_us_p99"),
             period_error_us_max=_f(ex_d, "period_error_us_max"),
+            inference_delay_steps_p95=_int(_f(ex_d, "inference_delay_steps_p95")),
             missed_ticks=missed, missed_ticks_per_min=60.0 * missed / max(measured_s, 1e-9),
             measured_s=round(measured_s, 1), chunks=int(lat.size),
             graph="one process" if composed else "process per node",

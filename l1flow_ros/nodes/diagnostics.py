@@ -11,7 +11,7 @@ Keys: one scheme, ``<quantity>_<unit>_<stat>`` (:data:`KEY`)
   plural of what it counts, with what happened to it (``chunks_accepted``, ``missed_ticks``).
 - ``unit``, where the value has one: ``s``, ``ms``, ``us``, ``ns``, ``hz``; always right
   after the quantity (``chunk_age_ms``, ``rate_hz``).
-- ``stat``, where the value summarises a window: ``p50``, ``p99`` (percentiles), ``max``,
+- ``stat``, where the value summarises a window: ``p50``, ``p95``, ``p99`` (percentiles), ``max``,
   ``min``, ``mean``, ``last`` (the newest); always the last word, after the unit
   (``period_error_us_p99``, ``inference_ms_last``). ``last`` elsewhere is a plain word
   (``last_error``: the newest error's text).
@@ -43,6 +43,9 @@ executor_node (``control/status.py`` ``summary``)
 | ``dropped_stale_actions`` | | actions of accepted chunks already due on arrival, dropped |
 | ``limited_ticks`` | | ticks whose command the velocity / acceleration limits cut |
 | ``replan_due`` | | a new chunk is due (n_action_steps of the running one are behind, or none runs) |
+| ``inference_delay_steps_p95`` | | d = ceil((arrival - t_obs) / dt) of accepted chunks, 95th percentile over the last 64, the first 3 after enabling left out (``control/delay.py``); -1: none yet |
+| ``obs_to_arrival_ms_p50`` | ms | observation time -> the chunk's arrival at the executor, median over the same window |
+| ``obs_to_arrival_ms_p95`` | ms | the same, 95th percentile |
 | ``control_thread`` | | how the control thread is scheduled (policy, priority, affinity) |
 | ``executor_thread`` | | how the thread running the callbacks is scheduled |
 | ``middleware_threads`` | | how the DDS threads are scheduled |
@@ -142,7 +145,7 @@ ERROR_HOLD_S = 2.0
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 UNITS = ("s", "ms", "us", "ns", "hz")
-STATS = ("p50", "p99", "max", "min", "mean", "last")
+STATS = ("p50", "p95", "p99", "max", "min", "mean", "last")
 _UNIT, _STAT = "|".join(UNITS), "|".join(STATS)
 _WORD = rf"(?!(?:{_UNIT}|p\d+|max|min|mean)(?:_|$))[a-z][a-z0-9]*"  # "last" may be a word
 # A subject (a stream name) may not end in a unit or stat: "age_s/front" is the old order.
