@@ -81,6 +81,7 @@ def _dataset_config(path: Path, cameras: list[str], num_points: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # the stage headers show even when a stage fails
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:

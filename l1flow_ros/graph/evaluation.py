@@ -41,6 +41,9 @@ from l1flow_ros.nodes.composition import Composition, call_service
 EE = ("ee_x", "ee_y", "ee_z", "gripper")
 
 
+FIRST_CHUNK_TIMEOUT_S = 180.0  # from the nodes' activation to the first action chunk
+
+
 @dataclass
 class EvalResult:
     task: str
@@ -224,13 +227,17 @@ def evaluate_graph(
             graph = stack.enter_context(ProcessGraph(path, names, overrides, log_file=log_file))
         probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=rig.context)
         rig.add(probe)
-        # Wait for the first chunk: perception has its encoder and the chain is live.
-        t_end = time.monotonic() + 60.0
+        # Wait for the first chunk: perception has loaded the encoder the inference node
+        # announced, and the chain is live. A node that dies ends the wait at once
+        # (graph.check); a slow start does not: on one shared core (taskset -c 0) loading
+        # the encoder and the policy beside the simulator took over a minute.
+        t_end = time.monotonic() + FIRST_CHUNK_TIMEOUT_S
         while not probe.latency_ms and time.monotonic() < t_end:
             graph.check()
             time.sleep(0.05)
         if not probe.latency_ms:
-            raise RuntimeError("no action chunk within 60 s: is the graph running? (see /diagnostics)")
+            raise RuntimeError(f"no action chunk within {FIRST_CHUNK_TIMEOUT_S:.0f} s: is the graph running? "
+                               "(see /diagnostics)")
         probe.clear_latencies()
         missed0 = _missed(probe)
         t_measure = time.monotonic()
