@@ -101,6 +101,21 @@ def chunk_to_msg(chunk: Chunk) -> JointTrajectory:
     return msg
 
 
+def points_to_msg(names: Sequence[str], stamp_ns: int, times_ns: Sequence[int], positions: np.ndarray,
+                  velocities: np.ndarray | None = None) -> JointTrajectory:
+    """Points (T, A) due at absolute ``times_ns``, stamped ``stamp_ns`` (point k at
+    ``time_from_start = times_ns[k] - stamp_ns``); velocities when given. The executor's
+    joint-trajectory output and its tail (the running plan for warm starts)."""
+    msg = JointTrajectory(joint_names=list(names))
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    for k, t in enumerate(times_ns):
+        pt = JointTrajectoryPoint(positions=positions[k].tolist(), time_from_start=ns_to_duration(int(t) - stamp_ns))
+        if velocities is not None:
+            pt.velocities = velocities[k].tolist()
+        msg.points.append(pt)
+    return msg
+
+
 def chunk_from_msg(msg: JointTrajectory, expected_names: tuple[str, ...] | None = None) -> Chunk:
     """JointTrajectory -> Chunk; checks names, shape, finiteness and even spacing.
 

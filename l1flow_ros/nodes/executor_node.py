@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.executors import ExternalShutdownException
@@ -33,7 +32,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
 from l1flow_ros.control import realtime
 from l1flow_ros.control.config import ExecutorConfig
@@ -41,7 +40,7 @@ from l1flow_ros.control.loop import ControlLoop
 from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler
 from l1flow_ros.control.status import JointPicker, summary
 from l1flow_ros.control.stream import CommandStream
-from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, ns_to_duration, ns_to_stamp
+from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, points_to_msg
 from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.diagnostics import Diagnostics
 from l1flow_ros.nodes.params import LiveParameters, declare
@@ -226,27 +225,16 @@ class ExecutorNode(Node):
         if out is None:
             return
         if isinstance(out, tuple):  # joint_trajectory: (times, p, v), the plan from now on
-            self._out_pub.publish(self._points_msg(now, *out))
+            self._out_pub.publish(points_to_msg(self.cfg.joint_names, now, *out))
         else:
             self._out_pub.publish(Float64MultiArray(data=out.tolist()))
-
-    def _points_msg(self, now: int, times: list[int], p: np.ndarray, v: np.ndarray | None = None) -> JointTrajectory:
-        """Points (T, A) due at ``times`` (ns), stamped ``now``; velocities when given."""
-        msg = JointTrajectory(joint_names=list(self.cfg.joint_names))
-        msg.header.stamp = ns_to_stamp(now)
-        for k, t in enumerate(times):
-            pt = JointTrajectoryPoint(positions=p[k].tolist(), time_from_start=ns_to_duration(t - now))
-            if v is not None:
-                pt.velocities = v[k].tolist()
-            msg.points.append(pt)
-        return msg
 
     def _on_tail_timer(self) -> None:
         if self._stream.enabled and self.cfg.tail_rate_hz > 0 and self._scheduler.ready:
             now = self._now_ns()
             times, actions = self._scheduler.tail(now)
             if times.size:
-                self._tail_pub.publish(self._points_msg(now, times.tolist(), actions))
+                self._tail_pub.publish(points_to_msg(self.cfg.joint_names, now, times.tolist(), actions))
 
     # -- diagnostics -------------------------------------------------------------------------------
 
