@@ -76,7 +76,6 @@ class Method:
 
     name: str  # "l1flow", ..., the objective name in manifests and on the command line
     label: str  # display name, e.g. "L1 Flow"
-    prediction: str  # what the trained network outputs (ModelConfig.prediction)
     kinds: tuple[SamplerKind, ...]  # the sampler kinds it defines; the first is the default
     loss: Callable[[LossInputs], torch.Tensor]  # scalar loss of one batch
     # default_sampler(cfgs or None) -> the SamplerSpec a bundle trained this way ships with.
@@ -98,10 +97,16 @@ class Method:
     reference: bool = False
 
     def __post_init__(self) -> None:
-        if not self.kinds or self.kinds[0].prediction != self.prediction:
-            raise ValueError(f"method {self.name!r}: its first sampler kind must sample its prediction")
+        if not self.kinds:
+            raise ValueError(f"method {self.name!r}: it defines no sampler kind")
         if self.distill and self.student_init is None:
             raise ValueError(f"method {self.name!r}: a distillation says what the student starts from")
+
+    @property
+    def prediction(self) -> str:
+        """What the trained network outputs (``ModelConfig.prediction``): what its first
+        sampler kind samples."""
+        return self.kinds[0].prediction
 
     @property
     def run_name(self) -> str:

@@ -140,7 +140,6 @@ DDPM = SamplerKind(
 METHOD = Method(
     name="ddpm",
     label="Diffusion (DDPM)",
-    prediction="epsilon",
     kinds=(DDIM, DDPM),
     loss=lambda b: loss(b.net, b.cond, b.x1, b.model_cfg.num_train_steps),
     default_sampler=_default_sampler,

@@ -66,7 +66,6 @@ KIND = SamplerKind("fm", "velocity", 10, _sample, lambda n: f"FM {n}-step", warm
 METHOD = Method(
     name="fm",
     label="Flow matching",
-    prediction="velocity",
     kinds=(KIND,),
     loss=lambda b: loss(b.net, b.cond, b.x1, b.cfgs.flow_time),
     default_sampler=_default_sampler,

@@ -124,7 +124,6 @@ KIND = SamplerKind("imle", "sample", 1, _sample, lambda n: f"IMLE {n}-step")
 METHOD = Method(
     name="imle",
     label="IMLE distillation (one step)",
-    prediction="sample",
     kinds=(KIND,),
     loss=_step_loss,
     default_sampler=_default_sampler,

@@ -114,7 +114,6 @@ KIND = SamplerKind("l1flow", "sample", 2, _sample, _label, warm_start=True, chec
 METHOD = Method(
     name="l1flow",
     label="L1 Flow",
-    prediction="sample",
     kinds=(KIND,),
     loss=lambda b: loss(b.net, b.cond, b.x1, b.cfgs.flow_time),
     default_sampler=_default_sampler,

@@ -185,7 +185,6 @@ KIND = SamplerKind("ofp", "flow_map", 1, _sample, lambda n: f"OFP {n}-step", war
 METHOD = Method(
     name="ofp",
     label="One-Step Flow Policy (self-distillation)",
-    prediction="flow_map",
     kinds=(KIND,),
     loss=lambda b: loss(b.net, b.ema.head, b.cond, b.x1, b.cfgs.ofp, b.cfgs.flow_time),
     default_sampler=_default_sampler,

@@ -51,7 +51,6 @@ KIND = SamplerKind("regression", "regression", 1, _sample, lambda n: "Regression
 METHOD = Method(
     name="regression",
     label="Regression (L1)",
-    prediction="regression",
     kinds=(KIND,),
     loss=lambda b: loss(b.net, b.cond, b.x1),
     default_sampler=_default_sampler,
