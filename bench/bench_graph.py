@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -39,43 +40,25 @@ def _busy() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-# The machine's floor: a bare loop to the executor's deadlines (500 Hz, SCHED_FIFO 50 when
-# permitted, 200 µs spin) in a process of its own, over the same seconds as a run. Ticks it
-# misses are stalls of the whole machine, which no node can avoid.
-_FLOOR = """
-import json, os, signal, sys, time
-try:
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
-except (OSError, AttributeError):
-    pass
-stop = []
-signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-period, spin = 2_000_000, 200_000
-t0 = next_t = time.monotonic_ns() + period
-missed = 0
-while not stop:
-    rem = next_t - time.monotonic_ns() - spin
-    if rem > 0:
-        time.sleep(rem / 1e9)
-    while time.monotonic_ns() < next_t:
-        pass
-    late = time.monotonic_ns() - next_t
-    if late >= period:
-        missed += late // period
-        next_t += (late // period) * period
-    next_t += period
-print(json.dumps({"floor_missed": int(missed), "floor_s": (time.monotonic_ns() - t0) / 1e9}), flush=True)
-"""
+# The machine's floor: bench_jitter's bare loop to the executor's deadlines (500 Hz,
+# SCHED_FIFO 50 when permitted, 200 µs spin) in a process of its own, over the same seconds
+# as a run. Ticks it misses are stalls of the whole machine, which no node can avoid.
+def _floor() -> tuple[mp.Process, object, object]:
+    from bench_jitter import _floor_process
+
+    ctx = mp.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_floor_process, args=(500.0, 200, 24 * 3600.0, 50, out, stop), daemon=True)
+    proc.start()
+    return proc, stop, out
 
 
-def _floor() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _FLOOR], stdout=subprocess.PIPE, text=True)
-
-
-def _floor_result(p: subprocess.Popen) -> dict:
-    p.terminate()
-    out, _ = p.communicate(timeout=10)
-    return json.loads(out.strip().splitlines()[-1])
+def _floor_result(floor: tuple[mp.Process, object, object]) -> dict:
+    proc, stop, out = floor
+    stop.set()
+    r = out.get(timeout=30)
+    proc.join(timeout=10)
+    return {"floor_missed": r["missed"], "floor_s": r["seconds"]}
 
 
 def main() -> int:

@@ -104,9 +104,10 @@ def _inference_load(stop, ready, embed_hz: float) -> None:
             time.sleep(1.0 / embed_hz)
 
 
-def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0) -> tuple[np.ndarray, int]:
+def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0, stop=None) -> tuple[np.ndarray, int]:
     """The floor: a Python thread that only sleeps to the same absolute deadlines (at the
-    control thread's SCHED_FIFO priority when one is given): |period error| in us, missed."""
+    control thread's SCHED_FIFO priority when one is given): |period error| in us, missed.
+    Runs ``seconds``, or until ``stop`` (an Event) is set when one is given."""
     from l1flow_ros.control.loop import sleep_until as _sleep_until
 
     if rt_prio > 0:
@@ -119,7 +120,7 @@ def _bare_loop(rate: float, spin_us: int, seconds: float, rt_prio: int = 0) -> t
     missed = 0
     nxt, last = time.monotonic_ns() + period, 0
     end = time.monotonic_ns() + int(seconds * 1e9)
-    while nxt < end:
+    while nxt < end and not (stop is not None and stop.is_set()):
         _sleep_until(nxt, spin_us * 1000)
         wake = time.monotonic_ns()
         if last:
@@ -153,10 +154,13 @@ def _start_load(load: str, embed_hz: float = 30.0) -> tuple[object, list]:
     return stop, workers
 
 
-def _floor_process(rate: float, spin_us: int, seconds: float, rt_prio: int, out) -> None:
-    """The bare loop alone in a process of its own (no other thread, no GIL to wait for)."""
-    e, missed = _bare_loop(rate, spin_us, seconds, rt_prio)
-    out.put({"p99": float(np.percentile(e, 99)), "max": float(e.max()), "missed": int(missed)})
+def _floor_process(rate: float, spin_us: int, seconds: float, rt_prio: int, out, stop=None) -> None:
+    """The bare loop alone in a process of its own (no other thread, no GIL to wait for);
+    also used by bench_graph.py beside each evaluation, stopped by ``stop``."""
+    t0 = time.monotonic()
+    e, missed = _bare_loop(rate, spin_us, seconds, rt_prio, stop)
+    out.put({"p99": float(np.percentile(e, 99)), "max": float(e.max()), "missed": int(missed),
+             "seconds": time.monotonic() - t0})
 
 
 def measure_bare(rate: float, load: str, spin_us: int, seconds: float, rt_prio: int = 0) -> dict[str, float]:
