@@ -45,8 +45,8 @@ def test_the_simulated_hand_follows_a_chunk(ros_context, spin_nodes, output):
     def physics_steps(n: int) -> None:
         """The physics runs ``n`` more steps (simulated time, 80 Hz, not wall time) and the
         probe has the joint states of the last of them."""
-        n0 = sim._n_steps
-        assert wait_for(lambda: sim._n_steps >= n0 + n), "the physics stopped"
+        n0 = sim.robot.n_steps
+        assert wait_for(lambda: sim.robot.n_steps >= n0 + n), "the physics stopped"
         now = io.get_clock().now().nanoseconds
         assert wait_for(lambda: heard[0] >= now - 20_000_000), "no fresh /joint_states"
 

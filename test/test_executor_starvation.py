@@ -219,9 +219,9 @@ def test_composed_graph_nodes_and_two_probes_get_every_joint_state(ros_context):
     try:
         with spinning(make_executor(nodes, ros_context)):
             assert wait_for(lambda: all(p.stamps for p in probes)), "no /joint_states within 30 s"
-            n0, ns0 = sim._n_steps, sim.get_clock().now().nanoseconds
+            n0, ns0 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
             time.sleep(WINDOW_S)
-            n1, ns1 = sim._n_steps, sim.get_clock().now().nanoseconds
+            n1, ns1 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
             time.sleep(0.5)
             got = [len({s for s in p.stamps if ns0 <= s <= ns1}) for p in probes]
         published = n1 - n0

@@ -53,8 +53,8 @@ class Graph:
 
     def wait_steps(self, n):
         """Until the physics has run ``n`` more steps (80 Hz: simulated time, not wall time)."""
-        n0 = self.sim._n_steps
-        assert wait_for(lambda: self.sim._n_steps >= n0 + n), "the physics stopped"
+        n0 = self.sim.robot.n_steps
+        assert wait_for(lambda: self.sim.robot.n_steps >= n0 + n), "the physics stopped"
 
     def ee(self):
         return np.array(self.got["js"][-1].position[:4])

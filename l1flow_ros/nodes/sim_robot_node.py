@@ -117,11 +117,6 @@ class SimRobotNode(Node):
             f"physics dt {self.sim.dt * 1e3:.1f} ms"
         )
 
-    @property
-    def _n_steps(self) -> int:
-        """Physics steps run so far (tests wait on it: simulated time, not wall time)."""
-        return self.robot.n_steps
-
     # ------------------------------------------------------------------ parameters
     def _on_config(self, old: SimRobotConfig, new: SimRobotConfig) -> None:
         self.robot.camera_rate_hz = new.camera_rate_hz  # the next frame is due at the new rate
