@@ -24,11 +24,11 @@ from rclpy.task import Future
 from sensor_msgs.msg import JointState
 
 from l1flow_ros.nodes.composition import (
+    Composition,
     GuardedMultiThreadedExecutor,
     NodeExecutors,
     destroy_nodes,
     make_executor,
-    start_nodes,
 )
 
 RATE_HZ = 80.0  # the simulator's physics rate (Meta-World dt 12.5 ms)
@@ -206,28 +206,25 @@ def test_multi_threaded_executor_waits_while_a_message_waits_for_a_worker(ros_co
 def test_composed_graph_nodes_and_two_probes_get_every_joint_state(ros_context):
     """The real simulator's physics thread publishing /joint_states, the real teleop node (joy mode,
     subscribed, idle) and the inference node (configured and active: a multi-threaded executor),
-    started and spun as ComposedGraph does, and two bare probes counting by stamp."""
-    nodes = start_nodes(ros_context, ["sim_robot_node", "teleop_node", "inference_node"], [
-        "sim_robot_node:cameras:=[]",
-        f"inference_node:checkpoint:={MODEL}",
-        "inference_node:backend:=onnxruntime",
-        "inference_node:threads:=1",
-    ])
-    sim = nodes[0]
-    probes = [Counter(f"starvation_probe_{i}", ros_context, topic="/joint_states") for i in range(2)]
-    nodes += probes
-    try:
-        with spinning(make_executor(nodes, ros_context)):
-            assert wait_for(lambda: all(p.stamps for p in probes)), "no /joint_states within 30 s"
-            n0, ns0 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
-            time.sleep(WINDOW_S)
-            n1, ns1 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
-            time.sleep(0.5)
-            got = [len({s for s in p.stamps if ns0 <= s <= ns1}) for p in probes]
-        published = n1 - n0
-        assert published >= 0.5 * WINDOW_S * RATE_HZ, f"physics ran at {published / WINDOW_S:.0f} Hz"
-        # +-1 message at each end of the window (a step's stamp is taken before its count).
-        assert min(got) >= MIN_SHARE * (published - 2), (
-            f"of {published} joint states published in {WINDOW_S} s, the probes got {got}")
-    finally:
-        destroy_nodes(nodes)
+    brought up and spun by ``composition.Composition`` as ``l1flow eval --one-process`` does, and two
+    bare probes counting by stamp."""
+    with Composition(context=ros_context) as graph:
+        sim = graph.start_nodes(["sim_robot_node", "teleop_node", "inference_node"], [
+            "sim_robot_node:cameras:=[]",
+            f"inference_node:checkpoint:={MODEL}",
+            "inference_node:backend:=onnxruntime",
+            "inference_node:threads:=1",
+        ])[0]
+        probes = [Counter(f"starvation_probe_{i}", ros_context, topic="/joint_states") for i in range(2)]
+        graph.add(*probes)
+        assert wait_for(lambda: all(p.stamps for p in probes)), "no /joint_states within 30 s"
+        n0, ns0 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
+        time.sleep(WINDOW_S)
+        n1, ns1 = sim.robot.n_steps, sim.get_clock().now().nanoseconds
+        time.sleep(0.5)
+        got = [len({s for s in p.stamps if ns0 <= s <= ns1}) for p in probes]
+    published = n1 - n0
+    assert published >= 0.5 * WINDOW_S * RATE_HZ, f"physics ran at {published / WINDOW_S:.0f} Hz"
+    # +-1 message at each end of the window (a step's stamp is taken before its count).
+    assert min(got) >= MIN_SHARE * (published - 2), (
+        f"of {published} joint states published in {WINDOW_S} s, the probes got {got}")
