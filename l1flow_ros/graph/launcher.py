@@ -19,6 +19,23 @@ What it does, the way launch / launch_ros do it for the launch files in ``launch
 - a node that exits or crashes while the graph runs is reported with the end of its output,
   the rest are stopped, and ``l1flow run`` exits non-zero.
 
+Before any process starts, the parameter file and the overrides are checked against each
+node's config class (:data:`NODE_CONFIGS`, :func:`l1flow_ros.config.check_parameter_file`):
+a file that is not YAML, an unknown (misspelt) parameter, a value of the wrong type, a value
+the config's ``validate()`` refuses (lower above upper, ...), and executor joint names that
+are not the action names of the bundle the file deploys are each one line naming the file
+and line, the node and the parameter; none of them starts a node (:class:`ParameterError`,
+``l1flow run`` exits 2 with the list). The nodes check again themselves
+(:func:`l1flow_ros.nodes.params.declare`), for ``ros2 launch``, which has no such step.
+
+Who can talk to the graph: ``l1flow run`` keeps the ROS domain and discovery range of its
+environment and, where ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is unset, makes discovery
+localhost-only (``LOCALHOST``) for the launcher and every node: another machine on the
+network then neither sees nor reaches the nodes. ``--discovery-range SUBNET`` (or the
+variable) opens it for an arm controller on another machine. What this does and does not
+protect against, and why there is no DDS security here, is in docs/RELIABILITY.md
+(Security).
+
 Why processes and not threads: in one Python process every node shares one interpreter
 lock with the executor's 500 Hz control thread, and rclpy's MultiThreadedExecutor was
 measured to starve an 80 Hz topic with two subscribers in the process to about 3 Hz (see
@@ -40,9 +57,23 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from l1flow_ros.graph import LIFECYCLE_NODES, NODE_CLASSES, nodes_in_config
+from l1flow_ros.config import ParameterError, check_parameter_file, parse_override, read_parameter_file
+from l1flow_ros.graph import LIFECYCLE_NODES, NODE_CLASSES, nodes_in_config, resolve_path
 
 _PR_SET_PDEATHSIG = 1
+
+# node name -> "module:Class" of its config (what its __init__ gives declare()).
+# test_bad_config checks each against the node's own code.
+NODE_CONFIGS: dict[str, str] = {
+    "sim_robot_node": "l1flow_ros.sim.robot:SimRobotConfig",
+    "teleop_node": "l1flow_ros.sim.teleop:TeleopConfig",
+    "recorder_node": "l1flow_ros.nodes.recorder_node:RecorderConfig",
+    "perception_node": "l1flow_ros.perception.pipeline:PerceptionConfig",
+    "inference_node": "l1flow_ros.inference.config:InferenceConfig",
+    "executor_node": "l1flow_ros.control.config:ExecutorConfig",
+}
+
+DISCOVERY_RANGES = ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT")
 
 
 class GraphError(RuntimeError):
@@ -58,6 +89,74 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, list[str]]:
             raise ValueError(f"override {text!r} is not NODE:NAME:=VALUE")
         per_node.setdefault(node, []).append(rest)
     return per_node
+
+
+def config_class(name: str) -> type:
+    """The config dataclass of node ``name``."""
+    import importlib
+
+    module, cls = NODE_CONFIGS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _bundle_action_names(path: str) -> list[str] | None:
+    """The action names in a bundle's manifest; None when it cannot be read (the inference
+    node then refuses the bundle with the reason)."""
+    import json
+
+    try:
+        names = json.loads((Path(path) / "manifest.json").read_text())["action"]["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _joint_names_problem(params_file: str | Path, names: Sequence[str],
+                         overrides: dict[str, list[str]]) -> list[str]:
+    """Executor joint_names that are not the action names of the bundle the graph deploys."""
+    if "executor_node" not in names or "inference_node" not in names:
+        return []
+    nodes = read_parameter_file(params_file)
+
+    def value(node: str, key: str, default):
+        found = nodes.get(node, {}).get(key, (default, f"{params_file}"))
+        for text in overrides.get(node, ()):
+            name, v, where = parse_override(node, text)
+            if name == key:
+                found = (v, where)
+        return found
+
+    checkpoint, ck_where = value("inference_node", "checkpoint", "")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return []
+    actions = _bundle_action_names(resolve_path(checkpoint))
+    if actions is None:
+        return []
+    joints, where = value("executor_node", "joint_names", list(config_class("executor_node")().joint_names))
+    joints = list(joints or [])
+    if sorted(joints) == sorted(actions):
+        return []
+    return [f"{where}: executor_node: joint_names {joints} are not the action names {actions} of the "
+            f"checkpoint {checkpoint} ({ck_where}: inference_node.checkpoint)"]
+
+
+def check_graph_parameters(params_file: str | Path, names: Sequence[str] | None = None,
+                           overrides: Iterable[str] | dict[str, list[str]] = ()) -> list[str]:
+    """Every problem that keeps a node of the graph from starting, one line each (empty: none)."""
+    try:
+        in_file = read_parameter_file(params_file)
+    except ParameterError as e:
+        return [str(e)]
+    names = list(names) if names is not None else [n for n in in_file if n in NODE_CONFIGS]
+    per_node = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    configs = {n: config_class(n) for n in names}  # only these: a node not run is not imported
+    lines = check_parameter_file(params_file, configs, per_node, known=NODE_CONFIGS)
+    if not lines:
+        try:
+            lines = _joint_names_problem(params_file, names, per_node)
+        except ParameterError as e:
+            lines = [str(e)]
+    return lines
 
 
 def node_command(name: str, params_file: str | Path, params: Sequence[str] = ()) -> list[str]:
@@ -162,6 +261,11 @@ class ProcessGraph:
     # -- start / stop ---------------------------------------------------------------------------
 
     def start(self) -> ProcessGraph:
+        """Check the parameters (ParameterError listing every problem, nothing started), then
+        start every node and bring the lifecycle nodes to active."""
+        problems = check_graph_parameters(self.params_file, self.names, self.overrides)
+        if problems:
+            raise ParameterError("\n".join(problems))
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._sink, self._own_sink = self.log_file.open("a", buffering=1), True
@@ -376,15 +480,45 @@ def _probe():
         yield node
 
 
+def network_env(domain_id: int | None = None, discovery_range: str | None = None) -> dict[str, str]:
+    """The ROS domain and discovery range ``l1flow run`` uses, applied to this process's
+    environment (the launcher's own node and every node inherit it): the arguments where
+    given, else the environment's, else domain 0 and localhost-only discovery."""
+    if domain_id is not None:
+        if not 0 <= domain_id <= 232:
+            raise ValueError(f"ROS domain id {domain_id} is not in [0, 232]")
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    if discovery_range is not None:
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    rng = os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"]
+    if rng not in DISCOVERY_RANGES:
+        raise ValueError(f"ROS_AUTOMATIC_DISCOVERY_RANGE {rng!r} is not one of {DISCOVERY_RANGES}")
+    return {"ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "0"), "ROS_AUTOMATIC_DISCOVERY_RANGE": rng}
+
+
 def run(params_file: str | Path, names: Sequence[str] | None = None, overrides: Iterable[str] = (),
-        duration: float = 0.0) -> int:
+        duration: float = 0.0, domain_id: int | None = None, discovery_range: str | None = None) -> int:
     """``l1flow run``: start the graph, stop it on Ctrl-C / SIGTERM / ``duration``; the exit code.
 
-    0 when stopped on request; 1 when a node exited on its own (or could not be started).
+    0 when stopped on request; 1 when a node exited on its own (or could not be started);
+    2 when the parameters are bad (every problem printed, one line each, nothing started).
     """
+    try:
+        net = network_env(domain_id, discovery_range)
+        problems = check_graph_parameters(params_file, names, overrides)
+        graph = None if problems else ProcessGraph(params_file, names, overrides)
+    except (ValueError, OSError) as e:
+        print(f"l1flow run: {e}", file=sys.stderr)
+        return 2
+    if graph is None:
+        print(f"l1flow run: {len(problems)} problem(s) in the parameters; no node started:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    print("l1flow run: " + " ".join(f"{k}={v}" for k, v in net.items()), flush=True)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    graph = ProcessGraph(params_file, names, overrides)
     t0 = time.monotonic()
     try:
         try:

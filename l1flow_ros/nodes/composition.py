@@ -74,6 +74,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.task import Future
 
 from l1flow_ros.graph import node_class
+from l1flow_ros.nodes.params import refuse_bad_parameters
 
 
 class GuardedMultiThreadedExecutor(MultiThreadedExecutor):
@@ -373,7 +374,8 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
     try:
         with rclpy.init(args=args):
             try:
-                node = node_cls()
+                with refuse_bad_parameters():  # bad parameters: one line and exit code 2
+                    node = node_cls()
             except Exception:
                 if not rclpy.ok():  # stopped while starting (the context went away under it)
                     return

@@ -8,8 +8,9 @@ published on the ``output`` interface (topics in ``OUTPUT_TOPICS``): ``forward_p
 (JointTrajectory of the plan at the chunk's dt, once per plan; header.stamp = its start) or
 ``ee_delta`` (Float64MultiArray of per-tick displacements, grippers absolute).
 ``/l1flow/executor/enable`` (std_srvs/SetBool) hands the arm between teleop and the policy;
-``/l1flow/executor/tail`` carries the unexecuted plan for warm starts (point k due at
-header.stamp + time_from_start); ``/l1flow/checkpoint`` tightens the limits
+``/l1flow/executor/tail`` carries the running plan from 0.3 s back (the prefix a new chunk
+keeps, or its warm start; point k due at header.stamp + time_from_start);
+``/l1flow/checkpoint`` tightens the limits
 (``limits_from_checkpoint``); ``/diagnostics`` reports timing, starvation, chunk age,
 rejections and how each thread is scheduled.
 
@@ -43,11 +44,12 @@ from l1flow_ros.control.stream import CommandStream
 from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, points_to_msg
 from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.diagnostics import Diagnostics
-from l1flow_ros.nodes.params import LiveParameters, declare
+from l1flow_ros.nodes.params import LiveParameters, declare, refuse_bad_parameters
 from l1flow_ros.policy.manifest import BundleError, read_manifest
 from l1flow_ros.spec import ActionSpec
 
 NODE_NAME = "executor_node"
+TAIL_HISTORY_NS = 300_000_000  # the tail starts this long before now (the running plan's recent past)
 OUTPUT_TOPICS = {
     "forward_position": "/forward_position_controller/commands",
     "joint_trajectory": "/arm_controller/joint_trajectory",
@@ -232,9 +234,12 @@ class ExecutorNode(Node):
     def _on_tail_timer(self) -> None:
         if self._stream.enabled and self.cfg.tail_rate_hz > 0 and self._scheduler.ready:
             now = self._now_ns()
-            times, actions = self._scheduler.tail(now)
+            # From TAIL_HISTORY_NS back: a chunk's observation is older than now, and its first
+            # actions (those executed while it is computed) are the prefix it keeps.
+            times, actions = self._scheduler.tail(now - TAIL_HISTORY_NS)
             if times.size:
-                self._tail_pub.publish(points_to_msg(self.cfg.joint_names, now, times.tolist(), actions))
+                stamp = min(now, int(times[0]))  # time_from_start >= 0
+                self._tail_pub.publish(points_to_msg(self.cfg.joint_names, stamp, times.tolist(), actions))
 
     # -- diagnostics -------------------------------------------------------------------------------
 
@@ -295,7 +300,8 @@ def main(args: list[str] | None = None) -> None:
     realtime.collect_garbage()  # now, before the control thread
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if own_signals else None):
-            node = ExecutorNode()
+            with refuse_bad_parameters():  # bad parameters: one line and exit code 2
+                node = ExecutorNode()
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             stop = threading.Event()

@@ -39,6 +39,14 @@ The conventions, the same for every node:
   at start-up a failure raises :class:`ParameterError` (the node does not start with a bad
   file); a live change that fails it is refused with the reason, and the node keeps its
   configuration.
+- **Unknown names** in the node's parameter file or ``-p`` overrides (a misspelt
+  ``max_velocty``) are refused at start too, with the closest known name: rclpy itself
+  ignores an override nobody declares, so a typo would silently leave the default in force.
+- **At start, no traceback**: a node's ``main()`` builds it inside
+  :func:`refuse_bad_parameters`, so a :class:`ParameterError` is one FATAL line naming the
+  node, the parameter file(s) and each parameter at fault, and the process exits with
+  :data:`EXIT_BAD_PARAMETERS`. ``l1flow run`` checks the same before starting anything
+  (:func:`l1flow_ros.config.check_parameter_file`); this is the check for ``ros2 launch``.
 - Parameters are declared dynamically typed (so that the coercions above can happen here
   and not fail inside rclpy); the type is written at the start of each description, as
   ``ros2 param describe`` shows it.
@@ -46,17 +54,49 @@ The conventions, the same for every node:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import rclpy.logging
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from l1flow_ros.config import ParameterError, coerce, param, param_name, type_name, validated, with_changes
+from l1flow_ros.config import (
+    ParameterError,
+    coerce,
+    is_ros_own,
+    param,
+    param_name,
+    type_name,
+    unknown_parameter,
+    validated,
+    with_changes,
+)
 
-__all__ = ["LiveParameters", "ParameterError", "declare", "param"]
+__all__ = ["EXIT_BAD_PARAMETERS", "LiveParameters", "ParameterError", "declare", "param", "refuse_bad_parameters"]
+
+EXIT_BAD_PARAMETERS = 2  # a node's exit code when its parameters keep it from starting
+
+
+def parameter_files(argv: list[str] | None = None) -> list[str]:
+    """The ``--params-file`` arguments of this process's ROS arguments (what a message names)."""
+    argv = sys.argv if argv is None else argv
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
+
+
+@contextlib.contextmanager
+def refuse_bad_parameters(logger: str = "l1flow") -> Iterator[None]:
+    """Around a node's construction in ``main()``: a :class:`ParameterError` becomes one FATAL
+    log line and exit code :data:`EXIT_BAD_PARAMETERS`, never a traceback."""
+    try:
+        yield
+    except ParameterError as e:
+        rclpy.logging.get_logger(logger).fatal(str(e).replace("\n", "; "))
+        raise SystemExit(EXIT_BAD_PARAMETERS) from None
 
 
 def _to_ros(value: Any) -> Any:
@@ -68,8 +108,15 @@ def _to_ros(value: Any) -> Any:
 def declare(node: Node, cls: type) -> Any:
     """Declare every field of the frozen dataclass ``cls`` on ``node`` and return the config
     built from the node's parameters (file, ``-p`` overrides, defaults), validated.
-    Raises :class:`ParameterError` naming every parameter that does not fit."""
+    Raises :class:`ParameterError` naming every parameter that does not fit, and every name of
+    the node's parameter file or overrides that is not one of its parameters."""
     values, errors = {}, []
+    fields = {param_name(f) for f in dataclasses.fields(cls)}
+    # rclpy keeps the file's and -p values for this node here, declared or not.
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    for name in overrides:
+        if name not in fields and not is_ros_own(name) and not node.has_parameter(name):
+            errors.append(unknown_parameter(name, fields))
     for f in dataclasses.fields(cls):
         desc = ParameterDescriptor(
             description=f"[{type_name(cls, f)}] {f.metadata.get('description', '')}",
@@ -81,12 +128,14 @@ def declare(node: Node, cls: type) -> Any:
             values[f.name] = coerce(cls, f, value)
         except TypeError as e:
             errors.append(str(e))
+    files = parameter_files()
+    where = f" in {', '.join(files)}" if files else ""
     if errors:
-        raise ParameterError(f"{node.get_name()}: bad parameters: " + "; ".join(errors))
+        raise ParameterError(f"{node.get_name()}: bad parameters{where}: " + "; ".join(errors))
     try:
         return validated(cls(**values))
     except (ValueError, TypeError) as e:
-        raise ParameterError(f"{node.get_name()}: {e}") from None
+        raise ParameterError(f"{node.get_name()}: bad parameters{where}: {e}") from None
 
 
 class LiveParameters:
