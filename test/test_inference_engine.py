@@ -45,7 +45,8 @@ def test_config_names_defaults_live_split_and_validation():
         "providers": (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), False),
         "threads": (0, False), "fp16": (False, False), "engine_cache_dir": ("", False),
         "allow_engine_build": (True, False), "cuda_graph": (True, False), "seed": (0, False),
-        "warm_start": (True, True), "warmup_iterations": (5, False), "max_observation_age": (0.0, True),
+        "warm_start": (True, True), "prefix_conditioning": (True, True), "n_action_steps": (-1, True),
+        "inject_delay_ms": (0.0, True), "warmup_iterations": (5, False), "max_observation_age": (0.0, True),
         "diagnostics_period": (1.0, False), "autostart": (False, False),
     }
     got = {f.name: (f.default, f.metadata["live"]) for f in dataclasses.fields(InferenceConfig)}
@@ -53,7 +54,8 @@ def test_config_names_defaults_live_split_and_validation():
     InferenceConfig().validate()
     for bad, why in [({"backend": "tflite"}, "backend"), ({"threads": -1}, ">= 0"),
                      ({"warmup_iterations": -1}, ">= 0"), ({"max_observation_age": -0.1}, "max_observation_age"),
-                     ({"diagnostics_period": 0.0}, "diagnostics_period")]:
+                     ({"diagnostics_period": 0.0}, "diagnostics_period"), ({"n_action_steps": -2}, "n_action_steps"),
+                     ({"inject_delay_ms": -1.0}, "inject_delay_ms")]:
         with pytest.raises(ValueError, match=why):
             InferenceConfig(**bad).validate()
     opts = InferenceConfig(providers=("CPUExecutionProvider", ""), engine_cache_dir="").backend_opts()
@@ -116,18 +118,45 @@ def test_each_drop_has_its_counter_and_severity(bundles):
     svc.close()
 
 
-def test_tail_is_the_warm_start_only_while_warm_start_is_on(bundles):
+def test_tail_is_the_prefix_or_the_warm_start_as_configured(bundles):
     svc = InferenceService()
     fp = svc.load(str(bundles["a"]), CFG).fingerprint
-    assert svc.tail_names(CFG) == TINY_ACTION.names
-    assert svc.tail_names(dataclasses.replace(CFG, warm_start=False)) is None
+    assert svc.tail_names(CFG) == TINY_ACTION.names and svc.active.supports_prefix
     times = T_OBS + np.arange(30, dtype=np.int64) * 20_000_000
-    svc.tail = Tail(times, np.full((30, TINY_ACTION.dim), 0.3))
-    off = svc.infer(EMB, T_OBS, fp, dataclasses.replace(CFG, warm_start=False), now_ns=T_OBS).actions
-    on = svc.infer(EMB, T_OBS, fp, CFG, now_ns=T_OBS).actions
+    svc.set_tail(Tail(times, np.full((30, TINY_ACTION.dim), 0.3)))
+    every = dict(n_action_steps=0)  # a chunk for every embedding
+    cold = dataclasses.replace(CFG, warm_start=False, prefix_conditioning=False, **every)
+    warm = dataclasses.replace(CFG, prefix_conditioning=False, **every)
+    off = svc.infer(EMB, T_OBS, fp, cold, now_ns=T_OBS).actions
+    on = svc.infer(EMB, T_OBS, fp, warm, now_ns=T_OBS).actions
     ref = PolicyRunner.open(bundles["a"], "torch", seed=0, threads=1)
     np.testing.assert_allclose(off, ref.act(EMB, T_OBS).actions, atol=1e-5)  # cold
     np.testing.assert_allclose(on, ref.act(EMB, T_OBS, svc.tail).actions, atol=1e-5)  # warm
+    # Prefix: an embedding 0.12 s old, chunk dt 0.05 s: d >= ceil(0.121 / 0.05) = 3 actions kept.
+    pre = svc.infer(EMB, T_OBS, fp, dataclasses.replace(CFG, **every), now_ns=T_OBS + 120_000_000)
+    assert svc.delay_steps >= 3
+    np.testing.assert_allclose(pre.actions[: svc.delay_steps], 0.3, atol=1e-6)
+    assert not np.allclose(pre.actions[svc.delay_steps:], 0.3, atol=1e-3)
+    np.testing.assert_allclose(pre.actions, ref.act(EMB, T_OBS, svc.tail, svc.delay_steps).actions, atol=1e-5)
+    svc.close()
+
+
+def test_a_chunk_every_n_action_steps_while_the_executor_runs_a_plan(bundles):
+    svc = InferenceService()
+    fp = svc.load(str(bundles["a"]), CFG).fingerprint
+    dt_ns = int(TINY_ACTION.dt * 1e9)
+    s = TINY_ACTION.n_action_steps
+    step = dt_ns // 2  # embeddings twice per chunk step
+    # No plan running (no tail): every embedding gives a chunk.
+    assert all(svc.infer(EMB, T_OBS + k * step, fp, CFG, now_ns=T_OBS + k * step) is not None for k in range(3))
+    svc.set_tail(Tail(T_OBS + np.arange(1, 40, dtype=np.int64) * dt_ns, np.zeros((39, TINY_ACTION.dim))))
+    got = [svc.infer(EMB, T_OBS + k * step, fp, CFG, now_ns=T_OBS + k * step) is not None for k in range(3, 40)]
+    made = [3 + i for i, g in enumerate(got) if g]
+    assert made and all(b - a == 2 * s for a, b in zip(made, made[1:])), made  # every s chunk steps
+    assert svc.skipped == len(got) - len(made)
+    # n_action_steps beyond the horizon is refused when the bundle is loaded, with the reason.
+    with pytest.raises(ValueError, match="n_action_steps"):
+        svc.load(str(bundles["a"]), dataclasses.replace(CFG, n_action_steps=TINY_ACTION.horizon))
     svc.close()
 
 

@@ -23,6 +23,7 @@ from l1flow_ros.policy import methods, toy
 from l1flow_ros.policy.bundle import load_bundle, read_manifest
 from l1flow_ros.policy.config import TrainConfig
 from l1flow_ros.policy.model import ModelConfig
+from l1flow_ros.policy.prefix import rtc_weights
 from l1flow_ros.policy.train import LOG_FILE, ObjectiveConfigs, train
 from l1flow_ros.policy.unet import UnetConfig
 
@@ -95,6 +96,8 @@ def test_train_sample_export_parity(name, trained):
               if parse_sampler(s, manifest.sampler) != manifest.sampler]
     report = export_bundle(d, samplers=others)
     expected = {"encoder.onnx", "policy.onnx"} | ({"policy.warm.onnx"} if manifest.sampler.warm_start else set())
+    prefix = methods.sampler_kind(manifest.sampler.kind).flow_time  # the prefix-conditioned graph
+    expected |= {"policy.prefix.onnx"} if prefix else set()
     assert expected <= set(report.files) and len(report.files) == len(expected) + len(others)
     assert set(report.files) <= set(read_manifest(d).files)
 
@@ -114,6 +117,15 @@ def test_train_sample_export_parity(name, trained):
         out_t, out_o = p_t.run(e_t, n, w), p_o.run(e_t, n, w)
         assert out_t.shape == (3, h, a) and np.isfinite(out_t).all()
         assert np.max(np.abs(out_t - out_o)) <= ATOL, (name, sampler, warm)
+    if prefix:  # real-time chunking: the first d actions are the prefix, on both backends
+        p_t, p_o = open_policy(d, "torch", prefix=True), open_policy(d, "onnxruntime", prefix=True, threads=1)
+        n = rng.standard_normal((3, h, a), dtype=np.float32)
+        y = rng.uniform(-1, 1, (3, h, a)).astype(np.float32)
+        wts = np.stack([rtc_weights(h, k, h - 2) for k in (0, 1, 3)])
+        out_t, out_o = p_t.run(e_t, n, y, wts), p_o.run(e_t, n, y, wts)
+        assert np.max(np.abs(out_t - out_o)) <= ATOL, (name, "prefix")
+        for i, k in enumerate((0, 1, 3)):
+            np.testing.assert_allclose(out_t[i, :k], y[i, :k], atol=1e-6)
 
 
 def test_registry_is_consistent():

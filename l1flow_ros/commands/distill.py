@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from l1flow_ros.commands.train import run_training
+    from l1flow_ros.commands.train import prefix_config, run_training
     from l1flow_ros.data.store import ChunkDataset, compute_normalizer
     from l1flow_ros.policy.config import FlowTimeConfig
     from l1flow_ros.policy.manifest import read_manifest
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         imle=ImleConfig(args.teacher_samples, args.student_samples, args.teacher_steps,
                         teacher_pool=args.teacher_pool),
         ofp=ofp,
+        prefix=prefix_config(args),
     )
     return run_training(args, ds, normalizer, obs_spec, action_spec, args.method,
                         sampler=methods.get(args.method).default_sampler(cfgs), cfgs=cfgs, teacher_dir=args.teacher)

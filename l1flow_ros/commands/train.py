@@ -27,6 +27,14 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument(
+        "--prefix-train", action="store_true",
+        help="training-time prefix conditioning (real-time chunking): the network also gets a random "
+             "clean prefix of each chunk and its mask, so that deployed it continues the running plan "
+             "(recorded in the manifest; not for imle)",
+    )
+    parser.add_argument("--prefix-max-steps", type=int, default=0,
+                        help="longest trained prefix in chunk steps (0 = horizon - n_action_steps)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay)
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip)
@@ -125,10 +133,18 @@ def run(args: argparse.Namespace) -> int:
     encoder = EncoderConfig() if not args.embed_dim else EncoderConfig(out_dim=args.embed_dim)
     model_cfg = ModelConfig(prediction=prediction_for(sampler.kind), encoder=encoder, unet=unet)
     cfgs = ObjectiveConfigs(
-        flow_time=FlowTimeConfig(args.t_logit_mean, args.t_logit_std, args.t_uniform_share)
+        flow_time=FlowTimeConfig(args.t_logit_mean, args.t_logit_std, args.t_uniform_share),
+        prefix=prefix_config(args),
     )
     return run_training(args, ds, normalizer, ds.obs_spec, action_spec, args.objective, model_cfg=model_cfg,
                         sampler=sampler, cfgs=cfgs)
+
+
+def prefix_config(args: argparse.Namespace):
+    """The training-time prefix conditioning the arguments ask for."""
+    from l1flow_ros.policy.prefix import PrefixTrainConfig
+
+    return PrefixTrainConfig(enabled=bool(args.prefix_train), max_steps=int(args.prefix_max_steps))
 
 
 def run_training(args: argparse.Namespace, ds, normalizer, obs_spec, action_spec, method: str, **kw) -> int:

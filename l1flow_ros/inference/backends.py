@@ -40,6 +40,8 @@ POLICY_ONNX = "policy.onnx"
 ENCODER_OUTPUT = "embedding"
 POLICY_INPUTS = ("cond", "noise")
 WARM_INPUT = "warm"
+PREFIX_INPUTS = ("prefix", "weights")  # the running plan (B, H, A) normalised, its weights (B, H)
+PREFIX_ONNX = "policy.prefix.onnx"
 POLICY_OUTPUT = "actions"
 
 
@@ -141,19 +143,25 @@ class Policy:
         self.backend = backend
         self.sampler = sampler
         self.takes_warm = WARM_INPUT in graph.input_names
+        self.takes_prefix = PREFIX_INPUTS[0] in graph.input_names
 
-    def run(self, cond: np.ndarray, noise: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
-        """cond (B, D), noise (B, H, A)[, warm (B, H, A) normalised] -> (B, H, A) float32."""
-        if warm is None:
-            return self._graph((cond, noise))
-        return self._graph((cond, noise, warm))
+    def run(self, cond: np.ndarray, noise: np.ndarray, *extra: np.ndarray) -> np.ndarray:
+        """cond (B, D), noise (B, H, A), then the graph's other inputs: warm (B, H, A) normalised
+        for the warm-start graph, prefix (B, H, A) normalised and weights (B, H) for the prefix
+        graph (None for none) -> (B, H, A) float32."""
+        return self._graph((cond, noise, *(x for x in extra if x is not None)))
 
     def warmup(self, n: int = 3) -> None:
         cond = np.zeros((1, self.cond_dim), np.float32)
         noise = np.zeros(noise_shape(self.sampler, self.horizon, self.action_dim), np.float32)
-        warm = np.zeros((1, self.horizon, self.action_dim), np.float32) if self.takes_warm else None
+        chunk = np.zeros((1, self.horizon, self.action_dim), np.float32)
+        extra: tuple[np.ndarray, ...] = ()
+        if self.takes_warm:
+            extra = (chunk,)
+        elif self.takes_prefix:
+            extra = (chunk, np.zeros((1, self.horizon), np.float32))
         for _ in range(max(1, n)):
-            self.run(cond, noise, warm)
+            self.run(cond, noise, *extra)
 
     def close(self) -> None:
         self._graph.close()
@@ -285,12 +293,15 @@ def open_encoder(bundle_dir: str | Path, backend: str = "torch", **opts: Any) ->
 
 
 def open_policy(bundle_dir: str | Path, backend: str = "torch", sampler: SamplerSpec | str | None = None,
-                warm: bool = False, **opts: Any) -> Policy:
+                warm: bool = False, prefix: bool = False, **opts: Any) -> Policy:
     """The bundle's sampler (or ``sampler``, same network) as one graph on ``backend``.
 
     ``warm=True`` opens the warm-start variant (extra ``warm`` input); only for bundles
-    whose sampler has ``warm_start``.
+    whose sampler has ``warm_start``. ``prefix=True`` opens the prefix-conditioned variant
+    (extra ``prefix`` and ``weights`` inputs), the bundle's own sampler only.
     """
+    if prefix:
+        return _open_prefix_policy(Path(bundle_dir), backend, opts)
     from l1flow_ros.policy.manifest import read_manifest
 
     bundle_dir = Path(bundle_dir)
@@ -307,6 +318,27 @@ def open_policy(bundle_dir: str | Path, backend: str = "torch", sampler: Sampler
                         lambda m: (m.policy_graph(), names), sampler, opts)
     _, cond_dim = _encoder_shapes(manifest)
     return Policy(graph, cond_dim, manifest.action.horizon, manifest.action.dim, backend, spec)
+
+
+def has_prefix_graph(manifest: Any, backend: str = "onnxruntime") -> bool:
+    """Whether a bundle's policy can be drawn with a running plan's prefix on ``backend``: its
+    network was trained with a prefix input or its sampler is a flow-time one, and (for the
+    graph backends) ``policy.prefix.onnx`` was exported."""
+    possible = manifest.model.unet.prefix_input or methods.sampler_kind(manifest.sampler.kind).flow_time
+    return possible and (backend == "torch" or PREFIX_ONNX in manifest.files)
+
+
+def _open_prefix_policy(bundle_dir: Path, backend: str, opts: dict) -> Policy:
+    from l1flow_ros.policy.manifest import read_manifest
+
+    manifest = read_manifest(bundle_dir)
+    if not has_prefix_graph(manifest, backend):
+        raise BackendError(f"{bundle_dir} cannot be drawn with a prefix on {backend} (a flow-time sampler "
+                           f"and {PREFIX_ONNX} are needed; re-export it: l1flow export)")
+    names = (*POLICY_INPUTS, *PREFIX_INPUTS)
+    graph = _open_graph(bundle_dir, backend, PREFIX_ONNX, lambda m: (m.prefix_graph(), names), None, opts)
+    _, cond_dim = _encoder_shapes(manifest)
+    return Policy(graph, cond_dim, manifest.action.horizon, manifest.action.dim, backend, manifest.sampler)
 
 
 def _enc_names(model: Any) -> tuple[str, ...]:

@@ -2,8 +2,8 @@
 
 Every field is a ROS parameter of ``inference_node`` (declared by
 :func:`l1flow_ros.nodes.params.declare`). ``live=True`` fields may change while the node
-runs: ``checkpoint`` (a hot swap), ``warm_start`` and ``max_observation_age`` (read at each
-inference). The others are fixed at start: they shape the backend the bundle is opened on.
+runs: ``checkpoint`` (a hot swap), ``warm_start``, ``prefix_conditioning``, ``n_action_steps``,
+``inject_delay_ms`` and ``max_observation_age`` (read at each inference). The others are fixed at start: they shape the backend the bundle is opened on.
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ class InferenceConfig:
     cuda_graph: bool = param(True, "tensorrt: replay each call as one CUDA graph")
     seed: int = param(0, "seed of the noise generator")
     warm_start: bool = param(True, "use the executor's tail as warm start when the policy supports it", live=True)
+    prefix_conditioning: bool = param(
+        True, "real-time chunking: keep the executor's running plan for the first d actions of a chunk "
+        "(d: the inference delay) and draw the rest of the overlap towards it, when the bundle ships the "
+        "prefix graph (before warm start)", live=True)
+    n_action_steps: int = param(
+        -1, "execution horizon s: a chunk is computed from the first embedding s chunk steps after the last "
+        "chunk's observation (-1 = the bundle's n_action_steps, 0 = every embedding); while the executor "
+        "runs no plan every embedding is used", live=True)
+    inject_delay_ms: float = param(0.0, "added to each inference before its chunk is published, ms "
+                                        "(benchmarks and tests of delay handling; 0 = off)", live=True)
     warmup_iterations: int = param(5, "runs of each graph before a checkpoint is used")
     max_observation_age: float = param(0.0, "drop embeddings older than this vs. the node clock, s (0 = off)",
                                        live=True)
@@ -46,6 +56,10 @@ class InferenceConfig:
             raise ValueError("threads and warmup_iterations must be >= 0")
         if self.max_observation_age < 0:
             raise ValueError(f"max_observation_age must be >= 0 s (0 = off), got {self.max_observation_age}")
+        if self.n_action_steps < -1:
+            raise ValueError(f"n_action_steps must be >= 0, or -1 for the bundle's, got {self.n_action_steps}")
+        if not 0 <= self.inject_delay_ms <= 10_000:
+            raise ValueError(f"inject_delay_ms must be in [0, 10000], got {self.inject_delay_ms}")
         if self.diagnostics_period <= 0:
             raise ValueError(f"diagnostics_period must be > 0 s, got {self.diagnostics_period}")
 

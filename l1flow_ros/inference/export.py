@@ -7,6 +7,9 @@
   loops run over Python constants, so tracing unrolls them).
 - ``policy.warm.onnx``: the same with a third input ``warm`` (B, H, A), when the
   bundle's sampler supports a warm start.
+- ``policy.prefix.onnx``: inputs ``cond``, ``noise``, ``prefix`` (B, H, A) and ``weights``
+  (B, H): the running plan's prefix imposed (real-time chunking, ``policy.prefix``), for
+  flow-time samplers and prefix-trained networks.
 - ``policy.<tag>.onnx``: the same network drawn by another sampler, for comparisons
   (``--samplers fm:10 ddim:10 ...``); only samplers the network's prediction supports.
 
@@ -32,6 +35,8 @@ from l1flow_ros.inference.backends import (
     ENCODER_OUTPUT,
     POLICY_INPUTS,
     POLICY_OUTPUT,
+    PREFIX_INPUTS,
+    PREFIX_ONNX,
     WARM_INPUT,
     noise_shape,
     parse_sampler,
@@ -39,6 +44,7 @@ from l1flow_ros.inference.backends import (
     sampler_tag,
 )
 from l1flow_ros.inference.engine_cache import atomic_write
+from l1flow_ros.policy.prefix import rtc_weights
 from l1flow_ros.spec import SamplerSpec
 
 DEFAULT_OPSET = 17
@@ -106,6 +112,15 @@ def export_bundle(bundle_dir: str | Path, samplers: Sequence[SamplerSpec | str] 
         name = policy_onnx_name(spec, warm)
         report.files[name] = _export_and_check(m.policy_graph(), args, names, POLICY_OUTPUT, bundle_dir / name,
                                                opset, atol)
+
+    if model.prefix_mode is not None:  # the running plan's prefix imposed (real-time chunking)
+        cond = torch.randn(2, cond_dim, generator=gen)
+        noise = torch.randn(2, h, a, generator=gen)
+        prefix = torch.rand(2, h, a, generator=gen) * 2 - 1
+        weights = torch.from_numpy(np.stack([rtc_weights(h, 1, h - 2), rtc_weights(h, 3, h // 2)]))
+        report.files[PREFIX_ONNX] = _export_and_check(
+            model.prefix_graph(), (cond, noise, prefix, weights), (*POLICY_INPUTS, *PREFIX_INPUTS), POLICY_OUTPUT,
+            bundle_dir / PREFIX_ONNX, opset, atol)
 
     report.fingerprint = record_files(bundle_dir, list(report.files))
     return report

@@ -5,8 +5,9 @@ deliberately leave out:
 
 - normalisation with the manifest's statistics (proprio in, actions out);
 - noise drawing from a seeded generator (the graphs take noise as an input);
-- warm start: the executor's unexecuted tail, resampled to the new chunk's action
-  times and normalised, fed to the warm-start graph when the sampler supports it;
+- the running plan: the executor's tail, resampled to the new chunk's action times and
+  normalised, fed to the prefix-conditioned graph with real-time chunking's weights (given
+  the inference delay), or to the warm-start graph;
 - timestamps: the chunk carries the observation time and the bundle fingerprint.
 
 ROS-free; the inference node holds one runner per loaded checkpoint.
@@ -19,8 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.inference.backends import Encoder, Policy, noise_shape, open_encoder, open_policy
+from l1flow_ros.inference.backends import (
+    Encoder,
+    Policy,
+    has_prefix_graph,
+    noise_shape,
+    open_encoder,
+    open_policy,
+)
+from l1flow_ros.policy.prefix import rtc_weights
 from l1flow_ros.spec import Chunk, Tail
+
+
+def tail_overlap(tail: Tail, chunk_times_ns: np.ndarray) -> int:
+    """How many of the new chunk's first actions the tail covers (due no later than its end)."""
+    return int(np.count_nonzero(np.asarray(chunk_times_ns) <= int(tail.times_ns[-1])))
 
 
 def resample_tail(tail: Tail, chunk_times_ns: np.ndarray, min_overlap: int = 1) -> np.ndarray | None:
@@ -45,7 +59,7 @@ class PolicyRunner:
     """One bundle ready to run: embedding (or observation) -> timestamped :class:`Chunk`."""
 
     def __init__(self, path: str | Path, manifest: Any, policy: Policy, warm_policy: Policy | None = None,
-                 encoder: Encoder | None = None, seed: int = 0) -> None:
+                 encoder: Encoder | None = None, seed: int = 0, prefix_policy: Policy | None = None) -> None:
         from l1flow_ros.policy.normalizer import Normalizer
 
         self.path = str(path)
@@ -56,6 +70,7 @@ class PolicyRunner:
         self.normalizer = Normalizer.from_dict(dict(manifest.normalizer))
         self.policy = policy
         self.warm_policy = warm_policy
+        self.prefix_policy = prefix_policy
         self.encoder = encoder
         self.embed_dim = policy.cond_dim
         self._rng = np.random.Generator(np.random.PCG64(seed))
@@ -66,25 +81,32 @@ class PolicyRunner:
 
     @classmethod
     def open(cls, bundle_dir: str | Path, backend: str = "torch", *, seed: int = 0, with_encoder: bool = False,
-             warm_start: bool = True, **opts: Any) -> PolicyRunner:
-        """Open the bundle's policy (and warm-start variant, encoder) on ``backend``."""
+             warm_start: bool = True, prefix: bool = True, **opts: Any) -> PolicyRunner:
+        """Open the bundle's policy (and its warm-start and prefix-conditioned variants, the
+        encoder) on ``backend``; a variant the bundle does not ship is left out."""
         from l1flow_ros.policy.manifest import read_manifest
 
         manifest = read_manifest(bundle_dir)
         policy = open_policy(bundle_dir, backend, **opts)
-        warm = None
+        warm = pre = None
         if warm_start and manifest.sampler.warm_start:
             warm = open_policy(bundle_dir, backend, warm=True, **opts)
+        if prefix and has_prefix_graph(manifest, backend):
+            pre = open_policy(bundle_dir, backend, prefix=True, **opts)
         encoder = open_encoder(bundle_dir, backend, **opts) if with_encoder else None
-        return cls(bundle_dir, manifest, policy, warm, encoder, seed)
+        return cls(bundle_dir, manifest, policy, warm, encoder, seed, pre)
 
     @property
     def supports_warm_start(self) -> bool:
         return self.warm_policy is not None
 
+    @property
+    def supports_prefix(self) -> bool:
+        return self.prefix_policy is not None
+
     def warmup(self, n: int = 3) -> None:
         """Run every graph ``n`` times (allocations, autotuning, CUDA graph capture)."""
-        for g in (self.policy, self.warm_policy, self.encoder):
+        for g in (self.policy, self.warm_policy, self.prefix_policy, self.encoder):
             if g is not None:
                 g.warmup(n)
 
@@ -103,27 +125,35 @@ class PolicyRunner:
     def chunk_times_ns(self, t_obs_ns: int) -> np.ndarray:
         return int(t_obs_ns) + self._k * self._dt_ns  # (H,)
 
-    def act(self, embedding: np.ndarray, t_obs_ns: int, tail: Tail | None = None) -> Chunk:
+    def act(self, embedding: np.ndarray, t_obs_ns: int, tail: Tail | None = None,
+            delay_steps: int | None = None) -> Chunk:
         """Embedding (D,) of an observation stamped ``t_obs_ns`` -> chunk in action units.
 
-        With a warm-start policy and a ``tail`` that overlaps the new chunk, the chunk
-        starts from the tail (resampled to this chunk's times); otherwise from noise.
+        With a ``tail`` (the running plan) that overlaps the new chunk: given ``delay_steps``
+        (d) and a prefix-conditioned graph, the chunk keeps the plan's first d actions and is
+        drawn towards the rest of the overlap (real-time chunking, ``policy.prefix``); else,
+        with a warm-start graph, it starts from the tail. Otherwise from noise.
         """
         cond = np.asarray(embedding, dtype=np.float32).reshape(1, -1)  # (1, D)
         if cond.shape[1] != self.embed_dim:
             raise ValueError(f"embedding has {cond.shape[1]} values, policy expects {self.embed_dim}")
         self._rng.standard_normal(out=self._noise, dtype=np.float32)
-        warm = None
-        if tail is not None and self.warm_policy is not None:
+        use_prefix = delay_steps is not None and self.prefix_policy is not None
+        plan = None
+        if tail is not None and (use_prefix or self.warm_policy is not None):
             if tail.actions.shape[1] != len(self.names):
                 raise ValueError(f"tail has {tail.actions.shape[1]} dims, policy has {len(self.names)}")
-            w = resample_tail(tail, self.chunk_times_ns(t_obs_ns))
+            times = self.chunk_times_ns(t_obs_ns)
+            w = resample_tail(tail, times)
             if w is not None:
-                warm = self.normalizer.normalize_action(w)[None]  # (1, H, A)
-        if warm is None:
+                plan = self.normalizer.normalize_action(w)[None].astype(np.float32)  # (1, H, A)
+        if plan is None:
             out = self.policy.run(cond, self._noise)
+        elif use_prefix:
+            weights = rtc_weights(self.action_spec.horizon, delay_steps, tail_overlap(tail, times))[None]
+            out = self.prefix_policy.run(cond, self._noise, plan, weights)
         else:
-            out = self.warm_policy.run(cond, self._noise, warm)
+            out = self.warm_policy.run(cond, self._noise, plan)
         actions = self.normalizer.unnormalize_action(out[0])  # (H, A) float64
         if not np.all(np.isfinite(actions)):
             raise FloatingPointError("policy produced NaN or inf actions")
@@ -131,7 +161,7 @@ class PolicyRunner:
                      fingerprint=self.fingerprint)
 
     def close(self) -> None:
-        for g in (self.policy, self.warm_policy, self.encoder):
+        for g in (self.policy, self.warm_policy, self.prefix_policy, self.encoder):
             if g is not None:
                 g.close()
-        self.policy = self.warm_policy = self.encoder = None
+        self.policy = self.warm_policy = self.prefix_policy = self.encoder = None

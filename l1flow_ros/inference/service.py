@@ -41,11 +41,15 @@ from l1flow_ros.inference.config import InferenceConfig
 from l1flow_ros.inference.hotswap import HeadSwitcher
 from l1flow_ros.inference.latency import LatencyWindow
 from l1flow_ros.inference.runner import PolicyRunner, Tail
+from l1flow_ros.policy.prefix import check_horizons, delay_steps
 from l1flow_ros.spec import Chunk
 
 # Inputs that gave no chunk, by reason (the /diagnostics counters, with "chunks" and "swaps").
 COUNTERS = ("chunks", "unknown_fingerprint", "invalid_embedding", "stale_embedding", "invalid_tail",
             "failed_inference", "swaps")
+# An embedding between two planning instants (n_action_steps) is skipped, not an error.
+CADENCE_TOLERANCE = 0.25  # of a chunk step: an embedding this early still starts the next chunk
+TAIL_FRESH_S = 0.5  # an executor tail older than this means the executor runs no plan
 
 
 class Dropped(Exception):
@@ -75,7 +79,13 @@ class InferenceService:
         self.latency = LatencyWindow(window)  # head.act() time, s
         self.age = LatencyWindow(window)  # observation time -> chunk published, s
         self.counts = dict.fromkeys(COUNTERS, 0)
-        self.tail: Tail | None = None  # the executor's unexecuted plan, the warm start
+        self.tail: Tail | None = None  # the executor's running plan (prefix / warm start)
+        self.tail_t: float = -1e9  # monotonic time the tail arrived
+        self.compute = LatencyWindow(32)  # recent inference + injected delay, s: the expected delay
+        self.last_t_obs_ns: int | None = None  # observation of the last chunk computed
+        self.skipped = 0  # embeddings skipped between planning instants
+        self.delay_steps: int | None = None  # d the last chunk was drawn with (prefix conditioning)
+        self.horizon_warning: str | None = None  # d <= s <= H - d violated by the last chunk's d
         self._on_swapped = on_swapped
         self._on_swap_failed = on_swap_failed
         self._log = log if log is not None else logging.getLogger(__name__)  # anything with .info(str)
@@ -113,6 +123,9 @@ class InferenceService:
         runner = PolicyRunner.open(path, cfg.backend, seed=cfg.seed, warm_start=cfg.warm_start,
                                    **cfg.backend_opts())
         try:
+            s = self.execution_horizon(runner, cfg)
+            if s > 0:
+                check_horizons(runner.action_spec.horizon, s)
             runner.warmup(cfg.warmup_iterations)
         except Exception:
             runner.close()
@@ -169,7 +182,7 @@ class InferenceService:
         with self._lock:
             self._gen += 1
             self._loaded = False
-        self.tail = None
+        self.tail, self.last_t_obs_ns = None, None
         for old in self.switcher.set_active(None):
             old.close()
 
@@ -188,17 +201,60 @@ class InferenceService:
         return Dropped(counter, reason, severe)
 
     def tail_names(self, cfg: InferenceConfig) -> tuple[str, ...] | None:
-        """The action names (in order) an executor tail must carry to be used, or None when no
-        tail is used (nothing loaded, no warm-start graph, or ``warm_start`` off)."""
+        """The action names (in order) an executor tail must carry, or None when the node has
+        nothing loaded (the tail also tells whether the executor runs a plan)."""
         head = self.switcher.active
-        if head is None or not head.supports_warm_start or not cfg.warm_start:
+        return None if head is None else head.names
+
+    def set_tail(self, tail: Tail) -> None:
+        self.tail, self.tail_t = tail, time.monotonic()
+
+    def execution_horizon(self, head: PolicyRunner, cfg: InferenceConfig) -> int:
+        """s: chunk steps between planning instants (0: every embedding)."""
+        return head.action_spec.n_action_steps if cfg.n_action_steps < 0 else cfg.n_action_steps
+
+    def plan_running(self) -> bool:
+        """The executor streams a plan: its tail is fresh and not empty."""
+        return self.tail is not None and time.monotonic() - self.tail_t < TAIL_FRESH_S
+
+    def due(self, t_obs_ns: int, cfg: InferenceConfig) -> bool:
+        """Whether the embedding of the observation stamped ``t_obs_ns`` starts a chunk: the
+        first one at least s chunk steps (less a quarter step) after the last chunk's
+        observation; every one while the executor runs no plan or with s = 0. Skipped ones are
+        counted."""
+        head = self.switcher.active
+        if head is None or self.last_t_obs_ns is None or not self.plan_running():
+            return True
+        s = self.execution_horizon(head, cfg)
+        period_ns = (s - CADENCE_TOLERANCE) * head.action_spec.dt * 1e9
+        if s == 0 or t_obs_ns - self.last_t_obs_ns >= period_ns:
+            return True
+        self.skipped += 1
+        return False
+
+    def _prefix_delay(self, head: PolicyRunner, cfg: InferenceConfig, t_obs_ns: int, now_ns: int) -> int | None:
+        """d for a chunk of this observation started now: the plan's steps executed by the time
+        it arrives (its age now plus the recent compute time's 99th percentile and a millisecond
+        on the wire); None when no prefix is imposed."""
+        if not (cfg.prefix_conditioning and head.supports_prefix and self.plan_running()):
             return None
-        return head.names
+        expected = self.compute.summary()["p99"] * 1e-3 if self.compute.count else 0.0
+        dt = head.action_spec.dt
+        d = delay_steps((now_ns - t_obs_ns) * 1e-9 + expected + 1e-3, dt)
+        s, h = self.execution_horizon(head, cfg), head.action_spec.horizon
+        self.horizon_warning = None
+        if s > 0:
+            try:
+                check_horizons(h, s, d)
+            except ValueError as e:
+                self.horizon_warning = str(e)
+        return min(d, h)
 
     def infer(self, embedding: np.ndarray, t_obs_ns: int, fingerprint: str, cfg: InferenceConfig,
-              now_ns: int) -> Chunk:
+              now_ns: int) -> Chunk | None:
         """Embedding (D,) of the observation stamped ``t_obs_ns`` (``now_ns`` on the same clock)
-        -> the chunk the head of ``fingerprint`` computes; raises :class:`Dropped`."""
+        -> the chunk the head of ``fingerprint`` computes, or None between planning instants
+        (:meth:`due`); raises :class:`Dropped`."""
         if cfg.max_observation_age > 0:
             age = (now_ns - t_obs_ns) * 1e-9
             if age > cfg.max_observation_age:
@@ -214,13 +270,22 @@ class InferenceService:
         if embedding.shape[0] != head.embed_dim:
             raise self.reject("invalid_embedding", (
                 f"embedding has {embedding.shape[0]} values, {head.fingerprint} expects {head.embed_dim}"), True)
-        tail = self.tail if cfg.warm_start else None
+        if not self.due(t_obs_ns, cfg):
+            return None
+        d = self._prefix_delay(head, cfg, t_obs_ns, now_ns)
+        tail = self.tail if (d is not None or cfg.warm_start) and self.plan_running() else None
         t0 = time.perf_counter()
         try:
-            chunk = head.act(embedding, t_obs_ns, tail)
+            chunk = head.act(embedding, t_obs_ns, tail, d)
         except Exception as e:  # a failing backend never takes the node down; no chunk from it
             raise self.reject("failed_inference", f"inference failed, no chunk: {e}", True) from e
-        self.latency.add(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.latency.add(took)
+        if cfg.inject_delay_ms > 0:
+            time.sleep(max(0.0, cfg.inject_delay_ms * 1e-3 - took))
+        self.compute.add(time.perf_counter() - t0)
+        self.delay_steps = d
+        self.last_t_obs_ns = int(t_obs_ns)
         return chunk
 
     def published(self, t_obs_ns: int, now_ns: int) -> None:
@@ -244,6 +309,11 @@ class InferenceService:
             "pending_fingerprint": fingerprint_of(pending),
             "sampler": f"{active.policy.sampler.kind}:{active.policy.sampler.steps}" if active else "",
             "warm_start": str(bool(active and active.supports_warm_start and cfg.warm_start)),
+            "prefix_conditioning": str(bool(active and active.supports_prefix and cfg.prefix_conditioning)),
+            "n_action_steps": str(self.execution_horizon(active, cfg)) if active else "",
+            "delay_steps_last": "" if self.delay_steps is None else str(self.delay_steps),
+            "inject_delay_ms": f"{cfg.inject_delay_ms:.1f}",
+            "embeddings_skipped": str(self.skipped),
             "inference_ms_last": f"{lat['last']:.3f}",
             "inference_ms_p50": f"{lat['p50']:.3f}",
             "inference_ms_p99": f"{lat['p99']:.3f}",

@@ -60,6 +60,11 @@ inference_node (``inference/service.py`` ``InferenceService.values``)
 | ``pending_fingerprint`` | | the bundle a swap is loading (``-``: none) |
 | ``sampler`` | | ``<kind>:<steps>`` of the policy in use |
 | ``warm_start`` | | chunks start from the executor's unexecuted plan |
+| ``prefix_conditioning`` | | chunks keep the executor's running plan for the inference delay (real-time chunking) |
+| ``n_action_steps`` | | chunk steps between planning instants (0: every embedding) |
+| ``delay_steps_last`` | | the inference delay d the last chunk was drawn with (empty: no prefix) |
+| ``inject_delay_ms`` | ms | delay added to each inference (benchmarks; 0: off) |
+| ``embeddings_skipped`` | | embeddings between planning instants, not used |
 | ``inference_ms_last`` | ms | the newest embedding -> chunk time of the policy |
 | ``inference_ms_p50`` | ms | the same, median over the window |
 | ``inference_ms_p99`` | ms | the same, 99th percentile |

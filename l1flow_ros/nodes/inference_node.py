@@ -11,8 +11,10 @@ Data path: ``/l1flow/embedding`` (Image 32FC1 1 x D, stamp = observation time,
 frame_id = fingerprint) -> the head whose fingerprint matches -> ``/l1flow/action_chunk``
 (JointTrajectory, stamp = observation time, frame_id = fingerprint). Only the newest
 embedding is kept; inference runs in its own callback group, woken by a guard
-condition, so a slow inference never delays the other callbacks. When the sampler
-supports it, ``/l1flow/executor/tail`` (the executor's unexecuted plan) is the warm start.
+condition, so a slow inference never delays the other callbacks. A chunk is computed
+every ``n_action_steps`` chunk steps (the first embedding that late; every embedding while
+the executor runs no plan). ``/l1flow/executor/tail`` (the executor's running plan) is the
+prefix the chunk keeps for the inference delay (real-time chunking), or its warm start.
 
 Hot-swap (``ros2 param set /inference_node checkpoint <bundle>``): the set is validated
 synchronously (missing path, corrupt manifest / weights / fingerprint, NaN weights,
@@ -215,7 +217,8 @@ class InferenceNode(LifecycleNode):
         if names is None:
             return
         try:
-            self.service.tail = tail_from_msg(msg, names)
+            if msg.points:  # an empty tail: the executor runs no plan (the tail goes stale)
+                self.service.set_tail(tail_from_msg(msg, names))
         except MessageError as e:
             self._set_error(str(self.service.reject("invalid_tail", f"executor tail ignored: {e}", False)), WARN)
 
@@ -233,6 +236,10 @@ class InferenceNode(LifecycleNode):
         except Dropped as d:
             self._set_error(str(d), ERROR if d.severe else WARN)
             return
+        if chunk is None:  # between planning instants (n_action_steps)
+            return
+        if self.service.horizon_warning:
+            self._set_error(f"real-time chunking: {self.service.horizon_warning}", WARN)
         pub = self._pub_chunk
         if pub is None or not self._active:
             return

@@ -21,6 +21,7 @@ from torch import nn
 from l1flow_ros.perception.encoders import ObservationEncoder
 from l1flow_ros.policy.methods import PREDICTIONS, WARM_START_KINDS, prediction_for, sampler_kind
 from l1flow_ros.policy.model_config import ModelConfig  # torch-free: manifests read without torch
+from l1flow_ros.policy.samplers import impose_prefix, prefix_net
 from l1flow_ros.policy.unet import ConditionalUnet1D
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
@@ -39,6 +40,19 @@ class PolicyGraph(nn.Module):
         self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.model.sample(cond, noise, warm)
+
+
+class PrefixPolicyGraph(nn.Module):
+    """forward(cond (B, D), noise, prefix (B, H, A), weights (B, H)) -> normalised chunk (B, H, A):
+    the running plan's prefix imposed (``l1flow_ros.policy.prefix``)."""
+
+    def __init__(self, model: PolicyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, cond: torch.Tensor, noise: torch.Tensor, prefix: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+        return self.model.sample(cond, noise, prefix=prefix, weights=weights)
 
 
 class EncoderGraph(nn.Module):
@@ -112,14 +126,36 @@ class PolicyModel(nn.Module):
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(obs)  # (B, D)
 
+    @property
+    def prefix_mode(self) -> str | None:
+        """How a running plan's prefix is imposed on this network's samples: "trained" (it was
+        trained with a prefix input), "inpaint" (a flow-time sampler), None (not at all)."""
+        if self.cfg.unet.prefix_input:
+            return "trained"
+        return "inpaint" if sampler_kind(self.sampler.kind).flow_time else None
+
     def sample(
-        self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None
+        self, cond: torch.Tensor, noise: torch.Tensor, warm: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None, weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Normalised chunk (B, H, A); the same (cond, noise, warm) gives the same chunk."""
+        """Normalised chunk (B, H, A); the same inputs give the same chunk.
+
+        ``prefix`` (B, H, A) normalised and ``weights`` (B, H): the running plan and how much of
+        it the chunk keeps (``l1flow_ros.policy.prefix``); not together with ``warm``.
+        """
         kind = sampler_kind(self.sampler.kind)
         if warm is not None and not kind.warm_start:
             raise ValueError(f"sampler {kind.name!r} takes no warm start")
-        return kind.sample(self.head, cond, noise, self.sampler, self.cfg, warm)
+        if prefix is None:
+            return kind.sample(self.head, cond, noise, self.sampler, self.cfg, warm)
+        mode = self.prefix_mode
+        if mode is None:
+            raise ValueError(f"sampler {kind.name!r} cannot take a prefix (not a flow-time sampler)")
+        if warm is not None or weights is None:
+            raise ValueError("a prefix comes with its weights and without a warm start")
+        trained = mode == "trained"
+        net = prefix_net(self.head, noise, prefix, weights, trained)
+        return impose_prefix(kind.sample(net, cond, noise, self.sampler, self.cfg, None), prefix, weights, trained)
 
     def forward(
         self, obs: dict[str, torch.Tensor], noise: torch.Tensor, warm: torch.Tensor | None = None
@@ -129,6 +165,10 @@ class PolicyModel(nn.Module):
     def policy_graph(self) -> PolicyGraph:
         """Module for export: forward(cond, noise[, warm]) with the sampler unrolled."""
         return PolicyGraph(self)
+
+    def prefix_graph(self) -> PrefixPolicyGraph:
+        """Module for export: forward(cond, noise, prefix, weights), the sampler unrolled."""
+        return PrefixPolicyGraph(self)
 
     def encoder_graph(self) -> EncoderGraph:
         """Module for export: positional inputs in ``self.encoder.input_names`` order."""

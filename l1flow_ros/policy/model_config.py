@@ -45,6 +45,9 @@ class UnetConfig:
     time_embed_dim: int = 64
     time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
     two_times: bool = False  # also embed a target time r (one-step flow-map students)
+    # Two more inputs: a clean action prefix (B, H, A) and its mask (B, H), as 2A + 1 input
+    # channels (training-time prefix conditioning, ``l1flow_ros.policy.prefix``).
+    prefix_input: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> UnetConfig:

@@ -32,3 +32,37 @@ def warm_start_point(noise: torch.Tensor, warm: torch.Tensor, t_w: float) -> tor
     """z = (1 - t_w) * eps + t_w * a_warm, the point on the path at t_w."""
     return (1.0 - t_w) * noise + t_w * warm
 
+
+
+def prefix_net(net, noise: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor, trained: bool):
+    """``net`` with a running plan's prefix imposed (:mod:`l1flow_ros.policy.prefix`): prefix
+    (B, H, A) normalised, weights (B, H) in [0, 1] (1: frozen).
+
+    Inpainting: each input x at flow time t is pulled towards the prefix's point on the same
+    noise path, ``x + W (t y + (1 - t) eps - x)``. Trained: the network (``prefix_input``)
+    gets the frozen prefix and its mask as extra channels. Returns a callable with ``net``'s
+    signature; a pure function of its inputs (nothing is kept between calls).
+    """
+    w = weights[:, :, None]  # (B, H, 1)
+    if trained:
+        mask = (weights >= 1.0).to(prefix.dtype)  # (B, H)
+
+        def conditioned(x, t, cond, *r):
+            return net(x, t, cond, *r, prefix=prefix * mask[:, :, None], mask=mask)
+
+        return conditioned
+
+    def inpainted(x, t, cond, *r):
+        tt = t[:, None, None]
+        return net(x + w * (tt * prefix + (1.0 - tt) * noise - x), t, cond, *r)
+
+    return inpainted
+
+
+def impose_prefix(out: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor, trained: bool) -> torch.Tensor:
+    """The sampled chunk with the prefix imposed: frozen actions equal to it; inpainting also
+    pulls the rest of the overlap towards it by its weights."""
+    w = weights[:, :, None]
+    if trained:
+        w = (w >= 1.0).to(out.dtype)
+    return out + w * (prefix - out)

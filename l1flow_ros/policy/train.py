@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from l1flow_ros.policy.methods.imle import ImleConfig
 from l1flow_ros.policy.methods.ofp import OfpConfig
 from l1flow_ros.policy.model import ModelConfig, PolicyModel, prediction_for
 from l1flow_ros.policy.normalizer import Normalizer
+from l1flow_ros.policy.prefix import PrefixTrainConfig
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
 STATE_FILE = "train_state.pt"
@@ -53,6 +55,7 @@ class ObjectiveConfigs:
     flow_time: FlowTimeConfig = field(default_factory=FlowTimeConfig)  # L1 Flow, FM, OFP
     imle: ImleConfig = field(default_factory=ImleConfig)
     ofp: OfpConfig = field(default_factory=OfpConfig)
+    prefix: PrefixTrainConfig = field(default_factory=PrefixTrainConfig)  # any method but IMLE
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -97,6 +100,7 @@ class LossModule(nn.Module):
         if teacher is not None:
             teacher = self.method.prepare_teacher(teacher, cfgs)
         self._aux = (teacher, ema)
+        self._shift = model.action_spec.n_action_steps
         self.pool: torch.Tensor | None = None  # (N, K, H, A) teacher samples per dataset item
 
     @torch.no_grad()
@@ -121,10 +125,30 @@ class LossModule(nn.Module):
     ) -> torch.Tensor:
         teacher, ema = self._aux
         cond = self.model.encode(obs)  # (B, D)
+        net, ema_head = self.model.head, ema.head if ema is not None else None
+        if self.cfgs.prefix.enabled:  # the network and its EMA target see the same clean prefix
+            prefix, mask = random_prefix(x1, self.cfgs.prefix.longest(x1.shape[1], self._shift),
+                                         self.cfgs.prefix.none_share)
+            net = functools.partial(net, prefix=prefix, mask=mask)
+            if ema_head is not None:
+                ema_head = functools.partial(ema_head, prefix=prefix, mask=mask)
         return self.method.loss(LossInputs(
-            net=self.model.head, cond=cond, x1=x1, obs=obs, cfgs=self.cfgs, model_cfg=self.model.cfg,
-            teacher=teacher, ema=ema, pool=self.pool, index=index,
+            net=net, cond=cond, x1=x1, obs=obs, cfgs=self.cfgs, model_cfg=self.model.cfg,
+            teacher=teacher, ema=ema, pool=self.pool, index=index, ema_head=ema_head,
         ))  # fmt: skip
+
+
+def random_prefix(x1: torch.Tensor, longest: int, none_share: float,
+                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random clean prefix per chunk of ``x1`` (B, H, A): its first d actions, d uniform in
+    [1, longest] (0 for a ``none_share`` of them): (prefix (B, H, A) zero beyond d, mask (B, H))."""
+    b, h = x1.shape[0], x1.shape[1]
+    d = torch.randint(1, max(1, longest) + 1, (b,), generator=gen, device=x1.device)
+    if longest < 1:
+        d = torch.zeros_like(d)
+    d = torch.where(torch.rand(b, generator=gen, device=x1.device) < none_share, torch.zeros_like(d), d)
+    mask = (torch.arange(h, device=x1.device)[None, :] < d[:, None]).to(x1.dtype)  # (B, H)
+    return x1 * mask[:, :, None], mask
 
 
 class _Indexed(Dataset):
@@ -142,6 +166,22 @@ class _Indexed(Dataset):
         batch = self.dataset.__getitems__(idx)
         batch["index"] = torch.as_tensor(idx, dtype=torch.long)
         return batch
+
+
+def _widened(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``src`` weights for a network with more input channels (``dst``): a tensor whose input
+    dimension (1) grew gets the old channels copied and zeros for the new ones, so the wider
+    network computes what ``src`` did while the new inputs are zero."""
+    out = {}
+    for k, v in src.items():
+        w = dst.get(k)
+        if w is not None and w.shape != v.shape and w.ndim == v.ndim >= 2 and w.shape[0] == v.shape[0] \
+                and w.shape[1] > v.shape[1] and w.shape[2:] == v.shape[2:]:
+            grown = torch.zeros_like(w)
+            grown[:, : v.shape[1]] = v
+            v = grown
+        out[k] = v
+    return out
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -241,12 +281,17 @@ def train(
             raise ValueError("the data must be normalised with the teacher's normaliser")
         teacher.requires_grad_(False)
         model_cfg = dataclasses.replace(t_manifest.model, prediction=prediction_for(sampler.kind))
+    if cfgs.prefix.enabled:
+        if not method.prefix_training:
+            raise ValueError(f"{method.label} cannot be trained with a prefix input (its teacher's samples "
+                             "are not conditioned on it); draw it with prefix inpainting instead")
+        model_cfg = dataclasses.replace(model_cfg, unet=dataclasses.replace(model_cfg.unet, prefix_input=True))
     model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
     if teacher is not None:
         init = method.student_init(cfgs, t_manifest.model.prediction)
         if init == "teacher":
             # A flow map's r-embedding starts at zero: the OFP student starts as the teacher.
-            model.load_state_dict(teacher.state_dict(), strict=False)
+            model.load_state_dict(_widened(teacher.state_dict(), model.state_dict()), strict=False)
         elif init == "encoder":
             model.encoder.load_state_dict(teacher.encoder.state_dict())
         elif init != "scratch":

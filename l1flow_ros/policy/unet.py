@@ -60,7 +60,10 @@ class ConditionalResidualBlock1D(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """forward(x (B, H, A), t (B,), cond (B, D)[, r (B,)]) -> (B, H, A).
+    """forward(x (B, H, A), t (B,), cond (B, D)[, r (B,)][, prefix=(B, H, A), mask=(B, H)]) -> (B, H, A).
+
+    With ``cfg.prefix_input`` the network also takes a clean action prefix and its mask (1
+    where the prefix holds) as input channels; without them it sees no prefix (zeros).
 
     The chunk length H must be divisible by 2 ** (len(down_dims) - 1).
     What the output means (clean chunk, velocity, noise) is up to the objective.
@@ -83,7 +86,9 @@ class ConditionalUnet1D(nn.Module):
             nn.init.zeros_(self.r_embed[-1].bias)
         film_dim = te + cond_dim
         k, g = cfg.kernel_size, cfg.groups
-        dims = (action_dim, *cfg.down_dims)
+        self.action_dim = action_dim
+        c_in = 2 * action_dim + 1 if cfg.prefix_input else action_dim
+        dims = (c_in, *cfg.down_dims)
         pairs = list(zip(dims[:-1], dims[1:]))
         self.down = nn.ModuleList()
         for i, (ci, co) in enumerate(pairs):
@@ -122,7 +127,8 @@ class ConditionalUnet1D(nn.Module):
         self.min_horizon = 2 ** (len(cfg.down_dims) - 1)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, r: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, r: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None, mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         emb = self.time_embed(t * self.cfg.time_scale)  # (B, te)
         if self.cfg.two_times:
@@ -130,7 +136,13 @@ class ConditionalUnet1D(nn.Module):
                 raise ValueError("this network is a flow map: it needs the target time r")
             emb = emb + self.r_embed(r * self.cfg.time_scale)
         c = torch.cat([emb, cond], dim=-1)  # (B, te + D)
-        h = x.transpose(1, 2)  # (B, A, H): convolve over time
+        if self.cfg.prefix_input:
+            if prefix is None or mask is None:
+                prefix, mask = torch.zeros_like(x), torch.zeros_like(x[:, :, 0])
+            x = torch.cat([x, prefix, mask[:, :, None]], dim=-1)  # (B, H, 2A + 1)
+        elif prefix is not None:
+            raise ValueError("this network takes no prefix (it was not trained with prefix_input)")
+        h = x.transpose(1, 2)  # (B, C, H): convolve over time
         skips = []
         for res1, res2, down in self.down:
             h = res2(res1(h, c), c)

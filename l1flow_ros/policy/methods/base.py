@@ -41,6 +41,9 @@ class SamplerKind:
     label: Callable[[int], str]  # display name for a number of steps, e.g. 10 -> "DDIM 10"
     warm_start: bool = False  # accepts a warm start from the previous chunk's tail
     noise_per_step: bool = False  # noise is (B, K, H, A), fresh noise for each of K steps (ancestral DDPM)
+    # Calls the network on flow-time points x_t = t x1 + (1 - t) eps (t = 0 noise, t = 1 data), so
+    # a running plan's prefix can be imposed on its inputs (``policy.prefix``).
+    flow_time: bool = False
     # check(spec, model_cfg): raise ValueError when this network cannot be drawn with spec.
     check: Callable[[SamplerSpec, ModelConfig], None] | None = None
 
@@ -59,6 +62,7 @@ class LossInputs:
     ema: PolicyModel | None = None  # EMA copy of the model, no gradient (OFP's target)
     pool: torch.Tensor | None = None  # (N, K, H, A) teacher samples drawn once per dataset item
     index: torch.Tensor | None = None  # (B,) dataset indices of the batch (with a pool)
+    ema_head: Callable[..., torch.Tensor] | None = None  # the EMA's chunk network, called like ``net``
 
 
 def _identity_teacher(teacher: PolicyModel, cfgs: ObjectiveConfigs) -> PolicyModel:
@@ -95,6 +99,10 @@ class Method:
     # A reference to compare with, not a policy to deploy: left out of ``l1flow pipeline`` and
     # of the default latency benchmark.
     reference: bool = False
+    # Can be trained with a clean action prefix as input (``policy.prefix.PrefixTrainConfig``):
+    # its loss fits the data given the prefix. IMLE cannot: its teacher's sample set is not
+    # conditioned on the prefix.
+    prefix_training: bool = True
 
     def __post_init__(self) -> None:
         if not self.kinds:

@@ -61,7 +61,7 @@ def _default_sampler(cfgs: ObjectiveConfigs | None = None) -> SamplerSpec:
     return SamplerSpec(kind="fm", steps=10, t_values=())
 
 
-KIND = SamplerKind("fm", "velocity", 10, _sample, lambda n: f"FM {n}-step", warm_start=True)
+KIND = SamplerKind("fm", "velocity", 10, _sample, lambda n: f"FM {n}-step", warm_start=True, flow_time=True)
 
 METHOD = Method(
     name="fm",

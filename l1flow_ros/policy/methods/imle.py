@@ -119,7 +119,7 @@ def _teacher_pool(cfgs: ObjectiveConfigs) -> int:
     return k
 
 
-KIND = SamplerKind("imle", "sample", 1, _sample, lambda n: f"IMLE {n}-step")
+KIND = SamplerKind("imle", "sample", 1, _sample, lambda n: f"IMLE {n}-step", flow_time=True)
 
 METHOD = Method(
     name="imle",
@@ -134,4 +134,5 @@ METHOD = Method(
     student_init=lambda cfgs, teacher_prediction: cfgs.imle.init,
     prepare_teacher=_prepare_teacher,
     teacher_pool=_teacher_pool,
+    prefix_training=False,
 )

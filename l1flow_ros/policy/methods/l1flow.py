@@ -109,7 +109,7 @@ def _default_sampler(cfgs: ObjectiveConfigs | None = None) -> SamplerSpec:
     return SamplerSpec(kind="l1flow", steps=2, t_values=(0.5,))
 
 
-KIND = SamplerKind("l1flow", "sample", 2, _sample, _label, warm_start=True, check=_check)
+KIND = SamplerKind("l1flow", "sample", 2, _sample, _label, warm_start=True, check=_check, flow_time=True)
 
 METHOD = Method(
     name="l1flow",

@@ -180,13 +180,14 @@ def _student_init(cfgs: ObjectiveConfigs, teacher_prediction: str) -> str:
     return "teacher" if teacher_prediction == "velocity" else "encoder"
 
 
-KIND = SamplerKind("ofp", "flow_map", 1, _sample, lambda n: f"OFP {n}-step", warm_start=True)
+KIND = SamplerKind("ofp", "flow_map", 1, _sample, lambda n: f"OFP {n}-step", warm_start=True,
+                   flow_time=True)
 
 METHOD = Method(
     name="ofp",
     label="One-Step Flow Policy (self-distillation)",
     kinds=(KIND,),
-    loss=lambda b: loss(b.net, b.ema.head, b.cond, b.x1, b.cfgs.ofp, b.cfgs.flow_time),
+    loss=lambda b: loss(b.net, b.ema_head, b.cond, b.x1, b.cfgs.ofp, b.cfgs.flow_time),
     default_sampler=_default_sampler,
     distill=True,
     teacher="l1flow",
