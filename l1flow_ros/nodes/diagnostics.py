@@ -126,9 +126,12 @@ recorder_node (``nodes/recorder_node.py``)
 | ``recording`` | | an episode is being recorded |
 | ``file`` | | the episode file being written (empty: none) |
 | ``messages`` | | messages in that episode |
+| ``messages_on_disk`` | | of those, written and fsync'ed (a kill keeps them) |
 | ``episodes_saved`` | | episode files in the output folder |
 | ``episodes_discarded`` | | episodes discarded since start |
 | ``last_file`` | | the newest episode file saved |
+| ``leftovers_recovered`` | | cut-off ``.part`` files rewritten into ``recovered/`` since start |
+| ``leftovers_unrecovered`` | | cut-off ``.part`` files moved to ``corrupt/`` or left in place (disk full) |
 """
 
 from __future__ import annotations

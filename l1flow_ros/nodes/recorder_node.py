@@ -13,6 +13,15 @@ Services (std_srvs/Trigger): /recorder/start opens an episode, /recorder/stop cl
 e.g. on a real arm — ``l1flow dataset build`` skips only episodes marked false; times)
 goes into the file. A user judging demonstrations by eye keeps them with stop and drops
 them with discard.
+
+Nothing recorded is lost to a crash or a full disk (``data/mcap_io.py``): the open chunk is
+written and fsync'ed every ``flush_period_s``, so a recorder killed mid-episode leaves a
+``.part`` holding every message older than that period plus one 1 Hz timer tick. On start,
+each leftover ``.part`` is rewritten into ``recovered/`` (metadata ``recovered: true``) or moved
+to ``corrupt/``, and reported in the log and on /diagnostics (WARN until the next episode
+starts). A write that fails (disk full) stops the episode at once: ERROR on /diagnostics
+until a stop / discard / start answers it, and the next service response says what reached
+the disk; the node keeps running and the other nodes (teleop) never wait on it.
 """
 
 from __future__ import annotations
@@ -30,9 +39,9 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from l1flow_ros.config import param
-from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type
+from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type, recover_leftovers
 from l1flow_ros.nodes.composition import spin_node
-from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, Diagnostics
+from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, WARN, Diagnostics
 from l1flow_ros.nodes.params import declare
 from l1flow_ros.nodes.qos import LATCHED, RECORD, RECORD_SENSOR
 
@@ -53,10 +62,14 @@ class RecorderConfig:
     task: str = param("", "task name stored in each episode's metadata")
     max_episode_s: float = param(0.0, "stop an episode automatically after this long; 0 = never")
     calibration_file: str = param("", "camera extrinsics YAML copied into each episode's metadata ('' = none)")
+    flush_period_s: float = param(1.0, "write the open chunk to disk (fsync) this often: a killed recorder keeps "
+                                       "every message older than this plus 1 s (0 = only when an episode closes)")
 
     def validate(self) -> None:
         if self.max_episode_s < 0:
             raise EpisodeError(f"max_episode_s must be >= 0, got {self.max_episode_s}")
+        if self.flush_period_s < 0:
+            raise EpisodeError(f"flush_period_s must be >= 0, got {self.flush_period_s}")
         normalise_type(self.action_type)
         self.extras()
 
@@ -114,6 +127,10 @@ class RecorderNode(Node):
         self._last_error = ""
         self._last_error_time = -1e9
         self._last_file = ""
+        self._stopped_by = ""  # why a write error stopped the open episode, until a service answers it
+        self._leftovers: list = []  # cut-off recordings found, reported until an episode starts
+        self._n_leftovers = {"recovered": 0, "unrecovered": 0}
+        self._recover()
         for topic, type_name, qos in self.cfg.topics():
             cls = _msg_class(type_name)
             self.create_subscription(
@@ -132,14 +149,38 @@ class RecorderNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
+    def _recover(self) -> None:
+        """Leftover .part files of a recorder that died: into recovered/ or corrupt/, reported."""
+        self._leftovers = recover_leftovers(self.out_dir)
+        for x in self._leftovers:
+            self._n_leftovers["recovered" if x.outcome == "recovered" else "unrecovered"] += 1
+            log = self.get_logger().warning if x.outcome == "recovered" else self.get_logger().error
+            log(f"cut-off recording found: {x}")
+
     def _on_raw(self, topic: str, type_name: str, data: bytes) -> None:
         with self._lock:
             if self._writer is None:
                 return
             try:
                 self._writer.write_raw(topic, type_name, data, self._now_ns())
-            except Exception as e:  # disk full, ...: report, keep the node alive
+            except OSError as e:  # disk full, ...: stop the episode, keep what reached the disk
+                self._stop_on_error(f"writing {topic}: {e}")
+            except EpisodeError as e:  # this message only (a topic's type changed)
                 self._error(f"writing {topic}: {e}")
+
+    def _stop_on_error(self, why: str) -> None:
+        """(lock held) The disk refused a write: end the episode now, the .part as it is on disk."""
+        w, self._writer = self._writer, None
+        w.abort()
+        self._stopped_by = (f"episode {w.path.name} stopped by a write error: {why}; {w.on_disk} of its {w.count}"
+                            f" messages reached the disk in {w.part_path}, recovered into recovered/ by the next"
+                            " recorder start")
+        self._error(self._stopped_by)
+
+    def _answer_stopped(self, response: Trigger.Response) -> Trigger.Response:
+        """(lock held) A stop / discard / start after a write error: the response says what happened."""
+        response.success, response.message, self._stopped_by = False, self._stopped_by, ""
+        return response
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -157,23 +198,25 @@ class RecorderNode(Node):
             if self._writer is not None:
                 response.success, response.message = False, f"already recording {self._writer.path}"
                 return response
+            if self._stopped_by:
+                self._recover()  # the stopped episode's .part, if the disk has room again
+                return self._answer_stopped(response)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
             path = self.out_dir / f"episode_{self._n_saved:05d}_{stamp}.mcap"
+            meta = dict(task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
+                        joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras))
+            calib = self._read_calibration()
+            if calib:
+                meta["calibration"] = calib
             try:
-                self._writer = EpisodeWriter(path)
+                self._writer = EpisodeWriter(path, flush_period_s=self.cfg.flush_period_s, metadata=meta)
             except (OSError, EpisodeError) as e:
-                self._error(f"cannot open episode: {e}")
-                response.success, response.message = False, str(e)
+                self._error(f"cannot open episode {path.name}: {e}")
+                response.success, response.message = False, f"cannot open episode {path.name}: {e}"
                 return response
             self._episode_start = time.monotonic()
             self._success = self._success_latest
-            self._writer.metadata.update(
-                task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
-                joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras),
-            )
-            calib = self._read_calibration()
-            if calib:
-                self._writer.metadata["calibration"] = calib
+            self._leftovers = []
         response.success, response.message = True, str(path)
         self.get_logger().info(f"episode started: {path}")
         return response
@@ -203,12 +246,14 @@ class RecorderNode(Node):
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             if self._writer is None:
+                if self._stopped_by:
+                    return self._answer_stopped(response)
                 response.success, response.message = False, "not recording"
                 return response
             try:
                 response.message = self._finish()
                 response.success = True
-            except Exception as e:
+            except Exception as e:  # EpisodeError from a full disk: the .part stays for recovery
                 self._error(f"cannot finish episode: {e}")
                 response.success, response.message = False, str(e)
                 return response
@@ -218,6 +263,8 @@ class RecorderNode(Node):
     def _on_discard(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             if self._writer is None:
+                if self._stopped_by:
+                    return self._answer_stopped(response)
                 response.success, response.message = False, "not recording"
                 return response
             path = self._writer.path
@@ -231,17 +278,32 @@ class RecorderNode(Node):
     def _on_timer(self) -> None:
         with self._lock:
             w = self._writer
-            if w is not None and self.cfg.max_episode_s > 0 and time.monotonic() - self._episode_start > self.cfg.max_episode_s:
-                self.get_logger().info(f"episode reached max_episode_s: saved {self._finish()}")
+            try:
+                if w is not None and self.cfg.max_episode_s > 0 and (
+                        time.monotonic() - self._episode_start > self.cfg.max_episode_s):
+                    self.get_logger().info(f"episode reached max_episode_s: saved {self._finish()}")
+                    w = None
+                elif w is not None:
+                    w.maybe_flush()  # messages stopped coming: what came is on disk within a tick
+            except (OSError, EpisodeError) as e:
+                if self._writer is w and w is not None:
+                    self._stop_on_error(f"flushing: {e}")
+                else:
+                    self._error(f"cannot finish episode: {e}")
                 w = None
-            recording, count = w is not None, (w.count if w is not None else 0)
-            current = str(w.path) if w is not None else ""
-        if time.monotonic() - self._last_error_time < ERROR_HOLD_S:
+            recording, count, on_disk = w is not None, (w.count if w else 0), (w.on_disk if w else 0)
+            current, stopped_by, leftovers = str(w.path) if w else "", self._stopped_by, list(self._leftovers)
+        if stopped_by:
+            level, message = ERROR, stopped_by
+        elif time.monotonic() - self._last_error_time < ERROR_HOLD_S:
             level, message = ERROR, self._last_error
+        elif leftovers:
+            level, message = WARN, f"{len(leftovers)} cut-off recordings found at start: " + "; ".join(map(str, leftovers))
         else:
             level, message = OK, "recording" if recording else "idle"
-        vals = {"recording": recording, "file": current, "messages": count, "episodes_saved": self._n_saved,
-                "episodes_discarded": self._n_discarded, "last_file": self._last_file}
+        vals = {"recording": recording, "file": current, "messages": count, "messages_on_disk": on_disk,
+                "episodes_saved": self._n_saved, "episodes_discarded": self._n_discarded, "last_file": self._last_file,
+                **{f"leftovers_{k}": n for k, n in self._n_leftovers.items()}}
         self._diag.publish(level, message, vals)
 
     def close(self) -> None:
