@@ -26,7 +26,9 @@ the config's ``validate()`` refuses (lower above upper, ...), and executor joint
 are not the action names of the bundle the file deploys are each one line naming the file
 and line, the node and the parameter; none of them starts a node (:class:`ParameterError`,
 ``l1flow run`` exits 2 with the list). The nodes check again themselves
-(:func:`l1flow_ros.nodes.params.declare`), for ``ros2 launch``, which has no such step.
+(:func:`l1flow_ros.nodes.params.declare`), for ``ros2 launch``, which has no such step. A
+calibration file that is missing while the bundle needs points starts the graph held (a
+warning line, :func:`graph_warnings`): perception retries until the file is there.
 
 Who can talk to the graph: ``l1flow run`` keeps the ROS domain and discovery range of its
 environment and, where ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is unset, makes discovery
@@ -99,45 +101,81 @@ def config_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def _bundle_action_names(path: str) -> list[str] | None:
-    """The action names in a bundle's manifest; None when it cannot be read (the inference
-    node then refuses the bundle with the reason)."""
+def _manifest(path: str) -> dict:
+    """A bundle's manifest as JSON ({} when it cannot be read: the inference node then refuses
+    the bundle with the reason, after checking it fully)."""
     import json
 
     try:
-        names = json.loads((Path(path) / "manifest.json").read_text())["action"]["names"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return [str(n) for n in names] if isinstance(names, list) else None
+        data = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _joint_names_problem(params_file: str | Path, names: Sequence[str],
-                         overrides: dict[str, list[str]]) -> list[str]:
-    """Executor joint_names that are not the action names of the bundle the graph deploys."""
-    if "executor_node" not in names or "inference_node" not in names:
-        return []
-    nodes = read_parameter_file(params_file)
+class _GraphValues:
+    """The value each node of the graph will get (file, then ``-p``) and where it was set."""
 
-    def value(node: str, key: str, default):
-        found = nodes.get(node, {}).get(key, (default, f"{params_file}"))
-        for text in overrides.get(node, ()):
-            name, v, where = parse_override(node, text)
+    def __init__(self, params_file: str | Path, overrides: dict[str, list[str]]) -> None:
+        self.file, self.nodes, self.overrides = str(params_file), read_parameter_file(params_file), overrides
+
+    def get(self, node: str, key: str, default=None) -> tuple[object, str]:
+        found = self.nodes.get(node, {}).get(key, (default, f"{self.file} (default)"))
+        for text in self.overrides.get(node, ()):
+            name, value, where = parse_override(node, text)
             if name == key:
-                found = (v, where)
+                found = (value, where)
         return found
 
-    checkpoint, ck_where = value("inference_node", "checkpoint", "")
-    if not isinstance(checkpoint, str) or not checkpoint:
+    def bundle(self) -> tuple[str, str, dict]:
+        """(checkpoint as given, where, its manifest) of the graph's inference node."""
+        checkpoint, where = self.get("inference_node", "checkpoint", "")
+        if not isinstance(checkpoint, str) or not checkpoint:
+            return "", where, {}
+        return checkpoint, where, _manifest(resolve_path(checkpoint))
+
+
+def _joint_names_problem(values: _GraphValues, names: Sequence[str]) -> list[str]:
+    """Executor joint_names that are not the action names of the bundle the graph deploys (the
+    executor would reject every chunk of it)."""
+    if "executor_node" not in names or "inference_node" not in names:
         return []
-    actions = _bundle_action_names(resolve_path(checkpoint))
-    if actions is None:
+    checkpoint, ck_where, manifest = values.bundle()
+    actions = (manifest.get("action") or {}).get("names") if manifest else None
+    if not isinstance(actions, list):
         return []
-    joints, where = value("executor_node", "joint_names", list(config_class("executor_node")().joint_names))
+    joints, where = values.get("executor_node", "joint_names", list(config_class("executor_node")().joint_names))
     joints = list(joints or [])
-    if sorted(joints) == sorted(actions):
+    if sorted(joints) == sorted(map(str, actions)):
         return []
     return [f"{where}: executor_node: joint_names {joints} are not the action names {actions} of the "
             f"checkpoint {checkpoint} ({ck_where}: inference_node.checkpoint)"]
+
+
+def graph_warnings(params_file: str | Path, names: Sequence[str] | None = None,
+                   overrides: Iterable[str] | dict[str, list[str]] = ()) -> list[str]:
+    """What lets the graph start but keeps it held, one line each: a perception calibration
+    file that does not exist while the deployed bundle needs points (perception encodes
+    nothing, so the executor gets no chunk and holds, until the file appears: perception
+    retries) and that no simulated arm of the graph writes."""
+    per_node = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    try:
+        values = _GraphValues(params_file, per_node)
+        names = list(names) if names is not None else [n for n in values.nodes if n in NODE_CONFIGS]
+        if "perception_node" not in names:
+            return []
+        calib, where = values.get("perception_node", "calibration_file", "")
+        if not isinstance(calib, str) or not calib or Path(resolve_path(calib)).exists():
+            return []
+        if "sim_robot_node" in names and values.get("sim_robot_node", "calibration_file", "")[0] == calib:
+            return []  # the simulated arm writes it at start
+        checkpoint, ck_where, manifest = values.bundle()
+        if int((manifest.get("observation") or {}).get("num_points", 0) or 0) <= 0:
+            return []
+    except (ParameterError, TypeError, ValueError):
+        return []  # check_graph_parameters reports what is wrong with the file
+    return [f"{where}: perception_node: calibration_file {calib!r} does not exist, and the checkpoint "
+            f"{checkpoint} ({ck_where}) needs points: nothing is encoded and the executor holds until it does"]
 
 
 def check_graph_parameters(params_file: str | Path, names: Sequence[str] | None = None,
@@ -153,7 +191,7 @@ def check_graph_parameters(params_file: str | Path, names: Sequence[str] | None 
     lines = check_parameter_file(params_file, configs, per_node, known=NODE_CONFIGS)
     if not lines:
         try:
-            lines = _joint_names_problem(params_file, names, per_node)
+            lines = _joint_names_problem(_GraphValues(params_file, per_node), names)
         except ParameterError as e:
             lines = [str(e)]
     return lines
@@ -517,6 +555,8 @@ def run(params_file: str | Path, names: Sequence[str] | None = None, overrides: 
             print(f"  {line}", file=sys.stderr)
         return 2
     print("l1flow run: " + " ".join(f"{k}={v}" for k, v in net.items()), flush=True)
+    for line in graph_warnings(params_file, names, overrides):
+        print(f"l1flow run: warning: {line}", file=sys.stderr, flush=True)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.monotonic()
