@@ -217,13 +217,16 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from l1flow_ros.inference.runner import PolicyRunner, Tail
     from l1flow_ros.msgs.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
 
-    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9})
+    from rclpy.parameter import Parameter
+
+    rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9, "prefix_conditioning": False,
+                                        "n_action_steps": 0})
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     rig.wait_connected()
     assert rig.wait(lambda: rig.pub_tail.get_subscription_count() > 0)
     fp = rig.node.service.active.fingerprint
-    t_obs = 50_000_000_000
+    t_obs = rig.node.get_clock().now().nanoseconds  # a fresh tail: the executor runs a plan
     # Tail in a shuffled joint order, due from t_obs on, 20 ms apart.
     names = list(TINY_ACTION.names)[::-1]
     tail = JointTrajectory()
@@ -249,6 +252,25 @@ def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     cold = PolicyRunner.open(bundle, "torch", seed=9, threads=1).act(e, t_obs).actions
     np.testing.assert_allclose(got, warm, atol=1e-5)
     assert np.max(np.abs(got - cold)) > 1e-4
+
+    # Prefix conditioning on (live): the chunk keeps the running plan for the inference delay d
+    # (measured from the observation's age, here >= 100 ms: d >= 2 at dt 50 ms) and says so.
+    assert rig.node.set_parameters([Parameter("prefix_conditioning", value=True)])[0].successful
+    t_obs2 = rig.node.get_clock().now().nanoseconds - 100_000_000
+    tail.header.stamp = ns_to_stamp(t_obs2)
+    rig.pub_tail.publish(tail)
+    assert rig.wait(lambda: rig.node.service.tail.times_ns[0] == t_obs2)
+    rig.pub_emb.publish(_emb_msg(e, t_obs2, fp))
+    assert rig.wait(lambda: len(rig.chunks) >= 2)
+    d = rig.node.service.delay_steps
+    assert d is not None and d >= 2
+    got = chunk_from_msg(rig.chunks[1], TINY_ACTION.names).actions
+    want = ref.act(e, t_obs2, Tail(t_obs2 + times - t_obs, np.asarray(rows)), d).actions[:d]
+    np.testing.assert_allclose(got[:d], want, atol=1e-6)
+    # The kept prefix is the running plan at the chunk's own times (action k at t_obs + (k + 1) dt).
+    due = t_obs2 + (np.arange(d) + 1) * int(TINY_ACTION.dt * 1e9)
+    plan = np.stack([np.interp(due, t_obs2 + times - t_obs, np.asarray(rows)[:, j]) for j in range(4)], 1)
+    np.testing.assert_allclose(got[:d], plan, atol=1e-6)
 
 
 @pytest.mark.core
