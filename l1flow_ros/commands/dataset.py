@@ -3,6 +3,7 @@
     l1flow dataset build EPISODES_DIR --out STORE --config dataset.yaml
     l1flow dataset build EPISODES_DIR --out STORE --sim-cameras corner --image-size 96 96
     l1flow dataset info EPISODES_DIR
+    l1flow dataset recover EPISODES_DIR | FILE ...   # cut-off recordings -> recovered/ (or corrupt/)
     l1flow dataset config --out dataset.yaml          # a starting config for the simulated arm
 
 The config (YAML) holds the observation spec and action spec the policy will be trained
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="list episodes with their metadata and message counts")
     i.add_argument("episodes", help="folder of episode .mcap files")
+    r = sub.add_parser("recover", help="rewrite recordings cut off while written (.part, truncated .mcap) "
+                                       "as finished episodes in recovered/")
+    r.add_argument("paths", nargs="+", help="episode folders (their .part files) or episode files")
     c = sub.add_parser("config", help="write a starting dataset config for the simulated arm")
     c.add_argument("--out", required=True)
     c.add_argument("--cameras", nargs="+", default=["corner"])
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from l1flow_ros.data.dataset_build import DatasetError
 
     try:
-        return {"build": _build, "info": _info, "config": _config}[args.dataset_command](args)
+        return {"build": _build, "info": _info, "recover": _recover, "config": _config}[args.dataset_command](args)
     except DatasetError as e:
         print(f"l1flow dataset: {e}", file=sys.stderr)
         return 1
@@ -76,7 +80,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from l1flow_ros.data.dataset_build import DatasetError
-    from l1flow_ros.data.mcap_io import EpisodeError, list_episodes, read_metadata, topics
+    from l1flow_ros.data.mcap_io import EpisodeError, leftover_parts, list_episodes, read_metadata, topics
 
     try:
         files = list_episodes(args.episodes)
@@ -94,7 +98,46 @@ def _info(args: argparse.Namespace) -> int:
         for topic, (type_name, n) in sorted(counts.items()):
             print(f"    {topic:48s} {type_name:36s} {n}")
     print(f"{len(files)} episodes")
+    for p in leftover_parts(args.episodes):
+        print(f"{p.name}: a recording cut off while written (`l1flow dataset recover {args.episodes}`)")
     return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    """Folders: their leftover .part files (as the recorder does on start); files: each rewritten into
+    recovered/ beside it. Exit 1 when something could not be read at all."""
+    from pathlib import Path
+
+    from l1flow_ros.data.mcap_io import (
+        RECOVERED_DIR,
+        EpisodeError,
+        free_path,
+        recover_episode,
+        recover_leftovers,
+    )
+
+    bad = 0
+    for arg in map(Path, args.paths):
+        if arg.is_dir():
+            done = recover_leftovers(arg)
+            for x in done:
+                print(x)
+                bad += x.outcome != "recovered"
+            if not done:
+                print(f"{arg}: no cut-off recordings")
+            continue
+        name = arg.name[: -len(".part")] if arg.name.endswith(".part") else arg.name
+        dest = free_path(arg.parent / RECOVERED_DIR / (name if name.endswith(".mcap") else name + ".mcap"))
+        try:
+            s = recover_episode(arg, dest)
+        except (OSError, EpisodeError) as e:
+            print(f"{arg}: cannot recover: {e}")
+            bad += 1
+            continue
+        state = "complete" if s.finished and not s.damage else "; ".join(x for x in [s.cut, *s.damage] if x)
+        print(f"{arg}: {s.messages} messages -> {dest} ({state})" if s.messages else f"{arg}: no message readable ({state})")
+        bad += s.messages == 0
+    return 1 if bad else 0
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.data.mcap_io import EpisodeError, list_episodes, read_messages, read_metadata
+from l1flow_ros.data.mcap_io import EpisodeError, leftover_parts, list_episodes, read_messages, read_metadata
 from l1flow_ros.msgs.chunk_conv import MessageError, command_from_msg
 from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, camera_info_from_msg, joint_state_from_msg
 from l1flow_ros.msgs.stamps import header_stamp_ns
@@ -298,12 +298,14 @@ def build_dataset(
 ) -> BuildReport:
     """Episodes (a folder or a list of .mcap files) -> zarr store at ``out``.
 
-    Unusable episodes (failed when ``only_successful``, too short, unreadable) are
-    skipped with a reason in the report; no usable episode at all is an error.
+    Unusable episodes (failed when ``only_successful``, too short, truncated or corrupt) are
+    skipped with a reason in the report, and so are the ``.part`` files of recordings cut off
+    in a folder (never taken for finished episodes); no usable episode at all is an error. A
+    store the disk refuses (full) stops the build: what was written before stays usable.
     """
     from tqdm import tqdm
 
-    from l1flow_ros.data.store import StoreError, StoreWriter
+    from l1flow_ros.data.store import StoreError, StoreWriteError, StoreWriter
 
     cfg.validate()
     try:
@@ -313,6 +315,9 @@ def build_dataset(
     if not files:
         raise DatasetError(f"no episode files (*.mcap) in {episodes}")
     report = BuildReport()
+    if isinstance(episodes, (str, Path)):
+        report.skipped += [(str(p), "a recording cut off while written, not a finished episode "
+                            "(`l1flow dataset recover` rewrites what it holds)") for p in leftover_parts(episodes)]
     writer = None
     bar = tqdm(files, desc="episodes", unit="ep", disable=not progress)
     for f in bar:
@@ -328,6 +333,9 @@ def build_dataset(
             if writer is None:
                 writer = StoreWriter(out, cfg.observation, cfg.action, mode="a" if append else "w")
             writer.add_episode(ep.obs, ep.actions, task=meta.get("task") or None)
+        except (StoreWriteError, OSError) as e:  # the store's disk: every episode after would fail too
+            raise DatasetError(f"store {out}: {e}\nstopped after {report.episodes_written} episodes, "
+                               f"{report.steps_written} steps (the store holds them)\n{report.summary()}") from None
         except (DatasetError, EpisodeError, StoreError) as e:
             if isinstance(e, StoreError) and writer is None:
                 raise DatasetError(f"store {out}: {e}") from None

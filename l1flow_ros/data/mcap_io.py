@@ -352,14 +352,15 @@ def _why_unreadable(path: str | os.PathLike, e: Exception) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(len(MAGIC))
-            f.seek(-len(MAGIC), os.SEEK_END)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(MAGIC)))
             tail = f.read()
     except OSError:
         return text
     if head != MAGIC:
-        return f"not an MCAP file ({text})"
+        return f"not an MCAP file ({'empty' if not head else text})"
     if tail != MAGIC:
-        return f"truncated: no MCAP footer, the file was cut off while written ({text})"
+        return (f"truncated: no MCAP footer, the file was cut off while written ({text}); "
+                "`l1flow dataset recover` rewrites what it holds")
     return f"corrupt ({text})"
 
 
@@ -619,7 +620,7 @@ class Leftover:
         return f"{self.source.name}: {self.outcome}{where} ({self.why})"
 
 
-def _free(path: Path) -> Path:
+def free_path(path: Path) -> Path:
     """``path``, or ``<stem>.<n><suffix>`` when it exists."""
     n, out = 1, path
     while out.exists() or out.with_name(out.name + ".part").exists():
@@ -636,7 +637,7 @@ def recover_leftovers(directory: str | os.PathLike) -> list[Leftover]:
     d = Path(directory)
     out: list[Leftover] = []
     for part in leftover_parts(d):
-        dest = _free(d / RECOVERED_DIR / part.name[: -len(".part")])
+        dest = free_path(d / RECOVERED_DIR / part.name[: -len(".part")])
         try:
             s = recover_episode(part, dest)
         except (OSError, EpisodeError) as e:
@@ -647,7 +648,7 @@ def recover_leftovers(directory: str | os.PathLike) -> list[Leftover]:
         try:
             if s.messages == 0 or s.damage:
                 (d / CORRUPT_DIR).mkdir(exist_ok=True)
-                kept = _free(d / CORRUPT_DIR / part.name)
+                kept = free_path(d / CORRUPT_DIR / part.name)
                 shutil.move(part, kept)
                 if s.messages:
                     why += f"; the original kept as {kept}"

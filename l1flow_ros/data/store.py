@@ -36,6 +36,10 @@ class StoreError(ValueError):
     """A store or an episode that cannot be used; the message says why."""
 
 
+class StoreWriteError(StoreError):
+    """The store's storage refused a write (disk full, ...); the store is as before the episode."""
+
+
 def _expected_shapes(obs_spec: ObservationSpec) -> dict[str, tuple[int, ...]]:
     """Per-step storage shapes, per modality present in the spec."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -127,10 +131,23 @@ class StoreWriter:
                 if not np.all(np.isfinite(v)):
                     raise StoreError(f"{k} has NaN or inf")
             arrays[k] = v
-        for k, v in arrays.items():
-            self.group[k].append(v)
-        self.group["action"].append(actions)
-        self.group["episode_ends"].append(np.array([self.num_steps], dtype=np.int64))
+        # All or nothing: a write the disk refuses halfway is undone (arrays cut back to their
+        # lengths before), so the store stays consistent and every earlier episode readable.
+        names = [*arrays, "action", "episode_ends"]
+        before = {k: self.group[k].shape[0] for k in names}
+        try:
+            for k, v in arrays.items():
+                self.group[k].append(v)
+            self.group["action"].append(actions)
+            self.group["episode_ends"].append(np.array([self.num_steps], dtype=np.int64))
+        except OSError as e:
+            undone = "undone"
+            for k in names:
+                try:
+                    self.group[k].resize((before[k], *self.group[k].shape[1:]))
+                except OSError as e2:
+                    undone = f"NOT undone ({k}: {e2})"
+            raise StoreWriteError(f"writing an episode to {self.path}: {e}; the episode's writes {undone}") from None
         if task:
             tasks = list(self.group.attrs.get("tasks", []))
             if task not in tasks:
