@@ -9,9 +9,9 @@ file `l1flow run policy` uses. The inference node is a lifecycle node: it is con
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
@@ -26,12 +26,14 @@ def generate_launch_description() -> LaunchDescription:
     overrides = [params_file]
 
     perception = Node(package="l1flow_ros", executable="perception_node", name="perception_node",
-                      parameters=overrides, output="screen")
+                      parameters=overrides, output="screen",
+                      ros_arguments=["--enclave", "/l1flow/perception_node"])
     inference = LifecycleNode(package="l1flow_ros", executable="inference_node", name="inference_node",
                               namespace="", parameters=[params_file, {"checkpoint": checkpoint}],
-                              output="screen")
+                              output="screen", ros_arguments=["--enclave", "/l1flow/inference_node"])
     executor = Node(package="l1flow_ros", executable="executor_node", name="executor_node",
-                    parameters=overrides, output="screen")
+                    parameters=overrides, output="screen",
+                    ros_arguments=["--enclave", "/l1flow/executor_node"])
     configure = EmitEvent(
         event=ChangeState(
             lifecycle_node_matcher=matches_action(inference),
@@ -54,6 +56,12 @@ def generate_launch_description() -> LaunchDescription:
     )
     return LaunchDescription(
         [
+            DeclareLaunchArgument("discovery_range",
+                                  default_value=EnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                                                    default_value="LOCALHOST"),
+                                  description="ROS_AUTOMATIC_DISCOVERY_RANGE of the nodes (LOCALHOST: no "
+                                              "other machine sees them; SUBNET: a controller elsewhere)"),
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
             DeclareLaunchArgument("params_file",
                                   default_value=PathJoinSubstitution([share, "config", "policy.yaml"]),
                                   description="ROS 2 parameter file for all nodes"),

@@ -197,13 +197,43 @@ def check_graph_parameters(params_file: str | Path, names: Sequence[str] | None 
     return lines
 
 
-def node_command(name: str, params_file: str | Path, params: Sequence[str] = ()) -> list[str]:
-    """The command line that runs node ``name`` as ``ros2 run`` / launch_ros would."""
+ENCLAVE_PREFIX = "/l1flow/"  # node x runs in the SROS2 enclave /l1flow/x; the launcher in /l1flow/launcher
+
+
+def security_enabled(env: dict[str, str] | None = None) -> bool:
+    """ROS_SECURITY_ENABLE=true: each process needs its enclave in ROS_SECURITY_KEYSTORE."""
+    return (os.environ if env is None else env).get("ROS_SECURITY_ENABLE", "").lower() == "true"
+
+
+def security_problems(names: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
+    """With ROS_SECURITY_ENABLE=true: the enclaves the keystore lacks, one line each (rcl's own
+    error names only the first, from inside the node that fails)."""
+    env = os.environ if env is None else env
+    if not security_enabled(env) or env.get("ROS_SECURITY_ENCLAVE_OVERRIDE"):
+        return []
+    keystore = env.get("ROS_SECURITY_KEYSTORE", "")
+    if not keystore:
+        return ["ROS_SECURITY_ENABLE=true but ROS_SECURITY_KEYSTORE is not set"]
+    lines = []
+    for n in [*names, "launcher"]:
+        enclave = Path(keystore) / "enclaves" / (ENCLAVE_PREFIX + n).lstrip("/")
+        if not (enclave / "cert.pem").is_file():
+            lines.append(f"keystore {keystore} has no enclave {ENCLAVE_PREFIX}{n} "
+                         f"(ros2 security create_enclave {keystore} {ENCLAVE_PREFIX}{n})")
+    return lines
+
+
+def node_command(name: str, params_file: str | Path, params: Sequence[str] = (),
+                 enclave: bool = False) -> list[str]:
+    """The command line that runs node ``name`` as ``ros2 run`` / launch_ros would
+    (``enclave``: in its SROS2 enclave, ``/l1flow/<name>``)."""
     if name not in NODE_CLASSES:
         raise ValueError(f"unknown node {name!r}; known: {sorted(NODE_CLASSES)}")
     script = Path(sys.executable).parent / name
     exe = [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", f"l1flow_ros.nodes.{name}"]
     ros_args = ["--ros-args", "--params-file", str(params_file)]
+    if enclave:
+        ros_args += ["--enclave", ENCLAVE_PREFIX + name]
     for p in params:
         ros_args += ["-p", p]
     return [*exe, *ros_args]
@@ -302,6 +332,7 @@ class ProcessGraph:
         """Check the parameters (ParameterError listing every problem, nothing started), then
         start every node and bring the lifecycle nodes to active."""
         problems = check_graph_parameters(self.params_file, self.names, self.overrides)
+        problems += security_problems(self.names, self.env)
         if problems:
             raise ParameterError("\n".join(problems))
         if self.log_file is not None:
@@ -309,7 +340,8 @@ class ProcessGraph:
             self._sink, self._own_sink = self.log_file.open("a", buffering=1), True
         try:
             for name in self.names:
-                cmd = node_command(name, self.params_file, self.overrides.get(name, ()))
+                cmd = node_command(name, self.params_file, self.overrides.get(name, ()),
+                                   enclave=security_enabled(self.env))
                 self.procs[name] = _Proc(name, cmd, self.env, self._sink, self._lock)
             lifecycle = [n for n in self.names if n in LIFECYCLE_NODES and self.activate]
             if lifecycle:
@@ -511,7 +543,8 @@ def _probe():
 
     from l1flow_ros.nodes.composition import Composition
 
-    with Composition() as rig:
+    args = ["--ros-args", "--enclave", ENCLAVE_PREFIX + "launcher"] if security_enabled() else None
+    with Composition(args=args) as rig:
         node = rclpy.create_node(f"l1flow_launcher_{os.getpid()}", context=rig.context,
                                  enable_rosout=False, start_parameter_services=False)
         rig.add(node)
@@ -545,12 +578,13 @@ def run(params_file: str | Path, names: Sequence[str] | None = None, overrides: 
     try:
         net = network_env(domain_id, discovery_range)
         problems = check_graph_parameters(params_file, names, overrides)
+        problems += security_problems(names if names is not None else nodes_in_config(params_file))
         graph = None if problems else ProcessGraph(params_file, names, overrides)
     except (ValueError, OSError) as e:
         print(f"l1flow run: {e}", file=sys.stderr)
         return 2
     if graph is None:
-        print(f"l1flow run: {len(problems)} problem(s) in the parameters; no node started:", file=sys.stderr)
+        print(f"l1flow run: {len(problems)} problem(s); no node started:", file=sys.stderr)
         for line in problems:
             print(f"  {line}", file=sys.stderr)
         return 2
