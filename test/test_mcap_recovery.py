@@ -183,3 +183,28 @@ def test_a_writer_never_clobbers_a_part_another_live_writer_holds(tmp_path):
     with pytest.raises(EpisodeError, match="another recorder"):
         EpisodeWriter(tmp_path / "ep.mcap")
     assert [m.msg.position[0] for m in read_messages(a.close())] == [1.0]
+
+
+def test_a_refused_write_leaves_every_flushed_message_readable(tmp_path):
+    """The disk refuses a write (EFBIG past RLIMIT_FSIZE here, ENOSPC on a full disk: the same
+    short write, then OSError): the error comes out of the write, abort() keeps the .part as it
+    is on disk, and it reads back with at least every message flushed before."""
+    import resource
+
+    w = EpisodeWriter(tmp_path / "ep.mcap", flush_period_s=0.0, metadata={"task": "t"})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            for k in range(10_000):
+                w.write_raw("/joint_states", JS, js(k, width=30), 1000 + k)
+                if k % 5 == 4:
+                    w.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    flushed = w.on_disk
+    w.abort()
+    assert flushed > 0 and w.part_path.stat().st_size == 20_000
+    got, s = salvaged(w.part_path)
+    assert got == list(range(len(got))) and flushed <= len(got) <= w.count and s.metadata == {"task": "t"}
+    assert "cut at byte 20000" in s.cut

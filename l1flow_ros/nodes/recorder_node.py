@@ -128,6 +128,7 @@ class RecorderNode(Node):
         self._last_error_time = -1e9
         self._last_file = ""
         self._stopped_by = ""  # why a write error stopped the open episode, until a service answers it
+        self._recover_due = False  # a stopped episode's .part waits for the disk to have room
         self._leftovers: list = []  # cut-off recordings found, reported until an episode starts
         self._n_leftovers = {"recovered": 0, "unrecovered": 0}
         self._recover()
@@ -154,8 +155,10 @@ class RecorderNode(Node):
         self._leftovers = recover_leftovers(self.out_dir)
         for x in self._leftovers:
             self._n_leftovers["recovered" if x.outcome == "recovered" else "unrecovered"] += 1
-            log = self.get_logger().warning if x.outcome == "recovered" else self.get_logger().error
-            log(f"cut-off recording found: {x}")
+            if x.outcome == "recovered":  # one severity per call site (rclpy's rule)
+                self.get_logger().warning(f"cut-off recording found: {x}")
+            else:
+                self.get_logger().error(f"cut-off recording found: {x}")
 
     def _on_raw(self, topic: str, type_name: str, data: bytes) -> None:
         with self._lock:
@@ -175,6 +178,7 @@ class RecorderNode(Node):
         self._stopped_by = (f"episode {w.path.name} stopped by a write error: {why}; {w.on_disk} of its {w.count}"
                             f" messages reached the disk in {w.part_path}, recovered into recovered/ by the next"
                             " recorder start")
+        self._recover_due = True
         self._error(self._stopped_by)
 
     def _answer_stopped(self, response: Trigger.Response) -> Trigger.Response:
@@ -198,8 +202,10 @@ class RecorderNode(Node):
             if self._writer is not None:
                 response.success, response.message = False, f"already recording {self._writer.path}"
                 return response
+            if self._recover_due:  # the stopped episode's .part, if the disk has room again
+                self._recover()
+                self._recover_due = any(x.outcome == "left" for x in self._leftovers)
             if self._stopped_by:
-                self._recover()  # the stopped episode's .part, if the disk has room again
                 return self._answer_stopped(response)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
             path = self.out_dir / f"episode_{self._n_saved:05d}_{stamp}.mcap"
