@@ -128,3 +128,15 @@ def test_inpainting_keeps_the_frozen_prefix_for_every_flow_sampler():
     with pytest.raises(ValueError, match="not a flow-time sampler"):
         model.sample(torch.randn(1, model.encoder.out_dim), torch.randn(1, h, a), prefix=torch.zeros(1, h, a),
                      weights=torch.ones(1, h))
+
+
+def test_bundles_written_before_the_prefix_input_keep_their_fingerprint():
+    from pathlib import Path
+
+    from l1flow_ros.policy.manifest import compute_fingerprint, read_manifest
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "default"
+    manifest = read_manifest(bundled)
+    assert "prefix_input" not in (bundled / "manifest.json").read_text()  # written before the field
+    assert not manifest.model.unet.prefix_input
+    assert compute_fingerprint(bundled, manifest) == manifest.fingerprint

@@ -110,10 +110,22 @@ def _canonical(d: dict[str, Any]) -> bytes:
     return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
 
+# Fields added to the manifest after bundles were first written: left out of the hashed form
+# while at their default, so that a bundle written before them keeps its fingerprint.
+LATER_FIELDS = {("model", "unet", "prefix_input"): False}
+
+
 def compute_fingerprint(bundle_dir: str | os.PathLike, manifest: Manifest) -> str:
     """sha256 over the manifest without its fingerprint and every listed file, 16 hex digits."""
     d = manifest.to_dict()
     d.pop("fingerprint")
+    for path, default in LATER_FIELDS.items():
+        *parents, leaf = path
+        node = d
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf, default) == default:
+            node.pop(leaf, None)
     h = hashlib.sha256(_canonical(d))
     for name in sorted(manifest.files):
         p = Path(bundle_dir) / name

@@ -155,7 +155,7 @@ class PolicyModel(nn.Module):
             raise ValueError("a prefix comes with its weights and without a warm start")
         trained = mode == "trained"
         net = prefix_net(self.head, noise, prefix, weights, trained)
-        return impose_prefix(kind.sample(net, cond, noise, self.sampler, self.cfg, None), prefix, weights, trained)
+        return impose_prefix(kind.sample(net, cond, noise, self.sampler, self.cfg, None), prefix, weights)
 
     def forward(
         self, obs: dict[str, torch.Tensor], noise: torch.Tensor, warm: torch.Tensor | None = None

@@ -14,8 +14,8 @@ Two ways, both exportable (no backward pass in the graph), chosen by the network
   the running plan's point on the same noise path, ``x <- x + W (t y + (1 - t) eps - x)``, and
   the output is pulled towards the plan, ``out <- out + W (y - out)``;
 - **trained** (a network trained with a random clean prefix and its mask as extra input
-  channels, :class:`PrefixTrainConfig`): the network sees the frozen prefix (``W == 1``) and
-  continues it; its output's frozen part is set to the prefix.
+  channels, :class:`PrefixTrainConfig`): the network also sees the frozen prefix (``W == 1``)
+  and continues it, besides the inpainting of the rest of the overlap.
 
 ``d <= s <= H - d`` (s: ``n_action_steps``, the execution horizon; H: the chunk horizon):
 each chunk is executed for ``s`` steps after its delay, so the next one must be requested

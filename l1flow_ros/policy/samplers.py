@@ -40,29 +40,23 @@ def prefix_net(net, noise: torch.Tensor, prefix: torch.Tensor, weights: torch.Te
 
     Inpainting: each input x at flow time t is pulled towards the prefix's point on the same
     noise path, ``x + W (t y + (1 - t) eps - x)``. Trained: the network (``prefix_input``)
-    gets the frozen prefix and its mask as extra channels. Returns a callable with ``net``'s
-    signature; a pure function of its inputs (nothing is kept between calls).
+    also gets the frozen prefix and its mask as extra channels. Returns a callable with
+    ``net``'s signature; a pure function of its inputs (nothing is kept between calls).
     """
     w = weights[:, :, None]  # (B, H, 1)
+    extra = {}
     if trained:
         mask = (weights >= 1.0).to(prefix.dtype)  # (B, H)
+        extra = {"prefix": prefix * mask[:, :, None], "mask": mask}
 
-        def conditioned(x, t, cond, *r):
-            return net(x, t, cond, *r, prefix=prefix * mask[:, :, None], mask=mask)
-
-        return conditioned
-
-    def inpainted(x, t, cond, *r):
+    def conditioned(x, t, cond, *r):
         tt = t[:, None, None]
-        return net(x + w * (tt * prefix + (1.0 - tt) * noise - x), t, cond, *r)
+        return net(x + w * (tt * prefix + (1.0 - tt) * noise - x), t, cond, *r, **extra)
 
-    return inpainted
+    return conditioned
 
 
-def impose_prefix(out: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor, trained: bool) -> torch.Tensor:
-    """The sampled chunk with the prefix imposed: frozen actions equal to it; inpainting also
-    pulls the rest of the overlap towards it by its weights."""
-    w = weights[:, :, None]
-    if trained:
-        w = (w >= 1.0).to(out.dtype)
-    return out + w * (prefix - out)
+def impose_prefix(out: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The sampled chunk drawn towards the prefix by its weights: the frozen actions (weight 1)
+    equal to it, the rest of the overlap part way."""
+    return out + weights[:, :, None] * (prefix - out)

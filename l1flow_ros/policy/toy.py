@@ -164,3 +164,70 @@ def train_toy(
         cfgs=cfgs, teacher_dir=teacher_dir, progress=progress,
     )  # fmt: skip
     return load_bundle(out_dir)
+
+
+# ---------------------------------------------------------------------------- the rolling variant
+# The same two paths, followed chunk after chunk: the observation is the current point, and
+# from most points both sides continue a demonstration (y0 is unknown and ranges wider than
+# the swerve), so a policy without memory chooses a side again at every chunk. What keeps
+# the side is the running plan: real-time chunking's prefix.
+ROLLING_STEPS = 24  # waypoints from x = 0 to x = 1
+ROLLING_Y0 = 2.0  # y0 ~ U(-ROLLING_Y0, ROLLING_Y0): wider than the swerve, so both sides stay open
+ROLLING_ACTION = ActionSpec(names=("x", "y"), horizon=8, n_action_steps=4, dt=0.1)
+# Larger than TOY_MODEL: the chunk depends on where along the path the point is.
+ROLLING_MODEL = ModelConfig(
+    encoder=EncoderConfig(proprio_hidden=64, proprio_feature_dim=64, out_dim=64),
+    unet=UnetConfig(down_dims=(64, 128), kernel_size=3, time_embed_dim=32),
+)
+
+
+def rolling_path(y0: float, side: int) -> np.ndarray:
+    """(ROLLING_STEPS + 1, 2) waypoints of one demonstration, x = k / ROLLING_STEPS; side 0 left."""
+    x = np.arange(ROLLING_STEPS + 1) / ROLLING_STEPS
+    return np.stack([x, y0 + (1.0 - 2.0 * side) * BUMP * np.sin(np.pi * x)], axis=1)
+
+
+def rolling_chunk(path: np.ndarray, k: int, horizon: int) -> np.ndarray:
+    """(H, 2): the waypoints after step k, the last one held past the end."""
+    idx = np.minimum(np.arange(k + 1, k + 1 + horizon), len(path) - 1)
+    return path[idx]
+
+
+class RollingToyDataset(ToyDataset):
+    """Every step of n demonstrations: the point now -> the next H waypoints, normalised."""
+
+    def __init__(self, n: int = 2048, seed: int = 0, horizon: int = ROLLING_ACTION.horizon) -> None:
+        rng = np.random.default_rng(seed)
+        obs, chunks = [], []
+        for y0, side in zip(rng.uniform(-ROLLING_Y0, ROLLING_Y0, n), rng.integers(0, 2, n)):
+            path = rolling_path(y0, side)
+            for k in range(ROLLING_STEPS):
+                obs.append(path[k])
+                chunks.append(rolling_chunk(path, k, horizon))
+        proprio, chunks = np.asarray(obs, np.float32), np.asarray(chunks, np.float32)
+        self.normalizer = Normalizer.from_data(chunks.reshape(-1, 2), proprio)
+        self.proprio = torch.from_numpy(self.normalizer.normalize_proprio(proprio))[:, None]
+        self.actions = torch.from_numpy(self.normalizer.normalize_action(chunks))
+
+
+def continuations(point: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(2, K, 2): where the left and the right demonstration through ``point`` (x, y) go at the
+    x values ``times`` (in steps of 1 / ROLLING_STEPS, held at x = 1)."""
+    x0, y = float(point[0]), float(point[1])
+    x = np.minimum(np.asarray(times, np.float64), ROLLING_STEPS) / ROLLING_STEPS
+    out = []
+    for sign in (1.0, -1.0):
+        y0 = y - sign * BUMP * np.sin(np.pi * x0)
+        out.append(np.stack([x, y0 + sign * BUMP * np.sin(np.pi * x)], axis=1))
+    return np.asarray(out)
+
+
+def chunk_side(point: np.ndarray, chunk: np.ndarray, tol: float = 0.3 * BUMP) -> int | None:
+    """Which continuation of ``point`` a chunk (H, 2) follows: 0 left, 1 right, None neither
+    (RMS distance over its actions; the x of each action picks the waypoint it is compared to)."""
+    steps = np.asarray(chunk)[:, 0] * ROLLING_STEPS
+    paths = continuations(point, steps)
+    d = np.sqrt(((paths - chunk[None]) ** 2).sum(-1).mean(-1))  # (2,)
+    if d.min() >= tol or abs(d[0] - d[1]) < 1e-3 * BUMP:
+        return None
+    return int(d.argmin())

@@ -1,0 +1,189 @@
+"""Chunk transitions under inference delay: replace, cross-fade, temporal ensemble, prefix
+inpainting and a prefix-trained network, side by side in one run.
+
+``toy``: the rolling two-mode task (``l1flow_ros.policy.toy``, the rolling variant): from most
+points both sides continue a demonstration, so a policy without memory picks a side again at
+every chunk. Two L1 Flow bundles are trained with the real loop (plain, and with the prefix
+input), exported, and run through the real parts: ``PolicyRunner`` on onnxruntime (the
+exported graphs; the prefix graph with real-time chunking's weights) and ``ChunkScheduler``
+(the executor's splicing, 50 Hz ticks), in simulated time: a chunk computed from the point at
+``t_obs`` arrives ``d`` chunk steps later (d = 1 + the injected delay / dt: the measured delay
+of an inference that takes a few ms). Reported per method and delay: the share of chunk
+boundaries where the new chunk follows the other side than the one before it, and the largest
+command velocity step at a boundary.
+
+    python bench/bench_transitions.py toy --episodes 100
+
+``graph``: the same five through the node graph on a Meta-World task (``l1flow eval`` with the
+inference delay injected in the inference node); see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DELAYS_MS = (0, 100, 200, 300)
+# name -> (bundle, splice rule, prefix imposed)
+TOY_METHODS = {
+    "replace": ("plain", "replace", False),
+    "crossfade": ("plain", "crossfade", False),
+    "ensemble": ("plain", "ensemble", False),
+    "prefix inpainting": ("plain", "replace", True),
+    "prefix-trained": ("trained", "replace", True),
+}
+
+
+def train_toy_bundles(out: Path, steps: int, seed: int = 0) -> dict[str, Path]:
+    """Plain and prefix-trained L1 Flow on the rolling toy, exported; their directories."""
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.policy import methods, toy
+    from l1flow_ros.policy.config import TrainConfig
+    from l1flow_ros.policy.model import prediction_for
+    from l1flow_ros.policy.prefix import PrefixTrainConfig
+    from l1flow_ros.policy.train import ObjectiveConfigs, train
+
+    ds = toy.RollingToyDataset(2048, seed=seed)
+    dirs = {}
+    for name, prefix in (("plain", False), ("trained", True)):
+        cfgs = ObjectiveConfigs(prefix=PrefixTrainConfig(enabled=prefix))
+        sampler = methods.get("l1flow").default_sampler(cfgs)
+        model_cfg = dataclasses.replace(toy.ROLLING_MODEL, prediction=prediction_for(sampler.kind))
+        cfg = TrainConfig(objective="l1flow", steps=steps, batch_size=256, lr=5e-3, warmup_steps=50,
+                          ema_decay=0.995, save_every=10**9, log_every=100, seed=seed, device="cpu")
+        d = out / name
+        t0 = time.monotonic()
+        train(ds, ds.normalizer, toy.OBS_SPEC, toy.ROLLING_ACTION, d, cfg, model_cfg=model_cfg, sampler=sampler,
+              cfgs=cfgs, progress=False)
+        export_bundle(d)
+        print(f"trained {name} in {time.monotonic() - t0:.0f} s", flush=True)
+        dirs[name] = d
+    return dirs
+
+
+def toy_episode(runner, splice: str, prefix: bool, delay_steps: int, seed: int) -> dict:
+    """One rolled-out episode; chunk sides, boundary switches and velocity steps."""
+    from l1flow_ros.control.safety import Limits
+    from l1flow_ros.control.scheduler import ChunkScheduler, SchedulerConfig
+    from l1flow_ros.policy import toy
+    from l1flow_ros.spec import Tail
+
+    act = toy.ROLLING_ACTION
+    dt_ns = int(act.dt * 1e9)
+    tick_ns = dt_ns // 5
+    inf = np.full(2, np.inf)
+    sched = ChunkScheduler(SchedulerConfig(names=act.names, splice=splice, max_age_s=5.0, max_future_s=1.0),
+                           Limits(np.full(2, -np.inf), np.full(2, np.inf), inf, inf))
+    rng = np.random.default_rng(seed)
+    start = np.array([0.0, rng.uniform(-0.5, 0.5)])  # well inside the data's y0: both sides open
+    sched.reset(start, 0)
+    runner._rng = np.random.Generator(np.random.PCG64(seed))  # the episode's own noise
+    t, p = 0, start.copy()
+    sides, vs, arrivals = [], [], []
+    end_ns = toy.ROLLING_STEPS * dt_ns
+    arrival_ns, pending, next_obs = None, None, 0
+    while t <= end_ns:
+        if t >= next_obs and pending is None:  # observe and start a chunk
+            emb = runner.encode({"proprio": p[None].astype(np.float32)})
+            k_tail, a_tail = sched.tail(t - 300_000_000)
+            tail = Tail(k_tail, a_tail) if k_tail.size else None
+            chunk = runner.act(emb, t, tail, delay_steps if prefix and tail is not None else None)
+            sides.append(toy.chunk_side(p, chunk.actions))
+            pending, arrival_ns = chunk, t + delay_steps * dt_ns + 1
+            next_obs = t + act.n_action_steps * dt_ns
+        if pending is not None and t >= arrival_ns:
+            try:
+                sched.add_chunk(pending, t)
+                arrivals.append(len(vs))
+            except ValueError:
+                pass  # nothing executable left: the arm holds on what it has
+            pending = None
+        p, v, _ = sched.command(t + 1)
+        vs.append(v)
+        t += tick_ns
+    vs = np.asarray(vs)  # (T, 2)
+    dv, acc = boundary_steps(vs, arrivals[1:], 5, tick_ns * 1e-9)  # the first chunk starts from rest
+    pairs = [(a, b) for a, b in zip(sides, sides[1:]) if a is not None and b is not None]
+    return {"boundaries": len(pairs), "switches": sum(a != b for a, b in pairs),
+            "undecided": sum(s is None for s in sides), "chunks": len(sides),
+            "max_velocity_step": dv, "max_acceleration": acc}
+
+
+def boundary_steps(v: np.ndarray, at: list[int], window: int, tick_s: float) -> tuple[float, float]:
+    """Largest command velocity change within ``window`` ticks after a splice (against the tick
+    before it) and largest acceleration there, over the splices at tick indices ``at``."""
+    dv = acc = 0.0
+    for i in at:
+        if i < 1:
+            continue
+        seg = v[i - 1 : i + window + 1]
+        dv = max(dv, float(np.max(np.abs(seg - seg[0]))))
+        acc = max(acc, float(np.max(np.abs(np.diff(seg, axis=0)))) / tick_s)
+    return dv, acc
+
+
+def run_toy(args: argparse.Namespace) -> dict:
+    from l1flow_ros.inference.runner import PolicyRunner
+    from l1flow_ros.policy import toy
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="transitions-"))
+    dirs = train_toy_bundles(out, args.steps)
+    runners = {k: PolicyRunner.open(d, "onnxruntime", with_encoder=True, threads=1, warm_start=False)
+               for k, d in dirs.items()}
+    dt_ms = toy.ROLLING_ACTION.dt * 1e3
+    results = {}
+    for delay in args.delays:
+        d = 1 + int(round(delay / dt_ms))
+        for name, (bundle, splice, prefix) in TOY_METHODS.items():
+            eps = [toy_episode(runners[bundle], splice, prefix, d, seed) for seed in range(args.episodes)]
+            b = sum(e["boundaries"] for e in eps)
+            results[(name, delay)] = {
+                "d": d, "boundaries": b, "switch_pct": 100.0 * sum(e["switches"] for e in eps) / max(b, 1),
+                "undecided_pct": 100.0 * sum(e["undecided"] for e in eps) / max(1, sum(e["chunks"] for e in eps)),
+                "max_velocity_step": max(e["max_velocity_step"] for e in eps),
+                "max_acceleration": max(e["max_acceleration"] for e in eps),
+            }
+            r = results[(name, delay)]
+            print(f"{name:18s} {delay:3d} ms (d={d}): switches {r['switch_pct']:5.1f} % of {b} boundaries, "
+                  f"neither side {r['undecided_pct']:4.1f} %, boundary velocity step {r['max_velocity_step']:.2f} /s, "
+                  f"acceleration {r['max_acceleration']:.1f} /s^2",
+                  flush=True)
+    # The demonstrator, memoryless: a fresh side at every chunk.
+    print_toy_table(results, args.delays)
+    (out / "toy.json").write_text(json.dumps({f"{k[0]}@{k[1]}": v for k, v in results.items()}, indent=1))
+    return results
+
+
+def print_toy_table(results: dict, delays) -> None:
+    head = "| method | " + " | ".join(f"{d} ms: switches / max Δv" for d in delays) + " |"
+    print(head)
+    print("|---|" + "---|" * len(delays))
+    for name in TOY_METHODS:
+        cells = []
+        for delay in delays:
+            r = results[(name, delay)]
+            cells.append(f"{r['switch_pct']:.1f} % / {r['max_velocity_step']:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="part", required=True)
+    t = sub.add_parser("toy", help="the rolling two-mode toy: mode switches at chunk boundaries")
+    t.add_argument("--episodes", type=int, default=100)
+    t.add_argument("--steps", type=int, default=3000, help="training steps of each bundle")
+    t.add_argument("--delays", type=int, nargs="+", default=list(DELAYS_MS), help="injected delay, ms")
+    t.add_argument("--out", default="", help="where the bundles and toy.json go (default: a temp dir)")
+    args = ap.parse_args()
+    if args.part == "toy":
+        run_toy(args)
+
+
+if __name__ == "__main__":
+    main()
