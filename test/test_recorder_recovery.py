@@ -199,6 +199,8 @@ def test_full_disk_stops_the_episode_with_the_reason_and_teleop_keeps_going(ros_
         n = probe.commands
         step(50)
         assert wait_for(lambda: probe.commands >= n + 40, timeout=60.0), (n, probe.commands)
+        print(f"full disk: teleop commands heard before the error {n}, then {probe.commands - n} "
+              f"during 50 more leader states")
         g.check()
         r = probe.call("stop")
         part = next(out.glob("*.mcap.part"))

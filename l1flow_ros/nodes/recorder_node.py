@@ -175,7 +175,7 @@ class RecorderNode(Node):
         """(lock held) The disk refused a write: end the episode now, the .part as it is on disk."""
         w, self._writer = self._writer, None
         w.abort()
-        self._stopped_by = (f"episode {w.path.name} stopped by a write error: {why}; {w.on_disk} of its {w.count}"
+        self._stopped_by = (f"episode {w.path.name} stopped by a write error: {why}; at least {w.on_disk} of its {w.count}"
                             f" messages reached the disk in {w.part_path}, recovered into recovered/ by the next"
                             " recorder start")
         self._recover_due = True
