@@ -318,10 +318,15 @@ def test_a_node_started_as_ros2_launch_does_exits_with_one_line(tmp_path):
     """No launcher in front: the node's console script with --params-file, as launch_ros runs it."""
     from l1flow_ros.graph.launcher import node_command
 
-    cases = {
+    cases = {  # every node: a misspelt name, or a value of the wrong type
         "executor_node": ({**EXECUTOR_OK, "max_velocty": [1.0, 1.0]}, "max_velocty"),
         "teleop_node": ({"mode": "joy", "rate_hz": "fast"}, "rate_hz"),
+        "perception_node": ({"slop": "fast"}, "slop"),
+        "inference_node": ({"chekpoint": str(BUNDLE)}, "chekpoint"),
+        "sim_robot_node": ({"taks": "button-press-v3"}, "taks"),
+        "recorder_node": ({"output_dir": 5}, "output_dir"),
     }
+    assert set(cases) == set(NODE_CLASSES)
     for node, (params, key) in cases.items():
         path = _write(tmp_path, {node: params}, f"{node}.yaml")
         r = subprocess.run(node_command(node, path), capture_output=True, text=True, timeout=120)

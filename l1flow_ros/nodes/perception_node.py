@@ -299,6 +299,8 @@ class PerceptionNode(Node):
 
     def close(self) -> None:
         """Stop the worker, loader and camera threads (idempotent)."""
+        if not hasattr(self, "_cond"):  # __init__ failed (bad parameters) before any thread existed
+            return
         with self._cond:
             if self._stop:
                 return
