@@ -135,6 +135,7 @@ def test_summary_keeps_every_diagnostics_field():
         "period_error_us_max", "missed_ticks", "deadlines", "starvation_events", "chunk_age_ms",
         "chunks_accepted", "chunks_rejected", "last_rejection", "dropped_stale_actions", "limited_ticks",
         "replan_due", "inference_delay_steps_p95", "obs_to_arrival_ms_p50", "obs_to_arrival_ms_p95",
+        "boundary_velocity_step_max", "boundary_acceleration_max",
         "control_thread", "executor_thread", "middleware_threads"]
     assert values["inference_delay_steps_p95"] == -1 and np.isnan(values["obs_to_arrival_ms_p95"])  # no chunk yet
     assert values["missed_ticks"] == 4 and values["period_error_us_p50"] == 1.0 and values["chunks_accepted"] == 3
@@ -154,3 +155,27 @@ def test_the_delay_of_accepted_chunks_is_reported_after_warm_up():
         s.add_chunk(chunk(T0, np.zeros((8, len(NAMES)))), T0 + 700_000_000)
     r = s.report()
     assert s.delay.samples == 3 and r.delay_steps == 2 and abs(r.delay_ms_p50 - 130.0) < 1e-6
+
+
+def test_boundary_velocity_step_is_measured_after_splices_not_at_the_start():
+    s = make()
+    s.set_measured(np.zeros(3), 0.0)
+    s.enable(True, T0)
+    # The first chunk starts the arm from rest: not a boundary.
+    s.add_chunk(chunk(T0, [[0.01 * (k + 1), 0.0, 1.0] for k in range(10)]), T0)
+    for k in range(1, 100):
+        s.tick(T0 + k * TICK)
+    r = s.report()
+    assert r.boundary_velocity_step == 0.0 and r.boundary_acceleration == 0.0
+    # The same motion continued: a small step. Then a chunk going back: a large one.
+    t = T0 + 100 * TICK
+    s.add_chunk(chunk(t, [[0.02 + 0.01 * (k + 1), 0.0, 1.0] for k in range(10)]), t)
+    for k in range(1, 60):
+        s.tick(t + k * TICK)
+    smooth = s.report().boundary_velocity_step
+    t += 60 * TICK
+    s.add_chunk(chunk(t, [[0.0, 0.0, -1.0]] * 10), t)  # the gripper's own jump is left out
+    for k in range(1, 60):
+        s.tick(t + k * TICK)
+    r = s.report()
+    assert r.boundary_velocity_step > 5 * max(smooth, 1e-3) and r.boundary_acceleration > 0

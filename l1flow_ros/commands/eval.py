@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-process", action="store_true",
                    help="compose every node into this process instead (to compare; deploy one process per node)")
     p.add_argument("--node-log", default=None, help="write the nodes' output here (default: the terminal)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE:PARAM:=VALUE",
+                   help="set a node parameter for this run, e.g. executor_node:splice:=replace or "
+                        "inference_node:inject_delay_ms:=200 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,10 +41,14 @@ def run(args: argparse.Namespace) -> int:
             task = bundle_task(read_manifest(args.bundle))
         except BundleError:
             task = None  # evaluate_graph reports the bundle's problem
+    bad = [o for o in args.set if o.count(":") < 2 or ":=" not in o]
+    if bad:
+        print(f"l1flow eval: --set takes NODE:PARAM:=VALUE, got {bad[0]!r}", file=sys.stderr)
+        return 2
     try:
         res = evaluate_graph(args.bundle, task, args.episodes, args.seed, args.timeout, args.config,
                              args.backend, args.plot, log_file=args.node_log,
-                             composed=args.one_process)
+                             composed=args.one_process, overrides=args.set)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"l1flow eval: {e}", file=sys.stderr)
         return 1

@@ -42,6 +42,11 @@ class StreamReport:
     delay_steps: int | None = None  # inference delay in chunk steps at the estimator's percentile
     delay_ms_p50: float = float("nan")  # observation -> chunk arrival
     delay_ms_p95: float = float("nan")
+    # Chunk boundaries (every accepted chunk but the first after a start from rest): the largest
+    # change of the command velocity within one chunk step after the splice, against the velocity
+    # just before it, and the largest acceleration there; continuous joints (grippers left out).
+    boundary_velocity_step: float = 0.0
+    boundary_acceleration: float = 0.0
 
 
 class CommandStream:
@@ -63,6 +68,15 @@ class CommandStream:
         self.last_rejection = ""
         self._rejections_reported = 0
         self.delay = DelayEstimator()  # observation -> arrival of accepted chunks (control/delay.py)
+        # Chunk boundaries (control thread; StreamReport.boundary_*): set by add_chunk, read by tick.
+        self._spliced = False
+        self._from_rest = True  # the next chunk starts the arm from rest, not a boundary
+        self._window_end = 0  # ns: the boundary window after the last splice ends here
+        self._v_before: list[float] = []
+        self._v_last: list[float] = []
+        self._t_last = 0
+        self.boundary_dv = 0.0
+        self.boundary_acc = 0.0
 
     # -- inputs (callback threads) -------------------------------------------------------------
 
@@ -72,6 +86,7 @@ class CommandStream:
 
     def _restart_from_measured(self, now_ns: int) -> None:
         """Start from the measured position, at rest (the lock held)."""
+        self._from_rest = True
         self.scheduler.reset(self.measured, now_ns)
         self.last_published = self.measured.copy()
         self.published_version = -1
@@ -109,6 +124,10 @@ class CommandStream:
         """Splice a chunk in; raises ChunkRejected (the caller counts it with :meth:`reject`)."""
         self.scheduler.add_chunk(chunk, now_ns)
         self.chunk_dt_ns = int(round(chunk.dt * 1e9))
+        if self._from_rest:
+            self._from_rest = False
+        else:
+            self._spliced = True
         with self.lock:
             self.delay.add(chunk.t_obs_ns, now_ns, chunk.dt)
 
@@ -124,7 +143,7 @@ class CommandStream:
             d = self.delay
             return StreamReport(self.enabled, self.measured is not None, self.controller_lost, self.measured_t,
                                 self.rejections, new, self.last_rejection, d.steps(), d.latency_ms(50.0),
-                                d.latency_ms(95.0))
+                                d.latency_ms(95.0), self.boundary_dv, self.boundary_acc)
 
     # -- the control thread --------------------------------------------------------------------
 
@@ -135,6 +154,7 @@ class CommandStream:
             return None
         p, v, mode = self.scheduler.command(now_ns)
         self.ticks += 1
+        self._watch_boundary(v, now_ns)
         if not self.enabled:  # disabled while computing: send nothing
             return None
         if self.output == "forward_position":
@@ -150,6 +170,24 @@ class CommandStream:
             return None
         self.published_version = version
         return self.plan_samples(now_ns)
+
+    def _watch_boundary(self, v: np.ndarray, now_ns: int) -> None:
+        """Velocity step and acceleration in the chunk step after each splice (control thread;
+        Python floats: a few microseconds a tick, and only inside a window)."""
+        vl = v.tolist()
+        if self._spliced:
+            self._spliced = False
+            self._v_before = self._v_last or vl
+            self._window_end = now_ns + (self.chunk_dt_ns or int(1e8))
+        if now_ns <= self._window_end and self._v_last:
+            grip = self.scheduler.limits.gripper_indices
+            h = max(now_ns - self._t_last, 1) * 1e-9
+            for j, x in enumerate(vl):
+                if j in grip:
+                    continue
+                self.boundary_dv = max(self.boundary_dv, abs(x - self._v_before[j]))
+                self.boundary_acc = max(self.boundary_acc, abs(x - self._v_last[j]) / h)
+        self._v_last, self._t_last = vl, now_ns
 
     def plan_samples(self, now_ns: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         """The plan from ``now_ns`` to its end, sampled at the chunk dt (0.1 s before any

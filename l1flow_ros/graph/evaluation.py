@@ -21,6 +21,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,9 @@ class EvalResult:
     missed_ticks_per_min: float = float("nan")
     measured_s: float = 0.0  # the window the counts cover
     inference_delay_steps_p95: int = -1  # the executor's delay estimate d (control/delay.py); -1: none
+    boundary_velocity_step_max: float = float("nan")  # executor: command velocity change after a splice
+    boundary_acceleration_max: float = float("nan")  # executor: command acceleration after a splice
+    overrides: list[str] = field(default_factory=list)  # node parameters set for this run
     chunks: int = 0
     graph: str = "process per node"  # or "one process" (composition, for side-by-side benchmarks)
 
@@ -83,6 +87,8 @@ class EvalResult:
             ("  obs -> frame p50 / p99", f"{self.frame_latency_ms_p50:.1f} / {self.frame_latency_ms_p99:.1f} ms"),
             ("  obs -> embedding p50 / p99", f"{self.embedding_latency_ms_p50:.1f} / {self.embedding_latency_ms_p99:.1f} ms"),
             ("inference delay d p95 (executor)", f"{self.inference_delay_steps_p95} chunk steps"),
+            ("chunk boundaries: max velocity step / acceleration",
+             f"{self.boundary_velocity_step_max:.3f} /s / {self.boundary_acceleration_max:.1f} /s^2"),
             ("perception time p50", f"{self.perception_ms_p50:.2f} ms"),
             ("inference time p50 / p99", f"{self.inference_ms_p50:.2f} / {self.inference_ms_p99:.2f} ms"),
             ("control period error p50 / p99 / max",
@@ -191,13 +197,15 @@ def evaluate_graph(
     log=print,
     log_file: str | Path | None = None,
     composed: bool = False,
+    overrides: Sequence[str] = (),
 ) -> EvalResult:
     """Run ``episodes`` seeded episodes of ``bundle`` through the node graph of ``config``.
 
     The nodes' own output goes to ``log_file`` (each line prefixed with the node's name), or to
     standard output when None. ``composed``: every node in this process instead
     (:class:`~l1flow_ros.nodes.composition.Composition`, as the tests compose nodes), to
-    measure the difference side by side; deployments run one process per node.
+    measure the difference side by side; deployments run one process per node. ``overrides``:
+    more node parameters, ``node:name:=value`` (e.g. ``executor_node:splice:=replace``).
     """
     from l1flow_ros.policy.manifest import read_manifest
 
@@ -206,6 +214,7 @@ def evaluate_graph(
     path = config_path(config)
     names = nodes_in_config(path)
     cams = ",".join(manifest.observation.cameras) or '""'
+    extra = list(overrides)
     overrides = [
         f"inference_node:checkpoint:={bundle}",
         f"sim_robot_node:seed:={int(seed)}",
@@ -216,6 +225,7 @@ def evaluate_graph(
     if backend:
         overrides.append(f"inference_node:backend:={backend}")
         overrides.append(f"perception_node:encoder_backend:={backend}")
+    overrides += extra
     sim_task = task or parameter_value(path, "sim_robot_node", "task")
     # Left in reverse: the graph stops first, then the probe.
     with contextlib.ExitStack() as stack:
@@ -286,6 +296,8 @@ def evaluate_graph(
             period_error_us_p99=_f(ex_d, "period_error_us_p99"),
             period_error_us_max=_f(ex_d, "period_error_us_max"),
             inference_delay_steps_p95=_int(_f(ex_d, "inference_delay_steps_p95")),
+            boundary_velocity_step_max=_f(ex_d, "boundary_velocity_step_max"),
+            boundary_acceleration_max=_f(ex_d, "boundary_acceleration_max"), overrides=extra,
             missed_ticks=missed, missed_ticks_per_min=60.0 * missed / max(measured_s, 1e-9),
             measured_s=round(measured_s, 1), chunks=int(lat.size),
             graph="one process" if composed else "process per node",
