@@ -74,6 +74,9 @@ def test_build_skips_truncated_corrupt_and_cut_off_episodes_naming_each(tmp_path
     out = capsys.readouterr().out
     for name in ("ep2_truncated.mcap", "ep3_corrupt.mcap", "ep5.mcap.part"):
         assert f"skipped {name}" in out, out
+    assert main(["dataset", "info", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "ep2_truncated.mcap: unreadable" in out and "ep5.mcap.part: a recording cut off" in out, out
     assert main(["dataset", "recover", str(d), str(d / "ep2_truncated.mcap")]) == 0
     out = capsys.readouterr().out
     assert "ep5.mcap.part: recovered" in out and "ep2_truncated.mcap:" in out

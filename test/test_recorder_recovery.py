@@ -211,7 +211,6 @@ def test_full_disk_stops_the_episode_with_the_reason_and_teleop_keeps_going(ros_
         # The disk full still: a start says why it cannot record.
         r = probe.call("start")
         assert not r.success and "No space left on device" in r.message, r.message
-        assert wait_for(lambda: probe.status.level == DiagnosticStatus.ERROR, timeout=30.0)
         # Room again (the operator freed space): the next start recovers what reached the disk.
         subprocess.run(["mount", "-o", "remount,size=16m", str(small_fs)], check=True)
         r = probe.call("start")

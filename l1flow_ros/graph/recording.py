@@ -112,8 +112,9 @@ def record_demos_ros(
             while solved.is_set() and time.monotonic() < t_end:  # the reset's "not solved" arrives
                 time.sleep(0.01)
             time.sleep(3.0 / camera_rate_hz)  # frames of the new episode before recording
-            if not call("start").success:
-                raise RuntimeError("recorder refused to start an episode")
+            r = call("start")
+            if not r.success:  # e.g. the disk is full: the recorder says so
+                raise RuntimeError(f"recorder refused to start an episode: {r.message}")
             teleop(True)
             t0 = time.monotonic()
             while not solved.is_set() and time.monotonic() - t0 < limit:

@@ -39,7 +39,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from l1flow_ros.config import param
-from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, normalise_type, recover_leftovers
+from l1flow_ros.data.mcap_io import EpisodeError, EpisodeWriter, free_path, normalise_type, recover_leftovers
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, WARN, Diagnostics
 from l1flow_ros.nodes.params import declare
@@ -208,7 +208,7 @@ class RecorderNode(Node):
             if self._stopped_by:
                 return self._answer_stopped(response)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-            path = self.out_dir / f"episode_{self._n_saved:05d}_{stamp}.mcap"
+            path = free_path(self.out_dir / f"episode_{self._n_saved:05d}_{stamp}.mcap")  # never a leftover's name
             meta = dict(task=self.cfg.task, start_ns=self._now_ns(), action_topic=self.cfg.action_topic,
                         joint_states_topic=self.cfg.joint_states_topic, cameras=list(self.cfg.cameras))
             calib = self._read_calibration()
