@@ -32,9 +32,13 @@ from l1flow_ros.perception.geometry import (
     CameraIntrinsics,
     CloudConfig,
     PerceptionError,
-    backproject,
-    depth_to_metres,
-    fuse_views,
+    Soa,
+    camera_points,
+    check_depth,
+    depth_points,
+    fuse_points,
+    has_valid_depth,
+    pixel_grid,
 )
 from l1flow_ros.perception.images import resize_rgb, rgb_to_float, to_chw
 from l1flow_ros.spec import ObservationSpec
@@ -78,9 +82,8 @@ def cloud_config(spec: ObservationSpec) -> CloudConfig:
     )
 
 
-def _camera_points(
-    name: str, cam: CameraFrame, spec: ObservationSpec
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _camera_points(name: str, cam: CameraFrame, spec: ObservationSpec, T: np.ndarray, cfg: CloudConfig) -> Soa:
+    """One camera's points in the base frame, inside the workspace (see geometry.depth_points)."""
     if cam.cloud is not None:
         pts = np.asarray(cam.cloud, dtype=np.float32)
         if pts.ndim != 2 or pts.shape[1] != 3:
@@ -89,17 +92,18 @@ def _camera_points(
         z = np.linalg.norm(pts, axis=1)
         ok &= (z > spec.depth_range[0]) & (z <= spec.depth_range[1])
         cols = cam.cloud_colors[ok] if (spec.point_color and cam.cloud_colors is not None) else None
-        return pts[ok], cols
+        return camera_points(pts[ok], cols, T, cfg.workspace)
     if cam.depth is None:
         raise PerceptionError(f"camera {name!r}: no depth image and no point cloud")
     if cam.intrinsics is None:
         raise PerceptionError(f"camera {name!r}: no CameraInfo (intrinsics) for its depth")
-    depth = depth_to_metres(cam.depth)
+    depth = check_depth(cam.depth, cam.intrinsics)
     rgb = cam.color if (spec.point_color and cam.color is not None) else None
-    pts, cols = backproject(depth, cam.intrinsics, tuple(spec.depth_range), rgb)
-    if pts.shape[0] == 0:
+    # Only the pixels that can land in the workspace are read (geometry.PixelGrid, cached per camera).
+    part = depth_points(depth, pixel_grid(cam.intrinsics, T, cfg), cfg.workspace, rgb)
+    if part[0].shape[0] == 0 and not has_valid_depth(depth, tuple(spec.depth_range)):
         raise PerceptionError(f"camera {name!r}: depth has no valid pixel (all 0, NaN, inf or out of range)")
-    return pts, cols
+    return part
 
 
 def frame_step(
@@ -126,11 +130,9 @@ def frame_step(
         no_cal = [c for c in spec.cameras if c not in calib]
         if no_cal:
             raise PerceptionError(f"no extrinsics (calibration) for camera(s) {no_cal}")
-        views, exts = [], []
-        for c in spec.cameras:
-            views.append(_camera_points(c, frames.cameras[c], spec))
-            exts.append(calib[c])
-        out["points"] = fuse_views(views, exts, cloud_config(spec))  # (num_points, C)
+        ccfg = cloud_config(spec)
+        parts = [_camera_points(c, frames.cameras[c], spec, calib[c], ccfg) for c in spec.cameras]
+        out["points"] = fuse_points(parts, ccfg)  # (num_points, C)
     if spec.proprio_names:
         if frames.proprio is None:
             raise PerceptionError("no proprioception (joint states)")
