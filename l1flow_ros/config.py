@@ -236,7 +236,10 @@ def ros_scalar(text: str, quoted: bool = False) -> Any:
     if text in _SPECIAL:
         return _SPECIAL[text]
     if _STRTOD.fullmatch(text):
-        return float(text)
+        v = float(text)
+        if math.isinf(v) and "inf" not in text.lower():
+            return text  # out of range: strtod sets ERANGE, rcl keeps the text
+        return v
     return text
 
 

@@ -82,6 +82,17 @@ def test_scalars_are_typed_as_rcl_types_them():
         assert got == want and type(got) is type(want), (text, got)
     assert ros_scalar("500", quoted=True) == "500"
     assert math.isnan(ros_scalar(".nan"))
+    assert ros_scalar("1e999") == "1e999"  # strtod overflows (ERANGE): a string to rcl
+
+
+@pytest.mark.core
+@PROFILE
+@given(st.text(max_size=30))
+def test_any_scalar_text_has_a_type(text):
+    value = ros_scalar(text)
+    assert type(value) in (bool, int, float, str)
+    if isinstance(value, int) and not isinstance(value, bool):
+        assert -(2**63) <= value < 2**63
 
 
 @pytest.mark.core
