@@ -14,8 +14,16 @@ command velocity step at a boundary.
 
     python bench/bench_transitions.py toy --episodes 100
 
-``graph``: the same five through the node graph on a Meta-World task (``l1flow eval`` with the
-inference delay injected in the inference node); see ``--help``.
+``graph``: the same five through the node graph on a Meta-World task, one process per node
+(``l1flow eval``, the delay injected in the inference node, ``inject_delay_ms``): success over
+seeded episodes, the executor's delay estimate, and the largest command velocity step and
+acceleration in the chunk step after a splice (the executor's ``boundary_*`` diagnostics).
+The prefix-trained bundle is the plain one's recipe with ``--prefix-train``:
+
+    l1flow pipeline --task button-press-v3 --methods l1flow --prefix-train --offline-record \
+        --episodes 20 --out runs/prefix
+    python bench/bench_transitions.py graph --plain models/default \
+        --trained runs/prefix/bundles/l1flow --episodes 20
 """
 
 from __future__ import annotations
@@ -172,6 +180,69 @@ def print_toy_table(results: dict, delays) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+# name -> (bundle, executor splice rule, inference prefix conditioning)
+GRAPH_METHODS = TOY_METHODS
+
+
+def ensure_prefix_graph(bundle: Path, work: Path) -> Path:
+    """``bundle`` itself when it ships the prefix graph, else an exported copy of it in ``work``."""
+    import shutil
+
+    from l1flow_ros.inference.backends import has_prefix_graph
+    from l1flow_ros.inference.export import export_bundle
+    from l1flow_ros.policy.manifest import read_manifest
+
+    if has_prefix_graph(read_manifest(bundle)):
+        return bundle
+    copy = work / bundle.name
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(bundle, copy)
+    export_bundle(copy)
+    return copy
+
+
+def run_graph(args: argparse.Namespace) -> list[dict]:
+    """Every method and delay through the node graph (``l1flow eval``), one graph per run."""
+    from dataclasses import asdict
+
+    from l1flow_ros.graph.evaluation import evaluate_graph
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="transitions-graph-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bundles = {"plain": ensure_prefix_graph(Path(args.plain).resolve(), work),
+               "trained": Path(args.trained).resolve()}
+    rows = []
+    for delay in args.delays:
+        for name, (bundle, splice, prefix) in GRAPH_METHODS.items():
+            sets = [f"executor_node:splice:={splice}", f"inference_node:prefix_conditioning:={str(prefix).lower()}",
+                    f"inference_node:inject_delay_ms:={float(delay)}"]
+            res = evaluate_graph(bundles[bundle], args.task, args.episodes, args.seed, args.timeout,
+                                 log=lambda *_: None, log_file=work / "nodes.log", overrides=sets)
+            row = {"method": name, "delay_ms": delay, **asdict(res)}
+            rows.append(row)
+            print(f"{name:18s} {delay:3d} ms: {res.successes}/{res.episodes}, d p95 {res.inference_delay_steps_p95}, "
+                  f"boundary velocity step {res.boundary_velocity_step_max:.3f} m/s, acceleration "
+                  f"{res.boundary_acceleration_max:.1f} m/s^2, obs -> chunk p50 {res.chunk_latency_ms_p50:.0f} ms",
+                  flush=True)
+            (work / "graph.json").write_text(json.dumps(rows, indent=1))
+    print_graph_table(rows, args.delays)
+    return rows
+
+
+def print_graph_table(rows: list[dict], delays) -> None:
+    by = {(r["method"], r["delay_ms"]): r for r in rows}
+    print("| method | " + " | ".join(f"{d} ms: success / max Δv (m/s) / max acc (m/s²)" for d in delays) + " |")
+    print("|---|" + "---|" * len(delays))
+    for name in GRAPH_METHODS:
+        cells = []
+        for d in delays:
+            r = by.get((name, d))
+            cells.append("–" if r is None else f"{r['successes']}/{r['episodes']} / "
+                         f"{r['boundary_velocity_step_max']:.3f} / {r['boundary_acceleration_max']:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
@@ -180,9 +251,21 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=3000, help="training steps of each bundle")
     t.add_argument("--delays", type=int, nargs="+", default=list(DELAYS_MS), help="injected delay, ms")
     t.add_argument("--out", default="", help="where the bundles and toy.json go (default: a temp dir)")
+    g = sub.add_parser("graph", help="a Meta-World task through the node graph, delay injected in inference")
+    g.add_argument("--plain", default="models/default", help="an L1 Flow bundle (re-exported with the prefix "
+                                                             "graph into --out when it has none)")
+    g.add_argument("--trained", required=True, help="the same recipe trained with --prefix-train")
+    g.add_argument("--task", default="button-press-v3")
+    g.add_argument("--episodes", type=int, default=20)
+    g.add_argument("--seed", type=int, default=100000)
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds per episode")
+    g.add_argument("--delays", type=int, nargs="+", default=list(DELAYS_MS), help="injected delay, ms")
+    g.add_argument("--out", default="", help="work folder (copies, nodes.log, graph.json)")
     args = ap.parse_args()
     if args.part == "toy":
         run_toy(args)
+    else:
+        run_graph(args)
 
 
 if __name__ == "__main__":

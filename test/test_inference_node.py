@@ -212,12 +212,11 @@ def test_swap_that_fails_to_load_is_reported_and_the_parameter_put_back(ros_cont
 @pytest.mark.node
 def test_warm_start_from_executor_tail(ros_context, spin_nodes, bundle):
     from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     from l1flow_ros.inference.runner import PolicyRunner, Tail
     from l1flow_ros.msgs.chunk_conv import chunk_from_msg, ns_to_duration, ns_to_stamp
-
-    from rclpy.parameter import Parameter
 
     rig = Rig(spin_nodes, ros_context, {"checkpoint": str(bundle), "seed": 9, "prefix_conditioning": False,
                                         "n_action_steps": 0})
