@@ -208,3 +208,19 @@ def test_a_refused_write_leaves_every_flushed_message_readable(tmp_path):
     got, s = salvaged(w.part_path)
     assert got == list(range(len(got))) and flushed <= len(got) <= w.count and s.metadata == {"task": "t"}
     assert "cut at byte 20000" in s.cut
+
+
+def test_a_damaged_record_header_keeps_the_original(tmp_path):
+    """Bytes that are no record (a damaged header, not what a cut write leaves): the messages
+    before are recovered, and the original is kept in corrupt/ for whatever else can read it."""
+    w = EpisodeWriter(tmp_path / "episode.mcap", flush_period_s=0.0)
+    for k in range(10):
+        w.write_raw("/joint_states", JS, js(k), 1000 + k)
+    w.flush()
+    w.abort()
+    raw = w.part_path.read_bytes() + b"\x77" + bytes(200)
+    w.part_path.write_bytes(raw)
+    (x,) = recover_leftovers(tmp_path)
+    assert x.outcome == "recovered" and "unknown record" in x.why
+    assert [m.msg.position[0] for m in read_messages(x.moved_to)] == list(map(float, range(10)))
+    assert (tmp_path / CORRUPT_DIR / "episode.mcap.part").read_bytes() == raw

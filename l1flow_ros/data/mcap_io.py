@@ -446,7 +446,8 @@ class Salvage:
 
 
 _OPCODES = {0x01: "header", 0x02: "footer", 0x03: "schema", 0x04: "channel", 0x05: "message", 0x06: "chunk",
-            0x0C: "metadata", 0x0F: "data end"}
+            0x07: "message index", 0x08: "chunk index", 0x09: "attachment", 0x0A: "attachment index",
+            0x0B: "statistics", 0x0C: "metadata", 0x0D: "metadata index", 0x0E: "summary offset", 0x0F: "data end"}
 
 
 def _records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
@@ -561,6 +562,9 @@ def salvage(path: str | os.PathLike) -> Iterator[tuple[Any, Any, Any]]:
                 name = _OPCODES.get(opcode, f"opcode {opcode:#x}")
                 result.cut = (f"cut at byte {size} inside a {name} record at byte {pos} "
                               f"({size - pos - 9} of {length} bytes)")
+                if opcode not in _OPCODES:  # not what a cut write leaves: a damaged record header
+                    result.damage.append(f"unknown record at byte {pos}: the rest of the file ({size - pos} bytes) "
+                                         "could not be read")
                 if opcode == 0x06:  # a chunk cut while written: the messages its compressed part holds
                     try:
                         yield from take(_chunk_records(data[pos + 9:size], False), pos)
