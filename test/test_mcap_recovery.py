@@ -3,6 +3,7 @@ and what recovery does with them. The recorder process killed with SIGKILL and t
 filesystem are in test_recorder_recovery.py."""
 
 import shutil
+import struct
 
 import pytest
 from rclpy.serialization import serialize_message
@@ -218,9 +219,15 @@ def test_a_damaged_record_header_keeps_the_original(tmp_path):
         w.write_raw("/joint_states", JS, js(k), 1000 + k)
     w.flush()
     w.abort()
-    raw = w.part_path.read_bytes() + b"\x77" + bytes(200)
+    good = w.part_path.read_bytes()
+    raw = good + b"\x77" + struct.pack("<Q", 10**12) + bytes(200)
     w.part_path.write_bytes(raw)
     (x,) = recover_leftovers(tmp_path)
     assert x.outcome == "recovered" and "unknown record" in x.why
     assert [m.msg.position[0] for m in read_messages(x.moved_to)] == list(map(float, range(10)))
     assert (tmp_path / CORRUPT_DIR / "episode.mcap.part").read_bytes() == raw
+    # Zeros at the end (a power cut before the data reached the disk, on some filesystems): a cut, not damage.
+    (tmp_path / "episode2.mcap.part").write_bytes(good + bytes(4096))
+    (y,) = recover_leftovers(tmp_path)
+    assert y.outcome == "recovered" and "zeros from byte" in y.why and not y.salvage.damage
+    assert not (tmp_path / "episode2.mcap.part").exists()

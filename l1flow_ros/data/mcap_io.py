@@ -542,7 +542,7 @@ def salvage(path: str | os.PathLike) -> Iterator[tuple[Any, Any, Any]]:
         pos = len(MAGIC)
         while pos + 9 <= size:
             opcode, length = struct.unpack_from("<BQ", data, pos)
-            if pos + 9 + length > size:
+            if pos + 9 + length > size or opcode == 0:  # opcode 0 is no record: zeros a crash left
                 break
             body = data[pos + 9:pos + 9 + length]
             name = _OPCODES.get(opcode, f"opcode {opcode:#x}")
@@ -562,7 +562,9 @@ def salvage(path: str | os.PathLike) -> Iterator[tuple[Any, Any, Any]]:
                 name = _OPCODES.get(opcode, f"opcode {opcode:#x}")
                 result.cut = (f"cut at byte {size} inside a {name} record at byte {pos} "
                               f"({size - pos - 9} of {length} bytes)")
-                if opcode not in _OPCODES:  # not what a cut write leaves: a damaged record header
+                if opcode == 0 and not any(data[pos:size]):
+                    result.cut = f"zeros from byte {pos} to the end (a crash before the data reached the disk)"
+                elif opcode not in _OPCODES:  # not what a cut write leaves: a damaged record header
                     result.damage.append(f"unknown record at byte {pos}: the rest of the file ({size - pos} bytes) "
                                          "could not be read")
                 if opcode == 0x06:  # a chunk cut while written: the messages its compressed part holds
