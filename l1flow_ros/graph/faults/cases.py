@@ -208,6 +208,43 @@ def _swap(key: str) -> Callable[[CaseContext], None]:
     return run
 
 
+def _set_inference(c: CaseContext, name: str, value: float) -> str:
+    """Set one double parameter of the graph's inference node; its answer as text."""
+    from rcl_interfaces.msg import Parameter as ParamMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    req = SetParameters.Request(parameters=[ParamMsg(name=name, value=ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE, double_value=float(value)))])
+    ans = c.w.call(c.w.param_cli, req).results[0]
+    return f"inference ({name} {value:g}): {'accepted' if ans.successful else 'rejected'} {ans.reason}".rstrip()
+
+
+def _delay_jump(c: CaseContext) -> None:
+    """Inference slows from 20 ms to 400 ms mid-episode (a GPU shared with another job, a
+    thermal throttle): 400 ms is more than this bundle's whole chunk (8 x 50 ms), so every chunk
+    arrives with nothing left to execute; the arm must come to rest and hold, the reason named,
+    and streaming resume once inference is back at 20 ms."""
+    c.answers.append(_set_inference(c, "inject_delay_ms", 20.0))
+    time.sleep(1.0)  # streaming at 20 ms
+    c.fault()
+    c.answers.append(_set_inference(c, "inject_delay_ms", 400.0))
+    c.settle()
+    c.no_valid_data = False  # the observations stay valid: only their chunks come too late
+    time.sleep(HOLD_S)
+    c.wait_reason()
+    c.end_hold()
+    st = c.h.executor_state()
+    rejected = diag_value(st.values, "chunks_rejected") if st is not None else float("nan")
+    d = (c.h.last_values("inference_node", c.onset) or {}).get("delay_steps_last", "?")
+    c.res.notes.append(f"inference drew its last chunk with d = {d} chunk steps; executor chunks rejected in all: "
+                       f"{rejected:.0f}")
+    c.cleared_at = time.time_ns()
+    c.answers.append(_set_inference(c, "inject_delay_ms", 20.0))
+    c.wait_recovered()
+    c.answers.append(_set_inference(c, "inject_delay_ms", 0.0))
+
+
 def _engine_other_gpu(c: CaseContext) -> None:
     """A cached TensorRT engine recorded for another GPU / TensorRT must be refused on its
     metadata, before anything is deserialised or any TensorRT call is made."""
@@ -300,6 +337,8 @@ CASES: tuple[Case, ...] = (
          ("inference_node", r"NaN|nan")),
     Case("swap_engine_other_gpu", "TensorRT engine cache recorded for another GPU / TensorRT version",
          _engine_other_gpu, ("validate_checkpoint", r"rejected: .*another target")),
+    Case("delay_jump", "inference delay jumps from 20 ms to 400 ms mid-episode (longer than a chunk), "
+         "then back", _delay_jump, ("inference_node", r"inference delay \d+ steps > n_action_steps")),
     Case("disable_enable", "execution disabled mid-chunk for 1 s, then enabled", _disable_enable,
          ("executor_node", r"disable")),
     Case("inference_restart", "inference node process stopped (SIGINT); once the arm is held, a new one "
