@@ -89,6 +89,7 @@ perception_node (``perception/pipeline.py`` ``PerceptionEngine.values``)
 | ``fingerprint`` | | the encoder's checkpoint fingerprint (empty: none loaded) |
 | ``backend`` | | the encoder's backend |
 | ``embeddings_published`` | | embeddings published |
+| ``sets_dropped`` | | complete sensor sets replaced by a newer one before the worker encoded them |
 | ``<stage>_ms_p50`` | ms | per embedding stage (decode, fuse, encode, total, latency), median |
 | ``<stage>_ms_p99`` | ms | the same, 99th percentile |
 | ``<stream>/age_s`` | s | time since the stream's newest valid message (``never``: none yet) |

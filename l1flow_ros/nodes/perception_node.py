@@ -155,6 +155,8 @@ class PerceptionNode(Node):
             self._set_error(restarted)
         if synced is not None:
             with self._cond:
+                if self._pending is not None:
+                    self.engine.n_dropped += 1  # on /diagnostics as sets_dropped
                 self._pending = synced  # keep newest: an unprocessed older set is dropped
                 self._cond.notify()
 

@@ -187,6 +187,7 @@ class PerceptionEngine:
         self._ck: _Checkpoint | None = None
         self._timings: dict[str, deque] = {s: deque(maxlen=TIMING_WINDOW) for s in STAGES}
         self.n_published = 0
+        self.n_dropped = 0  # complete sets replaced by a newer one before the worker took them
         self.last_ok_ns: int | None = None  # node-clock time of the last embedding
         self.error: str | None = None  # the data path's newest problem (see status())
         self.error_ns = 0
@@ -417,6 +418,7 @@ class PerceptionEngine:
             "fingerprint": emb.fingerprint if emb else "",
             "backend": emb.backend if emb else self.cfg.encoder_backend,
             "embeddings_published": str(self.n_published),
+            "sets_dropped": str(self.n_dropped),
         }
         for k, (p50, p99) in self.timings_ms().items():
             vals[f"{k}_ms_p50"], vals[f"{k}_ms_p99"] = f"{p50:.2f}", f"{p99:.2f}"
