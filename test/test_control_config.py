@@ -17,7 +17,8 @@ pytestmark = pytest.mark.core
 # The parameters that may change while the node runs; every other one is fixed at start.
 LIVE = {"latency_margin", "splice", "crossfade_duration", "ensemble_k", "interpolation", "execute_steps",
         "n_action_steps", "max_future", "max_age", "starvation_timeout", "lower", "upper", "max_velocity",
-        "max_acceleration", "gripper_joints", "gripper_binary", "gripper_open", "gripper_closed", "spin_us"}
+        "max_acceleration", "gripper_joints", "gripper_binary", "gripper_open", "gripper_closed", "spin_us",
+        "accept_fingerprints"}
 
 
 def test_defaults_descriptions_and_the_live_split():

@@ -4,6 +4,8 @@ states picked by name, the diagnostics summary."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,16 @@ def test_boundary_velocity_step_is_measured_after_splices_not_at_the_start():
         s.tick(t + k * TICK)
     r = s.report()
     assert r.boundary_velocity_step > 5 * max(smooth, 1e-3) and r.boundary_acceleration > 0
+
+
+def test_chunks_of_other_fingerprints_are_refused_when_a_list_is_given():
+    s = make()
+    s.set_measured(np.zeros(3), 0.0)
+    s.enable(True, T0)
+    s.fingerprints = frozenset({"aaaa000011112222"})
+    foreign = Chunk(T0, 0.1, np.tile([0.1, 0.0, 1.0], (10, 1)), NAMES, fingerprint="ffff000011112222")
+    with pytest.raises(ChunkRejected, match="ffff000011112222.*accept_fingerprints"):
+        s.add_chunk(foreign, T0)
+    assert s.scheduler.stats().accepted == 0
+    s.add_chunk(dataclasses.replace(foreign, fingerprint="aaaa000011112222"), T0)
+    assert s.scheduler.stats().accepted == 1

@@ -57,6 +57,9 @@ class ExecutorConfig:
     start_enabled: bool = param(False, "enable on the first complete /joint_states (else wait for the service)")
     limits_from_checkpoint: bool = param(True, "also apply the limits of the checkpoint announced on "
                                          "/l1flow/checkpoint (the tighter of both per joint)")
+    accept_fingerprints: tuple[str, ...] = param(
+        (), "take chunks only from these checkpoint fingerprints (a chunk's header.frame_id); empty = any. "
+        "Add the new bundle's before a hot swap", live=True)
     tail_rate_hz: float = param(20.0, "rate of /l1flow/executor/tail (Hz); 0 = off")
     diagnostics_period: float = param(1.0, "period of /diagnostics (s)")
     spin_us: int = param(0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from l1flow_ros.control.delay import DelayEstimator
-from l1flow_ros.control.scheduler import ChunkScheduler
+from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler
 from l1flow_ros.spec import Chunk
 
 
@@ -68,6 +68,7 @@ class CommandStream:
         self.last_rejection = ""
         self._rejections_reported = 0
         self.delay = DelayEstimator()  # observation -> arrival of accepted chunks (control/delay.py)
+        self.fingerprints: frozenset[str] = frozenset()  # accept only these (empty: any)
         # Chunk boundaries (control thread; StreamReport.boundary_*): set by add_chunk, read by tick.
         self._spliced = False
         self._from_rest = True  # the next chunk starts the arm from rest, not a boundary
@@ -122,6 +123,9 @@ class CommandStream:
 
     def add_chunk(self, chunk: Chunk, now_ns: int) -> None:
         """Splice a chunk in; raises ChunkRejected (the caller counts it with :meth:`reject`)."""
+        if self.fingerprints and chunk.fingerprint not in self.fingerprints:
+            raise ChunkRejected("fingerprint", f"chunk of checkpoint {chunk.fingerprint!r}, not one of "
+                                               f"accept_fingerprints {sorted(self.fingerprints)}")
         self.scheduler.add_chunk(chunk, now_ns)
         self.chunk_dt_ns = int(round(chunk.dt * 1e9))
         if self._from_rest:

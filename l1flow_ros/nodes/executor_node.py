@@ -81,6 +81,7 @@ class ExecutorNode(Node):
         self._checkpoint_error = ""
         self._scheduler = ChunkScheduler(cfg.scheduler_config(), cfg.limits())
         self._stream = CommandStream(self._scheduler, cfg.output)  # enable, measured, controller, ticks
+        self._stream.fingerprints = frozenset(f for f in cfg.accept_fingerprints if f)
         self._joints = JointPicker(cfg.joint_names)  # /joint_states -> (A,) in joint_names order
         self._auto_enabled = False
         self._ignored_disabled = 0
@@ -119,6 +120,7 @@ class ExecutorNode(Node):
 
     def _on_config(self, old: ExecutorConfig, new: ExecutorConfig) -> None:
         self._loop.spin_us = new.spin_us
+        self._stream.fingerprints = frozenset(f for f in new.accept_fingerprints if f)
         try:
             limits = new.limits(self._spec)
         except ValueError as e:  # the new config does not fit the checkpoint: config alone
