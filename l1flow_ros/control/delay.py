@@ -15,10 +15,11 @@ reports: 21 of 30 actions of every chunk skipped after a slow first inference).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
+
+from l1flow_ros.policy.prefix import delay_steps
 
 
 class DelayEstimator:
@@ -42,7 +43,7 @@ class DelayEstimator:
     def add(self, t_obs_ns: int, arrival_ns: int, dt_s: float) -> int:
         """One accepted chunk; returns its own delay in steps (also during warm-up)."""
         latency = max(0.0, (int(arrival_ns) - int(t_obs_ns)) * 1e-9)
-        steps = math.ceil(latency / dt_s - 1e-9) if dt_s > 0 else 0
+        steps = delay_steps(latency, dt_s)
         self._seen += 1
         if self._seen > self.warmup:
             self._latency_s.append(latency)
