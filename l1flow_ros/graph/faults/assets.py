@@ -66,6 +66,12 @@ def build_assets(root: str | Path, log: Callable[[str], None] = print) -> dict[s
         _bundle(good, seed=1)
         export_bundle(good)
     out["bundle"] = str(good)
+    other = root / "policy_b"  # the hot-swap partner: the same specs, other weights
+    if not (other / "policy.onnx").exists():
+        log("faults: building and exporting the second bundle (hot swap)")
+        _bundle(other, seed=4)
+        export_bundle(other)
+    out["bundle_b"] = str(other)
     out["missing"] = str(root / "does_not_exist")
     corrupt = root / "corrupt"
     if not corrupt.exists():
@@ -107,6 +113,7 @@ def _other_gpu_bundle(good: Path, dst: Path) -> Path:
 
 NODES = ("executor_node", "perception_node", "inference_node")  # started in this order
 DIAG_PERIOD_S = 0.1  # the nodes' diagnostics_period: the harness reads their state from /diagnostics
+REALTIME_PRIORITY, SPIN_US = 50, 200  # the executor's control thread, as config/sim.yaml runs it
 
 
 def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -127,6 +134,9 @@ def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
             "lower": list(LOWER), "upper": list(UPPER), "max_velocity": list(MAX_VEL),
             "max_acceleration": list(MAX_ACC), "gripper_joints": ["gripper"], "gripper_binary": False,
             "start_enabled": True, "diagnostics_period": DIAG_PERIOD_S,
+            # As deployed (config/sim.yaml, policy.yaml): the control thread at SCHED_FIFO
+            # with a short busy-wait before each deadline (normal scheduling where refused).
+            "realtime_priority": REALTIME_PRIORITY, "spin_us": SPIN_US,
         },
     }
 

@@ -126,3 +126,4 @@ class Case:
     run: Callable[[CaseContext], None]
     expect: tuple[str, str] | None  # (node, regex of its /diagnostics message)
     needs_streaming: bool = True
+    judge_ticks: bool = True  # False: the case starves the CPU on purpose (missed ticks reported, not judged)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.graph.faults.assets import JOINTS, OTHER_GPU, PERIOD_S
+from l1flow_ros.graph.faults.assets import JOINTS, MAX_VEL, OTHER_GPU, PERIOD_S
 from l1flow_ros.graph.faults.case import FAULT_S, HOLD_S, Case, CaseContext
 from l1flow_ros.graph.faults.harness import diag_value
 
@@ -208,6 +208,115 @@ def _swap(key: str) -> Callable[[CaseContext], None]:
     return run
 
 
+SWAPS = 10  # hot swaps between the two valid bundles in hot_swap_streaming
+SWAP_SETTLE_S = 0.5  # a swap's window: from the set to this long after the new head's first chunk
+SWAP_STREAM_S = 0.5  # then streaming on the new head this long more before the next swap
+SWAP_TIMEOUT_S = 30.0  # the new head's first chunk must arrive within this after the set
+# Command continuity: a step of at most max_velocity x (the period between the two commands,
+# from their middleware source stamps, at least T and at most the executor's 2 T per tick +
+# this share of T). The slack covers the time between the executor reading its clock for a
+# tick and publishing (a publish that waited shortens the next stamp interval); the guard's
+# own rule allows a whole T.
+CONTINUITY_SLACK = 0.25
+
+
+def _set_checkpoint(c: CaseContext, path: str) -> Any:
+    from rcl_interfaces.msg import Parameter as ParamMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    req = SetParameters.Request(parameters=[ParamMsg(name="checkpoint", value=ParameterValue(
+        type=ParameterType.PARAMETER_STRING, string_value=path))])
+    return c.w.call(c.w.param_cli, req).results[0]
+
+
+def _hot_swap(c: CaseContext) -> None:
+    """SWAPS swaps between two valid bundles (same specs, other weights) while the executor
+    streams at 500 Hz. Each swap: the set is accepted; the new head's first chunk arrives;
+    the executor's missed ticks over the swap's window (set -> first chunk + SWAP_SETTLE_S),
+    beside the bare loop's. Over the whole case: no gap between chunks longer than two
+    planning periods (n_action_steps x dt), no chunk whose embedding (same observation stamp)
+    carries another fingerprint than the chunk (decoded by the other head), and every
+    command step within max_velocity x period (CONTINUITY_SLACK)."""
+    from l1flow_ros.policy.manifest import read_manifest
+
+    h, w = c.h, c.w
+    paths = (h.assets["bundle"], h.assets["bundle_b"])
+    mans = [read_manifest(p, check_weights=False) for p in paths]
+    fps = [m.fingerprint for m in mans]
+    plan_s = mans[0].action.n_action_steps * mans[0].action.dt
+    c.fault()
+    per_swap: list[str] = []
+    swap_missed, swap_floor, first_s = 0, 0, []
+    for i in range(SWAPS):
+        k = (i + 1) % 2  # to B, back to A, ...: the suite goes on with A
+        st0, f0 = h.executor_state(), h.floor.read()
+        t_set = time.time_ns()
+        ans = _set_checkpoint(c, paths[k])
+        if not ans.successful:
+            c.res.failures.append(f"swap {i + 1} to {fps[k]} rejected: {ans.reason}")
+            break
+        first = None
+        end = time.monotonic() + SWAP_TIMEOUT_S
+        while first is None and time.monotonic() < end:
+            time.sleep(0.01)
+            with w.lock:
+                first = min((rx for rx, _, fp in w.chunks[-50:] if rx >= t_set and fp == fps[k]), default=None)
+        if first is None:
+            c.res.failures.append(f"swap {i + 1}: no chunk of {fps[k]} within {SWAP_TIMEOUT_S:.0f} s of the set")
+            break
+        st1 = h.executor_state(after_ns=first + int(SWAP_SETTLE_S * 1e9), timeout=10.0)
+        f1 = h.floor.read()
+        if st0 is not None and st1 is not None:
+            m = int(diag_value(st1.values, "missed_ticks") - diag_value(st0.values, "missed_ticks"))
+            swap_missed += m
+            swap_floor += f1[0] - f0[0]
+            per_swap.append(f"{m}/{f1[0] - f0[0]}")
+        first_s.append((first - t_set) * 1e-9)
+        time.sleep(SWAP_STREAM_S)
+    c.cleared_at = time.time_ns()
+    t0, t1 = c.onset, c.cleared_at
+    with w.lock:
+        chunks = [(rx, t, fp) for rx, t, fp in w.chunks if t0 <= rx <= t1 and not fp.startswith("faults:")]
+        emb = {t: fp for _, t, fp in w.embeddings if not fp.startswith("faults:")}
+    rx = np.sort(np.array([x[0] for x in chunks], dtype=np.int64))
+    gap = float(np.diff(rx).max() * 1e-9) if rx.size > 1 else float("inf")
+    other = [(t, fp, emb[t]) for _, t, fp in chunks if t in emb and emb[t] != fp]
+    unmatched = sum(t not in emb for _, t, _ in chunks)
+    rep = w.controller.request(op="since", t=t0)
+    ct = np.asarray(rep["t"], dtype=np.int64)
+    cp = np.asarray(rep["p"], dtype=np.float64).reshape(-1, len(JOINTS))
+    m = ct <= t1
+    ct, cp = ct[m], cp[m]
+    ratio, step_t, over = 0.0, 0.0, 0
+    if ct.size > 1:
+        dt = np.clip(np.diff(ct) * 1e-9, PERIOD_S, 2 * PERIOD_S)[:, None]  # (N-1, 1)
+        step = np.abs(np.diff(cp, axis=0)) / np.asarray(MAX_VEL)  # (N-1, A): seconds at max velocity
+        share = (step / (dt + CONTINUITY_SLACK * PERIOD_S)).max(axis=1)  # of the allowed step
+        ratio, step_t, over = float(share.max()), float(step.max() / PERIOD_S), int((share > 1 + 1e-9).sum())
+    if gap > 2 * plan_s:
+        c.res.failures.append(f"a gap of {gap:.3f} s between chunks (limit 2 planning periods: {2 * plan_s:.2f} s)")
+    if other:
+        c.res.failures.append(f"{len(other)} chunk(s) decoded by the other head (first: chunk {other[0][1]}, "
+                              f"embedding {other[0][2]})")
+    if over:
+        c.res.failures.append(f"{over} command step(s) beyond max_velocity x period (largest {ratio:.2f} of the "
+                              "allowed step)")
+    if swap_missed:
+        c.res.failures.append(f"{swap_missed} control tick(s) missed during the swaps (bare loop {swap_floor})")
+    n = len(first_s)
+    c.behaviour = (f"{n} swaps A <-> B accepted; new head's first chunk {min(first_s, default=0):.2f}-"
+                   f"{max(first_s, default=0):.2f} s after the set; longest chunk gap {gap:.3f} s (limit "
+                   f"{2 * plan_s:.2f}); {len(other)} of {len(chunks) - unmatched} chunks decoded by the other head; "
+                   f"largest command step {step_t:.2f} x max_velocity x T ({ratio:.2f} of the allowed); ticks missed "
+                   "in the swaps "
+                   f"{swap_missed} (bare loop {swap_floor})")
+    c.res.notes.append(f"missed ticks per swap, executor/bare loop: {', '.join(per_swap)}")
+    if unmatched:
+        c.res.notes.append(f"{unmatched} chunk(s) whose embedding the harness did not see (not judged)")
+    c.wait_recovered()
+
+
 def _set_inference(c: CaseContext, name: str, value: float) -> str:
     """Set one double parameter of the graph's inference node; its answer as text."""
     from rcl_interfaces.msg import Parameter as ParamMsg
@@ -337,6 +446,8 @@ CASES: tuple[Case, ...] = (
          ("inference_node", r"NaN|nan")),
     Case("swap_engine_other_gpu", "TensorRT engine cache recorded for another GPU / TensorRT version",
          _engine_other_gpu, ("validate_checkpoint", r"rejected: .*another target")),
+    Case("hot_swap_streaming", f"{SWAPS} swaps between two valid bundles (same specs, other weights) while "
+         "streaming at 500 Hz", _hot_swap, None),
     Case("delay_jump", "inference delay jumps from 20 ms to 400 ms mid-episode (longer than a chunk), "
          "then back", _delay_jump, ("inference_node", r"inference delay \d+ steps > n_action_steps")),
     Case("disable_enable", "execution disabled mid-chunk for 1 s, then enabled", _disable_enable,
@@ -346,7 +457,7 @@ CASES: tuple[Case, ...] = (
     Case("inference_killed", "inference node process killed (SIGKILL) while the executor streams; then started "
          "again", _inference_down(signal.SIGKILL), ("executor_node", r"starved")),
     Case("cpu_starvation", "one busy process per core for 4 s while streaming at 500 Hz", _cpu_starvation,
-         None),
+         None, judge_ticks=False),
 )
 CASE_NAMES = tuple(c.name for c in CASES)
 

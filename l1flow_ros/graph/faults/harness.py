@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from l1flow_ros.graph.faults.assets import JOINTS, NODES, build_assets, write_params
+from l1flow_ros.graph.faults.assets import (
+    JOINTS,
+    NODES,
+    RATE_HZ,
+    REALTIME_PRIORITY,
+    SPIN_US,
+    build_assets,
+    write_params,
+)
 from l1flow_ros.graph.faults.case import GRACE_S, HOLD_TOL, RECOVER_TIMEOUT_S, Case, CaseContext
 from l1flow_ros.graph.faults.report import CaseResult
 from l1flow_ros.graph.faults.world import World
@@ -47,6 +55,7 @@ class Harness:
         self.graph: Any = None  # l1flow_ros.graph.launcher.ProcessGraph
         self.started_ns: dict[str, int] = {}  # when each node's current process was started
         self.world: World | None = None
+        self.floor: Any = None  # l1flow_ros.graph.faults.floor.Floor: the bare loop beside the executor
         self.fingerprint = ""
         self.exit_codes: dict[str, int] = {}
 
@@ -56,11 +65,13 @@ class Harness:
         """Start the world, then the nodes (one process each, the inference node configured and
         activated); with CameraInfo at start, wait until the graph streams. Call it from a
         thread that lives as long as the harness: the node processes are tied to it."""
+        from l1flow_ros.graph.faults.floor import Floor
         from l1flow_ros.graph.launcher import ProcessGraph
         from l1flow_ros.nodes.composition import Composition
         from l1flow_ros.policy.manifest import read_manifest
 
         root = Path(self.assets["calibration"]).parent
+        self.floor = Floor(RATE_HZ, REALTIME_PRIORITY, SPIN_US)
         self.rig = Composition().start()
         self.world = World(self.rig.context)
         self.world.set_sensors(camera_info=self.camera_info_at_start)
@@ -94,6 +105,8 @@ class Harness:
             self.world.stop()
         if self.rig is not None:
             self.rig.close()
+        if self.floor is not None:
+            self.floor.close()
 
     # -- state queries (what the nodes publish) -----------------------------------------------
 
@@ -222,6 +235,26 @@ class Harness:
 
     # -- one case --------------------------------------------------------------------------------
 
+    def _count_ticks(self, res: CaseResult, case: Case, st0: ExecutorState | None, floor0: tuple[int, int],
+                     t_start: int) -> None:
+        """The executor's missed ticks over the case (its cumulative count in the status
+        before the case and the first one stamped after it: the span they cover is the
+        case's duration) and the bare loop's over the same span."""
+        t_end = time.time_ns()
+        st1 = self.executor_state(after_ns=t_end, timeout=5.0)
+        floor1 = self.floor.read()
+        res.ticks_judged = case.judge_ticks
+        if st0 is None or st1 is None:
+            res.duration_s = round((t_end - t_start) * 1e-9, 2)
+            res.notes.append("no executor /diagnostics around the case: its missed ticks are unknown")
+            res.missed_ticks = -1
+            res.failures.append("missed ticks not measured")
+            return
+        m0, m1 = diag_value(st0.values, "missed_ticks"), diag_value(st1.values, "missed_ticks")
+        res.missed_ticks = int(m1 - m0) if m0 == m0 and m1 == m1 else 0
+        res.duration_s = round((st1.stamp_ns - st0.stamp_ns) * 1e-9, 2)
+        res.floor_missed = floor1[0] - floor0[0] if self.floor.alive() else -1
+
     def _restart_exited(self, res: CaseResult) -> None:
         """A node process that ended (crashed) is reported with its last output and started
         again, so that the next case finds the whole graph."""
@@ -246,15 +279,16 @@ class Harness:
         rep0 = w.controller.request(op="report", cmd=1 << 62, viol=1 << 62)
         with w.lock:
             i_chunk, i_diag = len(w.chunks), len(w.diags)
-        missed0 = self.missed_ticks()
-        ctx = CaseContext(self, res, time.time_ns(), case)
+        st0, floor0 = self.executor_state(), self.floor.read()
+        t_start = time.time_ns()
+        ctx = CaseContext(self, res, t_start, case)
         try:
             case.run(ctx)
         except Exception as e:  # a harness failure is reported, never hidden
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
-        res.missed_ticks = self.missed_ticks() - missed0
+        self._count_ticks(res, case, st0, floor0, t_start)
         problems = self.alive_problems()
         res.nodes_alive = not problems
         res.notes += problems

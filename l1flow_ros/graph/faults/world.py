@@ -62,6 +62,7 @@ class World:
         self.injected_stamps: set[int] = set()  # embeddings / chunks the harness sent itself
         self.frames_sent = 0
         self.chunks: list[tuple[int, int, str]] = []  # (receive ns, t_obs ns, fingerprint)
+        self.embeddings: list[tuple[int, int, str]] = []  # (receive ns, t_obs ns, fingerprint)
         self.diags: list[tuple[int, str, int, str]] = []  # (receive ns, node, level, message)
         # Per node: (receive ns, header stamp ns, key/values) of every status it published.
         self.diag_values: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
@@ -72,6 +73,7 @@ class World:
         self.pub_emb = n.create_publisher(Image, "/l1flow/embedding", rel(1))
         self.pub_chunk = n.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel(1))
         n.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, rel(100))
+        n.create_subscription(Image, "/l1flow/embedding", self._on_embedding, rel(100))
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, rel(100))
         self.enable_cli = n.create_client(SetBool, "/l1flow/executor/enable")
         self.param_cli = n.create_client(SetParameters, "/inference_node/set_parameters")
@@ -101,6 +103,12 @@ class World:
 
         with self.lock:
             self.chunks.append((time.time_ns(), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
+
+    def _on_embedding(self, msg: Any) -> None:
+        from l1flow_ros.msgs.chunk_conv import stamp_to_ns
+
+        with self.lock:
+            self.embeddings.append((time.time_ns(), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_diag(self, msg: Any) -> None:
         from l1flow_ros.msgs.chunk_conv import stamp_to_ns
