@@ -512,7 +512,8 @@ def pixel_stride(intr: CameraIntrinsics, depth_m: float, voxel_size: float) -> i
 def pixel_grid(intr: CameraIntrinsics, T: np.ndarray, cfg: CloudConfig) -> PixelGrid:
     """The :class:`PixelGrid` of a camera with intrinsics ``intr`` and camera -> base ``T``."""
     T = np.asarray(T, dtype=np.float64)
-    key = (intr, T.tobytes(), tuple(cfg.workspace), tuple(cfg.depth_range), cfg.voxel_size, cfg.pixel_stride)
+    key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, T.tobytes(), tuple(cfg.workspace),
+           tuple(cfg.depth_range), cfg.voxel_size, cfg.pixel_stride)
     g = _GRID_CACHE.get(key)
     if g is None:
         if len(_GRID_CACHE) >= 32:
