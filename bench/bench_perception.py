@@ -121,6 +121,10 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
         torch.manual_seed(seed)
         model = PolicyModel(obs, act, SamplerSpec(), ModelConfig())
         save_bundle(bdir, model, make_manifest(model, Normalizer(-np.ones(4), np.ones(4), np.zeros(4), np.ones(4))))
+        if args.backend != "torch":
+            from l1flow_ros.inference.export import export_bundle
+
+            export_bundle(bdir)  # encoder.onnx (and the sampler's graph)
     rng = np.random.default_rng(seed)
     msgs = []
     for k, fr in enumerate(frames):
@@ -128,7 +132,8 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
              for c, (rgb, depth) in fr.items()}
         m["js"] = joint_state_to_msg([*joints, "right_j0"], rng.normal(size=5), k)
         msgs.append(m)
-    return cams, joints, calib, msgs, Embedder(bdir, args.backend)
+    opts = {"threads": args.threads} if args.backend == "onnxruntime" and args.threads > 0 else {}
+    return cams, joints, calib, msgs, Embedder(bdir, args.backend, **opts)
 
 
 def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, float]:
