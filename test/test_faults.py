@@ -4,8 +4,16 @@ them), each fault injected, watched, cleared; the harness reads only what the no
 
 Per case: the nodes stay up, the responsible node gives the expected reason on /diagnostics
 (or the parameter answer), the independent guard on the controller topic sees no command
-outside the limits and none from invalid data, the arm is held where it must be, and
-normal operation resumes. Generous timeouts only; no absolute timing is asserted.
+outside the limits and none from invalid data, the arm is held where it must be, the case's
+own checks pass (hot swap: chunk gaps, head per embedding, command continuity), and normal
+operation resumes. Generous timeouts only; no absolute timing is asserted.
+
+Missed control ticks: the suite's verdict (``survived``, docs/RELIABILITY.md) holds every
+case but cpu_starvation to at most 1 per 10 s (none in hot_swap_streaming). Here that rule is
+asserted where the machine gave a real-time thread every deadline over the case: the bare
+loop beside the executor (same deadlines, same SCHED_FIFO priority, a process of its own)
+missed none. Where the bare loop missed ticks too, the machine stalled (a shared VM: other
+jobs, the host) and the case's ticks are reported, not asserted.
 """
 
 from __future__ import annotations
@@ -44,8 +52,14 @@ def test_fault_case(harness, case):
     assert r.from_invalid == 0, f"the arm moved while only invalid data was on offer: {detail}"
     assert r.invalid_chunks == 0, f"a chunk was made from invalid data: {detail}"
     assert r.arm_held in ("yes", "yes (no commands)", "n/a"), f"arm held: {r.arm_held}: {detail}"
+    assert not r.failures, f"the case's own checks: {r.failures}: {detail}"
     assert r.recovered, f"did not recover: {detail}"
-    assert r.survived
+    assert r.missed_ticks >= 0 and r.duration_s > 0, detail
+    if r.floor_missed == 0:
+        assert r.ticks_ok, (f"{r.missed_ticks} control ticks missed in {r.duration_s:.1f} s (allowed "
+                            f"{r.ticks_allowed}) while the bare loop beside it missed none: {detail}")
+    if r.ticks_ok:
+        assert r.survived
 
 
 @pytest.mark.core
@@ -85,3 +99,32 @@ def test_guard_rule_flags_a_leap_and_a_bound():
     g._on_command(Msg(np.array(faults.UPPER) + 0.01), {"source_timestamp": t0 + 6 * T,
                                                        "publication_sequence_number": 7})
     assert len(g.violations) == 2 and "outside" in g.violations[1][1]
+
+
+@pytest.mark.core
+def test_tick_rule_is_one_per_ten_seconds_but_cpu_starvation():
+    """The verdict's missed-tick rule, without ROS: at most 1 per 10 s of a case; none for a
+    zero-tick case; not judged where the case starves the CPU on purpose; the totals give
+    the judged cases' ticks per minute and per case beside the bare loop's."""
+    ok = dict(nodes_alive=True, reason_seen=True, recovered=True, arm_held="yes")
+    r = faults.CaseResult("a", "x", duration_s=19.9, missed_ticks=1, floor_missed=0, **ok)
+    r.judge()
+    assert r.ticks_allowed == 1 and r.survived
+    r.missed_ticks = 2
+    r.judge()
+    assert not r.ticks_ok and not r.survived
+    z = faults.CaseResult("b", "x", duration_s=30.0, missed_ticks=1, zero_ticks=True, floor_missed=1, **ok)
+    z.judge()
+    assert z.ticks_allowed == 0 and not z.survived
+    s = faults.CaseResult("cpu_starvation", "x", duration_s=5.0, missed_ticks=300, ticks_judged=False,
+                          floor_missed=40, **ok)
+    s.judge()
+    assert s.survived
+    f = faults.CaseResult("c", "x", duration_s=60.0, missed_ticks=0, failures=["a gap"], **ok)
+    f.judge()
+    assert not f.survived
+    t = faults.totals([r, z, s])
+    assert (t.judged_cases, t.judged_missed, t.judged_floor_missed, t.over_tick_limit) == (2, 3, 1, 2)
+    assert abs(t.per_minute(t.judged_missed) - 60 * 3 / 49.9) < 1e-9
+    table = faults.markdown([r, z, s], "l1flow faults")
+    assert "not judged" in table and "per minute" in table

@@ -185,6 +185,60 @@ def _f(d: dict[str, str], k: str) -> float:
         return float("nan")
 
 
+def graph_overrides(bundle: str, manifest, seed: int, task: str | None = None,
+                    backend: str | None = None) -> list[str]:
+    """The node parameters that put ``bundle`` (its cameras) on the simulated arm."""
+    cams = ",".join(manifest.observation.cameras) or '""'
+    out = [
+        f"inference_node:checkpoint:={bundle}",
+        f"sim_robot_node:seed:={int(seed)}",
+        f"sim_robot_node:cameras:=[{cams}]",
+    ]
+    if task:
+        out.append(f"sim_robot_node:task:={task}")
+    if backend:
+        out.append(f"inference_node:backend:={backend}")
+        out.append(f"perception_node:encoder_backend:={backend}")
+    return out
+
+
+def wait_first_chunk(probe: _Probe, graph) -> None:
+    """Wait for the first chunk: perception has loaded the encoder the inference node
+    announced, and the chain is live. A node that dies ends the wait at once (graph.check);
+    a slow start does not: on one shared core (taskset -c 0) loading the encoder and the
+    policy beside the simulator took over a minute."""
+    t_end = time.monotonic() + FIRST_CHUNK_TIMEOUT_S
+    while not probe.latency_ms and time.monotonic() < t_end:
+        graph.check()
+        time.sleep(0.05)
+    if not probe.latency_ms:
+        raise RuntimeError(f"no action chunk within {FIRST_CHUNK_TIMEOUT_S:.0f} s: is the graph running? "
+                           "(see /diagnostics)")
+
+
+def run_episode(probe: _Probe, graph, episode_timeout: float, record: bool = False) -> tuple[bool, float]:
+    """One episode: disable the executor, reset the sim (its next seed), enable, wait for
+    success or ``episode_timeout``; (success, seconds)."""
+    call_service(probe.enable_cli, SetBool.Request(data=False))
+    # Commands already queued for the sim would drag the reset arm back to the last
+    # episode's goal: let them drain before the reset.
+    time.sleep(0.3)
+    call_service(probe.reset_cli, Trigger.Request())
+    with probe.lock:
+        probe.success = False
+    time.sleep(0.4)  # fresh observations of the new episode before the arm moves
+    probe.record = record
+    t0 = time.monotonic()
+    call_service(probe.enable_cli, SetBool.Request(data=True))
+    while time.monotonic() - t0 < episode_timeout and not probe.success:
+        time.sleep(0.02)
+    graph.check()
+    probe.record = False
+    with probe.lock:
+        success = probe.success
+    return success, time.monotonic() - t0
+
+
 def evaluate_graph(
     bundle: str | Path,
     task: str | None = None,
@@ -213,19 +267,8 @@ def evaluate_graph(
     manifest = read_manifest(bundle)
     path = config_path(config)
     names = nodes_in_config(path)
-    cams = ",".join(manifest.observation.cameras) or '""'
     extra = list(overrides)
-    overrides = [
-        f"inference_node:checkpoint:={bundle}",
-        f"sim_robot_node:seed:={int(seed)}",
-        f"sim_robot_node:cameras:=[{cams}]",
-    ]
-    if task:
-        overrides.append(f"sim_robot_node:task:={task}")
-    if backend:
-        overrides.append(f"inference_node:backend:={backend}")
-        overrides.append(f"perception_node:encoder_backend:={backend}")
-    overrides += extra
+    overrides = graph_overrides(bundle, manifest, seed, task, backend) + extra
     sim_task = task or parameter_value(path, "sim_robot_node", "task")
     # Left in reverse: the graph stops first, then the probe.
     with contextlib.ExitStack() as stack:
@@ -237,41 +280,16 @@ def evaluate_graph(
             graph = stack.enter_context(ProcessGraph(path, names, overrides, log_file=log_file))
         probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=rig.context)
         rig.add(probe)
-        # Wait for the first chunk: perception has loaded the encoder the inference node
-        # announced, and the chain is live. A node that dies ends the wait at once
-        # (graph.check); a slow start does not: on one shared core (taskset -c 0) loading
-        # the encoder and the policy beside the simulator took over a minute.
-        t_end = time.monotonic() + FIRST_CHUNK_TIMEOUT_S
-        while not probe.latency_ms and time.monotonic() < t_end:
-            graph.check()
-            time.sleep(0.05)
-        if not probe.latency_ms:
-            raise RuntimeError(f"no action chunk within {FIRST_CHUNK_TIMEOUT_S:.0f} s: is the graph running? "
-                               "(see /diagnostics)")
+        wait_first_chunk(probe, graph)
         probe.clear_latencies()
         missed0 = _missed(probe)
         t_measure = time.monotonic()
         ok, durations = 0, []
         for ep in range(episodes):
-            call_service(probe.enable_cli, SetBool.Request(data=False))
-            # Commands already queued for the sim would drag the reset arm back to the last
-            # episode's goal: let them drain before the reset.
-            time.sleep(0.3)
-            call_service(probe.reset_cli, Trigger.Request())
-            with probe.lock:
-                probe.success = False
-            time.sleep(0.4)  # fresh observations of the new episode before the arm moves
-            probe.record = ep == 0
-            t0 = time.monotonic()
-            call_service(probe.enable_cli, SetBool.Request(data=True))
-            while time.monotonic() - t0 < episode_timeout and not probe.success:
-                time.sleep(0.02)
-            graph.check()
-            probe.record = False
-            dur = time.monotonic() - t0
-            ok += int(probe.success)
+            success, dur = run_episode(probe, graph, episode_timeout, record=ep == 0)
+            ok += int(success)
             durations.append(round(dur, 2))
-            log(f"episode {ep + 1}/{episodes}: {'success' if probe.success else 'failure'} in {dur:.1f} s")
+            log(f"episode {ep + 1}/{episodes}: {'success' if success else 'failure'} in {dur:.1f} s")
         call_service(probe.enable_cli, SetBool.Request(data=False))
         time.sleep(1.1)  # one more diagnostics period
         with probe.lock:

@@ -127,3 +127,4 @@ class Case:
     expect: tuple[str, str] | None  # (node, regex of its /diagnostics message)
     needs_streaming: bool = True
     judge_ticks: bool = True  # False: the case starves the CPU on purpose (missed ticks reported, not judged)
+    zero_ticks: bool = False  # True: not one missed tick allowed (instead of 1 per 10 s)

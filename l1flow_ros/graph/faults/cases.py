@@ -234,7 +234,8 @@ def _hot_swap(c: CaseContext) -> None:
     """SWAPS swaps between two valid bundles (same specs, other weights) while the executor
     streams at 500 Hz. Each swap: the set is accepted; the new head's first chunk arrives;
     the executor's missed ticks over the swap's window (set -> first chunk + SWAP_SETTLE_S),
-    beside the bare loop's. Over the whole case: no gap between chunks longer than two
+    beside the bare loop's (reported; the case allows no missed tick at all: ``zero_ticks``).
+    Over the whole case: no gap between chunks longer than two
     planning periods (n_action_steps x dt), no chunk whose embedding (same observation stamp)
     carries another fingerprint than the chunk (decoded by the other head), and every
     command step within max_velocity x period (CONTINUITY_SLACK)."""
@@ -302,8 +303,6 @@ def _hot_swap(c: CaseContext) -> None:
     if over:
         c.res.failures.append(f"{over} command step(s) beyond max_velocity x period (largest {ratio:.2f} of the "
                               "allowed step)")
-    if swap_missed:
-        c.res.failures.append(f"{swap_missed} control tick(s) missed during the swaps (bare loop {swap_floor})")
     n = len(first_s)
     c.behaviour = (f"{n} swaps A <-> B accepted; new head's first chunk {min(first_s, default=0):.2f}-"
                    f"{max(first_s, default=0):.2f} s after the set; longest chunk gap {gap:.3f} s (limit "
@@ -447,7 +446,7 @@ CASES: tuple[Case, ...] = (
     Case("swap_engine_other_gpu", "TensorRT engine cache recorded for another GPU / TensorRT version",
          _engine_other_gpu, ("validate_checkpoint", r"rejected: .*another target")),
     Case("hot_swap_streaming", f"{SWAPS} swaps between two valid bundles (same specs, other weights) while "
-         "streaming at 500 Hz", _hot_swap, None),
+         "streaming at 500 Hz", _hot_swap, None, zero_ticks=True),
     Case("delay_jump", "inference delay jumps from 20 ms to 400 ms mid-episode (longer than a chunk), "
          "then back", _delay_jump, ("inference_node", r"inference delay \d+ steps > n_action_steps")),
     Case("disable_enable", "execution disabled mid-chunk for 1 s, then enabled", _disable_enable,

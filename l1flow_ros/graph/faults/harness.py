@@ -244,6 +244,7 @@ class Harness:
         st1 = self.executor_state(after_ns=t_end, timeout=5.0)
         floor1 = self.floor.read()
         res.ticks_judged = case.judge_ticks
+        res.zero_ticks = case.zero_ticks
         if st0 is None or st1 is None:
             res.duration_s = round((t_end - t_start) * 1e-9, 2)
             res.notes.append("no executor /diagnostics around the case: its missed ticks are unknown")

@@ -35,6 +35,7 @@ class CaseResult:
     missed_ticks: int = 0  # the executor's, from its /diagnostics, over duration_s
     duration_s: float = 0.0  # the span the missed-tick counts cover (executor status to status)
     ticks_judged: bool = True  # False: the case loads the machine on purpose (cpu_starvation)
+    zero_ticks: bool = False  # True: no missed tick allowed at all (hot swap: none may come from a swap)
     floor_missed: int = -1  # the bare loop's beside it over the same span (-1: not measured)
     lost_commands: int = 0  # commands the guard never received (middleware sequence gaps)
     failures: list[str] = field(default_factory=list)  # a case's own checks that failed
@@ -44,8 +45,8 @@ class CaseResult:
     @property
     def ticks_allowed(self) -> int:
         """At most one missed control tick per 10 s of the case (a tick missed on a real arm
-        is a controller that holds or faults)."""
-        return int(self.duration_s // TICK_ALLOWANCE_S)
+        is a controller that holds or faults); none where the case allows none."""
+        return 0 if self.zero_ticks else int(self.duration_s // TICK_ALLOWANCE_S)
 
     @property
     def ticks_ok(self) -> bool:
