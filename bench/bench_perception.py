@@ -98,7 +98,7 @@ def scene(n_views: int, width: int, height: int, seed: int = 0, n_frames: int = 
 
 
 def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp: Path, seed: int = 0):
-    """(cams, joints, calib, frames as messages, embedder) for one configuration."""
+    """(cams, joints, calib, frames as messages, embedder, depth stride) for one configuration."""
     import torch
 
     from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg, joint_state_to_msg
@@ -133,7 +133,12 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
         m["js"] = joint_state_to_msg([*joints, "right_j0"], rng.normal(size=5), k)
         msgs.append(m)
     opts = {"threads": args.threads} if args.backend == "onnxruntime" and args.threads > 0 else {}
-    return cams, joints, calib, msgs, Embedder(bdir, args.backend, **opts)
+    emb = Embedder(bdir, args.backend, **opts)
+    from l1flow_ros.perception.geometry import pixel_grid
+    from l1flow_ros.perception.preprocess import cloud_config
+
+    stride = pixel_grid(intr, calib[cams[0]], cloud_config(emb.obs_spec)).stride
+    return cams, joints, calib, msgs, emb, stride
 
 
 def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, float]:
@@ -178,7 +183,8 @@ def run_stages(configs: list[tuple[int, int, int, int]], args) -> dict:
         for i in range(args.warmup + args.iters):
             stamp += 100_000_000
             for c in configs:  # interleaved: every configuration sees the same machine load
-                cams, joints, calib, msgs, emb = setups[c]
+                cams, joints, calib, msgs, emb, stride = setups[c]
+                res[c]["stride"] = stride
                 t = one_step(cams, joints, calib, msgs[i % len(msgs)], emb, hists[c], stamp)
                 if i >= args.warmup:
                     for k, x in t.items():
@@ -214,14 +220,14 @@ def main_table(args) -> None:
     configs = [(v, w, h, n) for v in (1, 2, 4) for (w, h) in ((320, 240), (640, 480), (1280, 720))
                for n in (512, 1024, 2048)]
     res = run_stages(configs, args)
-    print(f"perception per set, ms, wall p50 / p99 over {args.iters} sets (CPU p50 of the total in the last "
-          "column); " + header(args))
-    print("\n| views | camera | points | decode | fuse | encode | total | total, CPU p50 |")
+    print(f"perception per set, ms: wall p50 / p99 (CPU p50) over {args.iters} sets, every configuration "
+          "interleaved; " + header(args))
+    print("\n| views | camera | points | depth stride | decode | fuse | encode | total |")
     print("|---|---|---|---|---|---|---|---|")
     for c in configs:
         r = res[c]
-        cells = " | ".join(f"{pct(r[k], 50):.2f} / {pct(r[k], 99):.2f}" for k in STAGES)
-        print(f"| {c[0]} | {c[1]} x {c[2]} | {c[3]} | {cells} | {pct(r['cpu_total'], 50):.2f} |")
+        cells = " | ".join(f"{pct(r[k], 50):.2f} / {pct(r[k], 99):.2f} ({pct(r['cpu_' + k], 50):.2f})" for k in STAGES)
+        print(f"| {c[0]} | {c[1]} x {c[2]} | {c[3]} | {r['stride']} | {cells} |")
 
 
 # ----------------------------------------------------------------------------- fusion paths side by side
