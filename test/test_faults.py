@@ -33,6 +33,7 @@ def harness(tmp_path_factory):
     # Started without CameraInfo: the first case is "CameraInfo never arrives".
     h = faults.Harness(assets, log=lambda m: None, camera_info_at_start=False)
     h.start()
+    h.start_recording()  # one episode over every case: test_recording_lost_nothing checks it
     try:
         yield h
     finally:
@@ -60,6 +61,57 @@ def test_fault_case(harness, case):
                             f"{r.ticks_allowed}) while the bare loop beside it missed none: {detail}")
     if r.ticks_ok:
         assert r.survived
+
+
+@pytest.mark.graph
+def test_recording_lost_nothing(harness):
+    """The recorder recorded the camera, /joint_states and the commands over the cases run
+    before this one (all of them in a full run): every message published in the span its
+    file covers is in it. Commands the recorder lost while cpu_starvation starved its
+    process (normal scheduling) are reported, not asserted: the starvation is the case's
+    point, and the executor's command publisher keeps 10 unacknowledged commands."""
+    rec = harness.stop_recording()
+    assert not rec.error, rec.error
+    assert rec.topics and all(t.in_file > 0 for t in rec.topics), rec.summary()
+    starved = [r.span_ns for r in harness.results if r.name == "cpu_starvation"]
+    elsewhere = [t for t in rec.lost_at if not any(a <= t <= b for a, b in starved)]
+    assert not elsewhere, rec.summary()
+
+
+@pytest.mark.core
+def test_check_recording_finds_what_the_file_lacks(tmp_path):
+    """The recording check without ROS: a file missing one image, one joint state and one of
+    two equal commands reports exactly those three as lost, with when they were published."""
+    from l1flow_ros.data.mcap_io import EpisodeWriter
+    from l1flow_ros.graph.faults.record_check import check_recording
+
+    def hdr(t):
+        return {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}, "frame_id": "cam"}
+
+    t0 = 1_700_000_000 * 10**9
+    img = [t0 + k * 10**8 for k in range(5)]
+    js = [t0 + k * 10**7 for k in range(20)]
+    cmd_t = [t0 + k * 2 * 10**6 for k in range(200)]
+    cmd_p = [[0.1, 0.2, 0.3, float(k // 2)] for k in range(200)]  # pairs of equal commands
+    w = EpisodeWriter(tmp_path / "e.mcap", flush_period_s=0.0)
+    for t in img:
+        if t != img[2]:
+            w.write("/cam/color/image_raw", "sensor_msgs/msg/Image",
+                    {"header": hdr(t), "height": 1, "width": 1, "encoding": "rgb8", "is_bigendian": 0, "step": 3,
+                     "data": b"abc"}, t)
+    for t in js:
+        if t != js[7]:
+            w.write("/joint_states", "sensor_msgs/msg/JointState",
+                    {"header": hdr(t), "name": ["a"], "position": [0.0], "velocity": [], "effort": []}, t)
+    for k, (t, p) in enumerate(zip(cmd_t, cmd_p)):
+        if k != 51:
+            w.write("/cmd", "std_msgs/msg/Float64MultiArray", {"layout": {"dim": [], "data_offset": 0}, "data": p},
+                    t + 10**5)
+    path = w.close()
+    rec = check_recording(str(path), {"/cam/color/image_raw": img, "/joint_states": js}, "/cmd", (cmd_t, cmd_p))
+    assert not rec.error, rec.error
+    assert {t.topic: t.lost for t in rec.topics} == {"/cam/color/image_raw": 1, "/joint_states": 1, "/cmd": 1}
+    assert sorted(rec.lost_at) == sorted([img[2], js[7], cmd_t[51]]) and not rec.ok
 
 
 @pytest.mark.core

@@ -43,15 +43,15 @@ def run(args: argparse.Namespace) -> int:
         else "l1flow faults"
     with tempfile.TemporaryDirectory(prefix="l1flow_faults_") as tmp:
         try:
-            results = faults.run_suite(cases, args.workdir or tmp)
+            results, recording = faults.run_suite(cases, args.workdir or tmp)
         except (RuntimeError, ValueError) as e:
             print(f"l1flow faults: {e}", file=sys.stderr)
             return 1
-    body = faults.markdown(results, command.strip())
+    body = faults.markdown(results, command.strip(), recording)
     print(body)
     if args.markdown:
         faults.write_markdown(args.markdown, body)
     if args.json:
         with open(args.json, "w") as f:
-            f.write(faults.results_json(results, command.strip()))
-    return 0 if faults.totals(results).ok else 1
+            f.write(faults.results_json(results, command.strip(), recording))
+    return 0 if faults.totals(results).ok and recording.ok else 1

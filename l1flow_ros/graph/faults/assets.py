@@ -111,7 +111,7 @@ def _other_gpu_bundle(good: Path, dst: Path) -> Path:
     return dst
 
 
-NODES = ("executor_node", "perception_node", "inference_node")  # started in this order
+NODES = ("executor_node", "perception_node", "inference_node", "recorder_node")  # started in this order
 DIAG_PERIOD_S = 0.1  # the nodes' diagnostics_period: the harness reads their state from /diagnostics
 REALTIME_PRIORITY, SPIN_US = 50, 200  # the executor's control thread, as config/sim.yaml runs it
 
@@ -127,6 +127,10 @@ def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
             "checkpoint": assets["bundle"], "backend": "onnxruntime", "providers": ["CPUExecutionProvider"],
             "threads": 1, "warmup_iterations": 1, "max_observation_age": 0.5,
             "diagnostics_period": DIAG_PERIOD_S,
+        },
+        "recorder_node": {  # one episode over the whole suite: messages lost in recording
+            "output_dir": str(Path(assets["calibration"]).parent / "episodes"), "cameras": [CAM],
+            "success_topic": "", "task": "faults",
         },
         "executor_node": {
             "joint_names": list(JOINTS), "rate_hz": RATE_HZ, "output": "forward_position",

@@ -21,6 +21,7 @@ from l1flow_ros.graph.faults.assets import (
     write_params,
 )
 from l1flow_ros.graph.faults.case import GRACE_S, HOLD_TOL, RECOVER_TIMEOUT_S, Case, CaseContext
+from l1flow_ros.graph.faults.record_check import RecordingResult
 from l1flow_ros.graph.faults.report import CaseResult
 from l1flow_ros.graph.faults.world import World
 
@@ -58,6 +59,7 @@ class Harness:
         self.floor: Any = None  # l1flow_ros.graph.faults.floor.Floor: the bare loop beside the executor
         self.fingerprint = ""
         self.exit_codes: dict[str, int] = {}
+        self.results: list[CaseResult] = []  # every case run, in order
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -97,6 +99,36 @@ class Harness:
         parameters (the inference node configured and activated again)."""
         self.graph.restart_node(name)
         self.started_ns[name] = time.time_ns()
+
+    def start_recording(self) -> str:
+        """Open the recorder's episode (one over the whole suite); its answer."""
+        from std_srvs.srv import Trigger
+
+        ans = self.world.call(self.world.rec_start_cli, Trigger.Request(), timeout=30.0)
+        if not ans.success:
+            raise RuntimeError(f"the recorder did not start an episode: {ans.message}")
+        return ans.message
+
+    def stop_recording(self) -> RecordingResult:
+        """Close the recorder's episode and compare the file with what was published
+        (:mod:`.record_check`)."""
+        from std_srvs.srv import Trigger
+
+        from l1flow_ros.graph.faults.record_check import check_recording
+        from l1flow_ros.graph.faults.world import CAMERA_TOPICS
+
+        try:
+            ans = self.world.call(self.world.rec_stop_cli, Trigger.Request(), timeout=30.0)
+        except RuntimeError as e:
+            return RecordingResult(error=str(e))
+        if not ans.success:
+            return RecordingResult(error=f"the recorder's stop failed: {ans.message}")
+        path = ans.message.strip()
+        rep = self.world.controller.request(op="recorded")
+        with self.world.lock:
+            stamped = {t: list(self.world.sent[t]) for t in CAMERA_TOPICS}
+        stamped["/joint_states"] = rep["js"]
+        return check_recording(path, stamped, "/forward_position_controller/commands", (rep["t"], rep["p"]))
 
     def close(self) -> None:
         if self.graph is not None:
@@ -241,6 +273,7 @@ class Harness:
         before the case and the first one stamped after it: the span they cover is the
         case's duration) and the bare loop's over the same span."""
         t_end = time.time_ns()
+        res.span_ns = (t_start, t_end)
         st1 = self.executor_state(after_ns=t_end, timeout=5.0)
         floor1 = self.floor.read()
         res.ticks_judged = case.judge_ticks
@@ -276,6 +309,7 @@ class Harness:
             res.notes += self.alive_problems()
             res.nodes_alive = not res.notes
             self._restart_exited(res)
+            self.results.append(res)
             return res
         rep0 = w.controller.request(op="report", cmd=1 << 62, viol=1 << 62)
         with w.lock:
@@ -360,6 +394,7 @@ class Harness:
             res.recovered = True
             res.recover_s = round((ctx.recovered_at - ctx.cleared_at) * 1e-9, 2)
         res.judge()
+        self.results.append(res)
         return res
 
 
@@ -368,20 +403,35 @@ def _short(text: str, n: int = 150) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def run_suite(cases: list[Case], workdir: str | Path, log: Callable[[str], None] = print) -> list[CaseResult]:
+def run_suite(cases: list[Case], workdir: str | Path,
+              log: Callable[[str], None] = print) -> tuple[list[CaseResult], RecordingResult]:
+    """Every case on one graph, with the recorder recording one episode over all of them;
+    the case results and the recording check."""
     assets = build_assets(workdir, log)
     info_first = bool(cases) and cases[0].name == "camera_info_never"
     h = Harness(assets, log, camera_info_at_start=not info_first)
     results = []
+    recording = RecordingResult(error="the recording did not start")
     try:
         log(f"faults: starting {', '.join(NODES)}, one process each")
         h.start()
+        h.start_recording()
         for case in cases:
             r = h.run_case(case)
             log(f"  {r.name:<30} {'survived' if r.survived else 'FAILED'}  {r.behaviour}")
             results.append(r)
+        recording = h.stop_recording()
+        log(f"faults: messages lost in recording: {recording.summary()}")
+        for r in results:  # where the recording lost them
+            n = sum(r.span_ns[0] <= t <= r.span_ns[1] for t in recording.lost_at)
+            if n:
+                r.notes.append(f"the recorder lost {n} message(s) published during this case")
+        if recording.lost_at:
+            n = sum(not any(r.span_ns[0] <= t <= r.span_ns[1] for r in results) for t in recording.lost_at)
+            if n:
+                log(f"faults: {n} message(s) lost in recording between cases")
     finally:
         h.close()
         bad = {n: rc for n, rc in h.exit_codes.items() if rc != 0}
         log(f"faults: nodes stopped{f'; exit codes {bad}' if bad else ' (exit code 0 each)'}")
-    return results
+    return results, recording

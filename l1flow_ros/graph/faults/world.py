@@ -15,6 +15,8 @@ import numpy as np
 from l1flow_ros.graph.faults.assets import CAM, CAMERA_HZ, CHUNK_DT, CHUNK_H, IMG_H, IMG_W, JOINTS, POISON
 from l1flow_ros.graph.faults.guard import Controller
 
+CAMERA_TOPICS = (f"/{CAM}/color/image_raw", f"/{CAM}/aligned_depth_to_color/image_raw", f"/{CAM}/color/camera_info")
+
 
 @dataclass
 class SensorState:
@@ -49,7 +51,7 @@ class World:
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image
-        from std_srvs.srv import SetBool
+        from std_srvs.srv import SetBool, Trigger
         from trajectory_msgs.msg import JointTrajectory
 
         self.node = Node("l1flow_faults", context=context)
@@ -67,9 +69,10 @@ class World:
         # Per node: (receive ns, header stamp ns, key/values) of every status it published.
         self.diag_values: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
         self.info_sent_ns = 0  # when CameraInfo was last published
-        self.pub_color = n.create_publisher(Image, f"/{CAM}/color/image_raw", qos_profile_sensor_data)
-        self.pub_depth = n.create_publisher(Image, f"/{CAM}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
-        self.pub_info = n.create_publisher(CameraInfo, f"/{CAM}/color/camera_info", qos_profile_sensor_data)
+        self.sent: dict[str, list[int]] = {t: [] for t in CAMERA_TOPICS}  # stamps published per topic
+        self.pub_color = n.create_publisher(Image, CAMERA_TOPICS[0], qos_profile_sensor_data)
+        self.pub_depth = n.create_publisher(Image, CAMERA_TOPICS[1], qos_profile_sensor_data)
+        self.pub_info = n.create_publisher(CameraInfo, CAMERA_TOPICS[2], qos_profile_sensor_data)
         self.pub_emb = n.create_publisher(Image, "/l1flow/embedding", rel(1))
         self.pub_chunk = n.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel(1))
         n.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, rel(100))
@@ -78,6 +81,8 @@ class World:
         self.enable_cli = n.create_client(SetBool, "/l1flow/executor/enable")
         self.param_cli = n.create_client(SetParameters, "/inference_node/set_parameters")
         self.state_cli = n.create_client(GetState, "/inference_node/get_state")
+        self.rec_start_cli = n.create_client(Trigger, "/recorder/start")
+        self.rec_stop_cli = n.create_client(Trigger, "/recorder/stop")
         self.rng = np.random.default_rng(0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._camera_loop, name="faults_camera", daemon=True)
@@ -164,6 +169,7 @@ class World:
             self.pub_info.publish(camera_info_to_msg(intr, stamp, CAM))
             with self.lock:
                 self.info_sent_ns = time.time_ns()
+                self.sent[CAMERA_TOPICS[2]].append(stamp)
         if not s.cameras:
             return
         rgb = self.rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -186,6 +192,9 @@ class World:
             self.frames_sent += 1
         self.pub_color.publish(col)
         self.pub_depth.publish(dep)
+        with self.lock:
+            self.sent[CAMERA_TOPICS[0]].append(stamp)
+            self.sent[CAMERA_TOPICS[1]].append(stamp)
 
     # -- injections -----------------------------------------------------------------------------
 
