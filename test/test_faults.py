@@ -97,18 +97,21 @@ def test_check_recording_finds_what_the_file_lacks(tmp_path):
     for t in img:
         if t != img[2]:
             w.write("/cam/color/image_raw", "sensor_msgs/msg/Image",
-                    {"header": hdr(t), "height": 1, "width": 1, "encoding": "rgb8", "is_bigendian": 0, "step": 3,
-                     "data": b"abc"}, t)
+                    {"header": hdr(t - 30 * 10**9), "height": 1, "width": 1, "encoding": "rgb8", "is_bigendian": 0,
+                     "step": 3, "data": b"abc"}, t + 10**5)  # stamps 30 s back: matched by stamp, spanned by time
     for t in js:
         if t != js[7]:
             w.write("/joint_states", "sensor_msgs/msg/JointState",
-                    {"header": hdr(t), "name": ["a"], "position": [0.0], "velocity": [], "effort": []}, t)
+                    {"header": hdr(t), "name": ["a"], "position": [0.0], "velocity": [], "effort": []}, t + 10**5)
     for k, (t, p) in enumerate(zip(cmd_t, cmd_p)):
         if k != 51:
             w.write("/cmd", "std_msgs/msg/Float64MultiArray", {"layout": {"dim": [], "data_offset": 0}, "data": p},
                     t + 10**5)
     path = w.close()
-    rec = check_recording(str(path), {"/cam/color/image_raw": img, "/joint_states": js}, "/cmd", (cmd_t, cmd_p))
+    before = [(t0 - 10**9, t0 - 10**9)]  # published before the file's first message: not counted
+    rec = check_recording(str(path), {"/cam/color/image_raw": [(t, t - 30 * 10**9) for t in img],
+                                      "/joint_states": before + [(t, t) for t in js]},
+                          {"/cmd": list(zip(cmd_t, cmd_p))})
     assert not rec.error, rec.error
     assert {t.topic: t.lost for t in rec.topics} == {"/cam/color/image_raw": 1, "/joint_states": 1, "/cmd": 1}
     assert sorted(rec.lost_at) == sorted([img[2], js[7], cmd_t[51]]) and not rec.ok

@@ -114,6 +114,7 @@ def _other_gpu_bundle(good: Path, dst: Path) -> Path:
 NODES = ("executor_node", "perception_node", "inference_node", "recorder_node")  # started in this order
 DIAG_PERIOD_S = 0.1  # the nodes' diagnostics_period: the harness reads their state from /diagnostics
 REALTIME_PRIORITY, SPIN_US = 50, 200  # the executor's control thread, as config/sim.yaml runs it
+RECORDED_CHUNKS = "/l1flow/action_chunk"  # the recorder's action topic
 
 
 def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -128,8 +129,12 @@ def _params(assets: dict[str, str]) -> dict[str, dict[str, Any]]:
             "threads": 1, "warmup_iterations": 1, "max_observation_age": 0.5,
             "diagnostics_period": DIAG_PERIOD_S,
         },
-        "recorder_node": {  # one episode over the whole suite: messages lost in recording
+        # One episode over the whole suite: messages lost in recording. Its action topic is the
+        # chunks, not the controller's: a recorder subscribed there is a subscriber the
+        # executor cannot tell from a controller, so controller_no_subscriber could not happen.
+        "recorder_node": {
             "output_dir": str(Path(assets["calibration"]).parent / "episodes"), "cameras": [CAM],
+            "action_topic": RECORDED_CHUNKS, "action_type": "trajectory_msgs/msg/JointTrajectory",
             "success_topic": "", "task": "faults",
         },
         "executor_node": {

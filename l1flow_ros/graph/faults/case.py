@@ -51,6 +51,9 @@ class CaseContext:
         self.recovered_at: int | None = None
         self.answers: list[str] = []  # parameter-set answers etc., as "node: reason"
         self.behaviour = ""  # what the case saw, where no node reason is expected
+        # (executor missed ticks, seconds, bare loop missed ticks) over the windows the case
+        # judges, where not the whole case (hot swap: the swaps' windows)
+        self.tick_windows: tuple[int, float, int] | None = None
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:

@@ -54,7 +54,7 @@ class ArmGuard:
         self.cmd_p: list[list[float]] = []
         self.violations: list[tuple[int, str]] = []
         self.lost = 0  # commands that never arrived (sequence-number gaps)
-        self.js_stamps: list[int] = []  # of every /joint_states published
+        self.js_sent: list[tuple[int, int]] = []  # (publish ns, stamp) of every /joint_states published
         self._prev: tuple[int | None, int | None, np.ndarray] = (None, None, self.arm.copy())
         self._qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_js = self.node.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
@@ -127,7 +127,7 @@ class ArmGuard:
                 except Exception:  # the context is going down
                     return
                 with self.lock:
-                    self.js_stamps.append(stamp)
+                    self.js_sent.append((time.time_ns(), stamp))
             next_t += 1.0 / JOINT_HZ
             delay = next_t - time.monotonic()
             if delay > 0:
@@ -151,9 +151,9 @@ class ArmGuard:
                 while k > 0 and self.cmd_t[k - 1] >= t0:
                     k -= 1
                 return {"t": self.cmd_t[k:], "p": self.cmd_p[k:]}
-        elif op == "recorded":  # what the recording check needs: every command and joint-state stamp
+        elif op == "joint_states_sent":  # for the recording check
             with self.lock:
-                return {"t": list(self.cmd_t), "p": list(self.cmd_p), "js": list(self.js_stamps)}
+                return {"js": list(self.js_sent)}
         elif op == "report":
             i, j = int(req.get("cmd", 0)), int(req.get("viol", 0))
             with self.lock:

@@ -16,6 +16,7 @@ from l1flow_ros.graph.faults.assets import (
     NODES,
     RATE_HZ,
     REALTIME_PRIORITY,
+    RECORDED_CHUNKS,
     SPIN_US,
     build_assets,
     write_params,
@@ -124,11 +125,12 @@ class Harness:
         if not ans.success:
             return RecordingResult(error=f"the recorder's stop failed: {ans.message}")
         path = ans.message.strip()
-        rep = self.world.controller.request(op="recorded")
+        js = self.world.controller.request(op="joint_states_sent")["js"]
         with self.world.lock:
             stamped = {t: list(self.world.sent[t]) for t in CAMERA_TOPICS}
-        stamped["/joint_states"] = rep["js"]
-        return check_recording(path, stamped, "/forward_position_controller/commands", (rep["t"], rep["p"]))
+            stamped[RECORDED_CHUNKS] = [(rx, t) for rx, t, _ in self.world.chunks]  # received here ~ published
+        stamped["/joint_states"] = [tuple(x) for x in js]
+        return check_recording(path, stamped)
 
     def close(self) -> None:
         if self.graph is not None:
@@ -324,6 +326,10 @@ class Harness:
             w.clear_sensors()
             w.connect_controller()
         self._count_ticks(res, case, st0, floor0, t_start)
+        if ctx.tick_windows is not None:  # the case judges its own windows
+            res.notes.append(f"over the whole case ({res.duration_s:.1f} s): {res.missed_ticks} missed ticks, bare "
+                             f"loop {res.floor_missed}")
+            res.missed_ticks, res.duration_s, res.floor_missed = ctx.tick_windows
         problems = self.alive_problems()
         res.nodes_alive = not problems
         res.notes += problems

@@ -1,13 +1,12 @@
 """Messages lost in recording: the graph's recorder_node records one episode over the whole
-suite (the camera, /joint_states and the commands, while the faults are played), and the
-file is compared with what was published.
+suite (the camera, /joint_states and the action chunks, while the faults are played), and
+the file is compared with what was published.
 
-Stamped topics (colour, depth, CameraInfo, /joint_states) by stamp: every stamp published
-between the first and the last stamp in the file (the episode's span as the recorder saw it)
-must be in the file. The commands carry no stamp: by value, as a multiset, every command
-the guard received with a source time inside the file's span (from the first recorded
-command to the last one less ``END_MARGIN_S``, for those still on their way when the
-episode closed) must be in the file.
+The span the file covers is its first log time (the recorder's receive time) to its last
+less ``END_MARGIN_S`` (messages still on their way when the episode closed). Every message
+published in that span (by its publish time, never by its stamp: the clock-jump cases shift
+the stamps) must be in the file: stamped topics (colour, depth, CameraInfo, /joint_states,
+chunks) matched by header stamp; unstamped ones (commands) by value, as a multiset.
 """
 
 from __future__ import annotations
@@ -61,51 +60,47 @@ def _stamp(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
-def check_recording(path: str, stamped: dict[str, list[int]], commands_topic: str,
-                    commands: tuple[list[int], list[list[float]]]) -> RecordingResult:
-    """Compare the episode file ``path`` with what was published: ``stamped`` maps each
-    stamped topic to the stamps published on it; ``commands`` = (source times ns, values)
-    of the commands the guard received on ``commands_topic``."""
+def check_recording(path: str, stamped: dict[str, list[tuple[int, int]]],
+                    valued: dict[str, list[tuple[int, list[float]]]] | None = None) -> RecordingResult:
+    """Compare the episode file ``path`` with what was published: ``stamped`` maps a topic to
+    (publish ns, header stamp ns) of each message published on it; ``valued`` maps an
+    unstamped Float64MultiArray topic to (publish ns, values) of each."""
     from l1flow_ros.data.mcap_io import EpisodeError, read_messages
 
+    valued = valued or {}
     res = RecordingResult(path=path)
-    rec: dict[str, list[int]] = {t: [] for t in stamped}
-    cmd_log: list[int] = []
-    cmd_vals: Counter = Counter()
+    got_stamps: dict[str, Counter] = {t: Counter() for t in stamped}
+    got_values: dict[str, Counter] = {t: Counter() for t in valued}
+    in_file: Counter = Counter()
+    lo, hi = None, None
     try:
-        for m in read_messages(path, [*stamped, commands_topic]):
-            if m.topic == commands_topic:
-                cmd_log.append(m.log_time_ns)
-                cmd_vals[tuple(float(x) for x in m.msg.data)] += 1
+        for m in read_messages(path, [*stamped, *valued]):
+            lo = m.log_time_ns if lo is None else min(lo, m.log_time_ns)
+            hi = m.log_time_ns if hi is None else max(hi, m.log_time_ns)
+            in_file[m.topic] += 1
+            if m.topic in valued:
+                got_values[m.topic][tuple(float(x) for x in m.msg.data)] += 1
             else:
-                rec[m.topic].append(_stamp(m.msg))
+                got_stamps[m.topic][_stamp(m.msg)] += 1
     except EpisodeError as e:
         res.error = str(e)
         return res
-    for topic, sent in stamped.items():
-        got = set(rec[topic])
-        if not got:
-            res.topics.append(TopicCount(topic, len(sent), 0, 0))
-            continue
-        lo, hi = min(got), max(got)
-        span = [s for s in sent if lo <= s <= hi]
-        res.topics.append(TopicCount(topic, len(span), sum(s in got for s in span), len(rec[topic])))
-        res.lost_at += [s for s in span if s not in got]
-    t, p = commands
-    if cmd_log:
-        lo, hi = min(cmd_log), max(cmd_log) - int(END_MARGIN_S * 1e9)
-        want = Counter(tuple(float(x) for x in v) for ti, v in zip(t, p) if lo <= ti <= hi)
-        missing = sum(max(0, n - cmd_vals.get(v, 0)) for v, n in want.items())
-        n = sum(want.values())
-        left = Counter(cmd_vals)
-        for ti, v in zip(t, p):  # the lost ones' times: values not (or no more often) in the file
-            key = tuple(float(x) for x in v)
-            if lo <= ti <= hi:
-                if left[key] > 0:
-                    left[key] -= 1
-                else:
-                    res.lost_at.append(int(ti))
-        res.topics.append(TopicCount(commands_topic, n, n - missing, len(cmd_log)))
-    else:
-        res.topics.append(TopicCount(commands_topic, len(t), 0, 0))
+    if lo is None:
+        res.error = f"{path} holds no message"
+        return res
+    hi -= int(END_MARGIN_S * 1e9)
+    sent = {t: [(pub, key) for pub, key in xs] for t, xs in stamped.items()}
+    sent |= {t: [(pub, tuple(float(x) for x in v)) for pub, v in xs] for t, xs in valued.items()}
+    got = got_stamps | got_values
+    for topic, msgs in sent.items():
+        left = Counter(got[topic])
+        span = [(pub, key) for pub, key in msgs if lo <= pub <= hi]
+        lost = 0
+        for pub, key in span:
+            if left[key] > 0:
+                left[key] -= 1
+            else:
+                lost += 1
+                res.lost_at.append(int(pub))
+        res.topics.append(TopicCount(topic, len(span), len(span) - lost, in_file[topic]))
     return res

@@ -69,7 +69,7 @@ class World:
         # Per node: (receive ns, header stamp ns, key/values) of every status it published.
         self.diag_values: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
         self.info_sent_ns = 0  # when CameraInfo was last published
-        self.sent: dict[str, list[int]] = {t: [] for t in CAMERA_TOPICS}  # stamps published per topic
+        self.sent: dict[str, list[tuple[int, int]]] = {t: [] for t in CAMERA_TOPICS}  # (publish ns, stamp)
         self.pub_color = n.create_publisher(Image, CAMERA_TOPICS[0], qos_profile_sensor_data)
         self.pub_depth = n.create_publisher(Image, CAMERA_TOPICS[1], qos_profile_sensor_data)
         self.pub_info = n.create_publisher(CameraInfo, CAMERA_TOPICS[2], qos_profile_sensor_data)
@@ -169,7 +169,7 @@ class World:
             self.pub_info.publish(camera_info_to_msg(intr, stamp, CAM))
             with self.lock:
                 self.info_sent_ns = time.time_ns()
-                self.sent[CAMERA_TOPICS[2]].append(stamp)
+                self.sent[CAMERA_TOPICS[2]].append((self.info_sent_ns, stamp))
         if not s.cameras:
             return
         rgb = self.rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -192,9 +192,10 @@ class World:
             self.frames_sent += 1
         self.pub_color.publish(col)
         self.pub_depth.publish(dep)
+        t = time.time_ns()
         with self.lock:
-            self.sent[CAMERA_TOPICS[0]].append(stamp)
-            self.sent[CAMERA_TOPICS[1]].append(stamp)
+            self.sent[CAMERA_TOPICS[0]].append((t, stamp))
+            self.sent[CAMERA_TOPICS[1]].append((t, stamp))
 
     # -- injections -----------------------------------------------------------------------------
 
