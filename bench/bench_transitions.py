@@ -180,8 +180,9 @@ def print_toy_table(results: dict, delays) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-# name -> (bundle, executor splice rule, inference prefix conditioning)
-GRAPH_METHODS = TOY_METHODS
+# name -> (bundle, executor splice rule, inference prefix conditioning); the last one also
+# keeps the executor's default splice (cross-fade) under the prefix.
+GRAPH_METHODS = {**TOY_METHODS, "prefix-trained + crossfade": ("trained", "crossfade", True)}
 
 
 def ensure_prefix_graph(bundle: Path, work: Path) -> Path:
