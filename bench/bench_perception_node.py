@@ -182,12 +182,34 @@ def _int(d: dict[str, str], k: str) -> int:
         return 0
 
 
+def _free_domain() -> str:
+    """A ROS domain with no node on it (the environment's first): another graph on the same
+    machine in the same domain would mix its topics and diagnostics with this one's."""
+    import rclpy
+
+    from l1flow_ros.nodes.composition import Composition
+
+    first = os.environ.get("ROS_DOMAIN_ID", "")
+    rng = np.random.default_rng(os.getpid())
+    for d in [first] * bool(first) + [str(x) for x in rng.permutation(np.arange(120, 233))[:8]]:
+        os.environ["ROS_DOMAIN_ID"] = d
+        with Composition() as rig:
+            node = rclpy.create_node("bench_domain_check", context=rig.context, enable_rosout=False,
+                                     start_parameter_services=False)
+            rig.add(node)
+            time.sleep(2.0)  # discovery
+            others = [n for n, _ in node.get_node_names_and_namespaces() if n != "bench_domain_check"]
+        if not others:
+            return d
+    raise RuntimeError("no free ROS domain found (every one tried has nodes on it)")
+
+
 def run(args) -> dict:
     from l1flow_ros.graph.launcher import ProcessGraph, network_env
     from l1flow_ros.nodes.composition import Composition
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))  # a domain of its own
     network_env()
+    os.environ["ROS_DOMAIN_ID"] = _free_domain()
     with tempfile.TemporaryDirectory() as tmp:
         params = _make_assets(Path(tmp), args)
         if args.dds_profile:  # the publisher (spawned below) and the node inherit it
