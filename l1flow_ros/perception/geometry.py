@@ -10,6 +10,15 @@ Pure numpy; no ROS. Conventions:
   undone, so depth must be rectified (RealSense aligned depth is);
 - every fused cloud is in the robot base frame, metres.
 
+Depth images become base-frame points through a :class:`PixelGrid` per camera
+(:func:`pixel_grid`, cached): only the pixels whose ray meets the workspace box inside the
+depth range are read, every :func:`pixel_stride`-th row and column (the pixel spacing tied to
+the voxel size), with the arithmetic of :func:`backproject` + :func:`transform_points` and the
+exact crop, so at stride 1 the points are those of back-projecting every pixel. The views'
+points are fused by :func:`fuse_points`: voxel grid (packed-key sort, means of the sampled
+voxels only), then farthest-point sampling by fpsample, an exact FPS checked against
+:func:`exact_fps`. Measurements: docs/BENCHMARKS.md (Perception latency).
+
 Calibration file (YAML), one entry per camera, camera -> robot base::
 
     cameras:
