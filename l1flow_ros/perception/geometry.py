@@ -280,10 +280,10 @@ def crop_mask(points: np.ndarray, workspace: Sequence[float]) -> np.ndarray:
     return _crop_soa(points[:, 0], points[:, 1], points[:, 2], workspace)
 
 
-def _voxel_ids(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """The points sorted by voxel: (order (N,) point indices, voxel (N,) of each sorted point
-    numbered 0..M-1 in key order (x-, then y-, then z-major) of a grid anchored at the origin,
-    M). Within a voxel the points keep their input order."""
+def _voxel_sort(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points sorted by voxel: (order (N,) point indices, starts (M + 1,) where each voxel's
+    points begin in ``order``, then N). Voxels in key order (x-, then y-, then z-major) of a grid
+    anchored at the origin; within a voxel the points keep their input order."""
     inv = np.float32(1.0 / voxel_size)
     ks, dims = [], []
     for c in xyz:
@@ -314,12 +314,11 @@ def _voxel_ids(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float
     else:
         order = np.argsort(key, kind="stable")
         key = key[order]
-    first = np.empty(n, dtype=bool)  # sorted position starts a new voxel
+    first = np.empty(n + 1, dtype=bool)  # sorted position starts a new voxel (and the end)
     first[:1] = True
-    np.not_equal(key[1:], key[:-1], out=first[1:])
-    voxel = np.cumsum(first)
-    voxel -= 1
-    return order, voxel, int(voxel[-1]) + 1 if n else 0
+    first[n:] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:n])
+    return order, np.flatnonzero(first)
 
 
 def _voxel_means(
@@ -342,7 +341,9 @@ def _voxel_means(
 def _voxel_soa(
     xyz: tuple[np.ndarray, np.ndarray, np.ndarray], colors: np.ndarray | None, voxel_size: float
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]:
-    order, voxel, m = _voxel_ids(xyz, voxel_size)
+    order, starts = _voxel_sort(xyz, voxel_size)
+    m = starts.shape[0] - 1
+    voxel = np.repeat(np.arange(m), np.diff(starts))  # of each sorted point
     return _voxel_means(xyz, colors, order, voxel, m)
 
 
@@ -668,15 +669,19 @@ def fuse_points(parts: Sequence[Soa], cfg: CloudConfig) -> np.ndarray:
         raise PerceptionError("no points inside the workspace crop box")
     max_cand = cfg.num_points * cfg.fps_candidates_per_point
     if cfg.voxel_size > 0:
-        order, voxel, m = _voxel_ids((x, y, z), cfg.voxel_size)
+        order, starts = _voxel_sort((x, y, z), cfg.voxel_size)
+        m = starts.shape[0] - 1
         if m > max_cand and max_cand > cfg.num_points:
             # Sampling reads max_cand voxels, evenly spaced in key order (as _fps_soa thins):
-            # only those voxels' means are computed.
-            lut = np.full(m, -1, dtype=np.int64)
-            lut[np.linspace(0, m - 1, max_cand).astype(np.int64)] = np.arange(max_cand)
-            voxel = lut[voxel]
-            sel = np.flatnonzero(voxel >= 0)
-            order, voxel, m = order[sel], voxel[sel], max_cand
+            # only those voxels' points are gathered and averaged.
+            c = np.linspace(0, m - 1, max_cand).astype(np.int64)
+            first, count = starts[c], starts[c + 1] - starts[c]
+            ends = np.cumsum(count)
+            pos = np.arange(int(ends[-1])) + np.repeat(first - (ends - count), count)  # sorted positions
+            order, m = order[pos], max_cand
+            voxel = np.repeat(np.arange(m), count)
+        else:
+            voxel = np.repeat(np.arange(m), np.diff(starts))
         (x, y, z), cols = _voxel_means((x, y, z), cols, order, voxel, m)
     idx = _fps_soa((x, y, z), cfg.num_points, max_cand, cfg.fps)
     out = np.stack([x[idx], y[idx], z[idx]], axis=1)  # (num_points, 3)
