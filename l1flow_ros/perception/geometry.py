@@ -524,7 +524,8 @@ _GRID_CACHE: dict[tuple, PixelGrid] = {}
 def pixel_stride(intr: CameraIntrinsics, depth_m: float, voxel_size: float) -> int:
     """The largest pixel step whose points, on a surface facing the camera at ``depth_m``, are
     no farther apart than ``voxel_size``: the voxel grid then still gets a point in (nearly)
-    every voxel the surface crosses, from 1/step² of the pixels."""
+    every voxel the surface crosses, from 1/step² of the pixels. What is narrower than a voxel
+    can fall between the sampled pixels (the voxel grid would have averaged it away too)."""
     if voxel_size <= 0 or not np.isfinite(depth_m) or depth_m <= 0:
         return 1
     footprint = depth_m / min(intr.fx, intr.fy)  # metres between neighbouring pixels at that depth
