@@ -16,8 +16,8 @@ wire minus its observation stamp); the executor's control-period error p99 (its 
 statistic over its last 8192 periods, sampled every 8192 periods without overlap and
 averaged over the window); its missed control ticks, and beside them a bare loop's to the
 same deadlines at the same SCHED_FIFO priority in a process of its own
-(:class:`~l1flow_ros.graph.faults.floor.Floor`: what the machine itself did not give a
-real-time thread).
+(:class:`~l1flow_ros.graph.faults.floor.Floor`, without the busy-wait: what the machine
+itself did not give a real-time thread).
 
 Pass: in every window, each node's resident memory within +10 % of its first window's, and
 obs -> chunk p99 and period error p99 within +20 % of the first window's.
@@ -239,10 +239,11 @@ def soak_graph(
     path = config_path(config)
     names = nodes_in_config(path)
     sim_task = task or parameter_value(path, "sim_robot_node", "task")
-    # The bare loop runs as the file runs the executor's control thread.
+    # The bare loop at the executor's rate and priority, sleeping all the way: a missed tick is
+    # a wake-up a whole period late, which the executor's 200 us spin does not change, and
+    # the spin would take a tenth of a core from the simulator (one core: taskset -c 0).
     rate = float(parameter_value(path, "executor_node", "rate_hz", 500.0))
     prio = int(parameter_value(path, "executor_node", "realtime_priority", 0))
-    spin = int(parameter_value(path, "executor_node", "spin_us", 0))
     diag_s = float(parameter_value(path, "executor_node", "diagnostics_period", 1.0))
     n_windows = max(1, int(round(duration_s / window_s)))
     res = SoakResult(bundle=bundle, task=str(sim_task), config=str(config), duration_s=duration_s,
@@ -255,7 +256,7 @@ def soak_graph(
         graph.start()
         probe = _Probe(camera=next(iter(manifest.observation.cameras), ""), context=rig.context)
         rig.add(probe)
-        floor = Floor(rate, prio, spin)
+        floor = Floor(rate, prio, 0)
         stack.callback(floor.close)
         wait_first_chunk(probe, graph)
         res.floor_scheduling = floor.scheduling
