@@ -312,6 +312,7 @@ def _hot_swap(c: CaseContext) -> None:
                    f"largest command step {step_t:.2f} x max_velocity x T ({ratio:.2f} of the allowed); ticks missed "
                    "in the swaps "
                    f"{swap_missed} (bare loop {swap_floor})")
+    c.res.notes.append(c.behaviour)  # the table's column shortens it
     c.res.notes.append(f"missed ticks per swap, executor/bare loop: {', '.join(per_swap)}")
     if unmatched:
         c.res.notes.append(f"{unmatched} chunk(s) whose embedding the harness did not see (not judged)")
