@@ -140,3 +140,15 @@ def test_bundles_written_before_the_prefix_input_keep_their_fingerprint():
     assert "prefix_input" not in (bundled / "manifest.json").read_text()  # written before the field
     assert not manifest.model.unet.prefix_input
     assert compute_fingerprint(bundled, manifest) == manifest.fingerprint
+
+
+def test_an_exported_bundle_exports_again(tmp_path):
+    """Re-exporting (e.g. to add the prefix graph to an older bundle) rewrites the graphs and
+    refreshes the fingerprint instead of failing on the files it just rewrote."""
+    _train("l1flow", tmp_path / "b", prefix=False, steps=1)
+    first = export_bundle(tmp_path / "b", opset=17).fingerprint
+    before = (tmp_path / "b" / "policy.onnx").read_bytes()
+    second = export_bundle(tmp_path / "b", opset=18)  # other bytes for the same listed files
+    assert (tmp_path / "b" / "policy.onnx").read_bytes() != before
+    assert "policy.prefix.onnx" in second.files and second.fingerprint
+    assert load_bundle(tmp_path / "b")[0].fingerprint == second.fingerprint != first

@@ -146,8 +146,10 @@ def _write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
 
 def add_files(bundle_dir: str | os.PathLike, names: list[str]) -> str:
     """List extra files (e.g. ``encoder.onnx``, ``policy.onnx`` written by export) in the
-    manifest and refresh the fingerprint; returns the new fingerprint."""
-    m = read_manifest(bundle_dir, check_weights=False)
+    manifest and refresh the fingerprint; returns the new fingerprint. The caller checked the
+    bundle before writing them (an export loads it first); files it rewrote (a re-export)
+    change the fingerprint like new ones do."""
+    m = read_manifest(bundle_dir, check_weights=False, check_fingerprint=False)
     files = tuple(dict.fromkeys((*m.files, *names)))
     m = dataclasses.replace(m, files=files, fingerprint="")
     m.validate()
@@ -156,7 +158,8 @@ def add_files(bundle_dir: str | os.PathLike, names: list[str]) -> str:
     return fp
 
 
-def read_manifest(bundle_dir: str | os.PathLike, check_weights: bool = True) -> Manifest:
+def read_manifest(bundle_dir: str | os.PathLike, check_weights: bool = True,
+                  check_fingerprint: bool = True) -> Manifest:
     """Read and validate a bundle's manifest; raises BundleError with a clear reason.
 
     Checks: the directory and every listed file exist, the JSON parses, the
@@ -178,7 +181,7 @@ def read_manifest(bundle_dir: str | os.PathLike, check_weights: bool = True) -> 
     for name in m.files:
         if not (d / name).is_file():
             raise BundleError(f"bundle {bundle_dir} is missing {name} (listed in {MANIFEST})")
-    fp = compute_fingerprint(d, dataclasses.replace(m, fingerprint=""))
+    fp = compute_fingerprint(d, dataclasses.replace(m, fingerprint="")) if check_fingerprint else m.fingerprint
     if m.fingerprint != fp:
         raise BundleError(
             f"bundle {bundle_dir} fingerprint {m.fingerprint!r} does not match its contents ({fp})"
