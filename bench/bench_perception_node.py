@@ -122,10 +122,15 @@ def _make_assets(d: Path, args) -> Path:
                         ModelConfig())
     save_bundle(d / "bundle", model, make_manifest(model, Normalizer(-np.ones(4), np.ones(4), np.zeros(4),
                                                                      np.ones(4))))
+    if args.backend != "torch":
+        from l1flow_ros.inference.export import export_bundle
+
+        export_bundle(d / "bundle")  # encoder.onnx
     (d / "calib.yaml").write_text(yaml.safe_dump({"cameras": {c: {"matrix": T.tolist()} for c, T in calib.items()}}))
     params = {"perception_node": {"ros__parameters": {
         "cameras": list(cams), "checkpoint": str(d / "bundle"), "calibration_file": str(d / "calib.yaml"),
-        "slop": 0.005, "max_observation_age": args.max_observation_age, "diagnostics_period": 1.0}}}
+        "slop": 0.005, "max_observation_age": args.max_observation_age, "diagnostics_period": 1.0,
+        "encoder_backend": args.backend}}}
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     return d / "params.yaml"
 
@@ -298,6 +303,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4, help="distinct scenes the publisher cycles through")
     ap.add_argument("--max-observation-age", type=float, default=0.5, help="the node's parameter, s")
     ap.add_argument("--threads", type=int, default=1, help="the node's OMP_NUM_THREADS (torch intra-op threads)")
+    ap.add_argument("--backend", default="torch", help="the node's encoder_backend (torch, onnxruntime)")
     ap.add_argument("--dds-profile", default=str(ROOT / "config" / "fastdds_large_data.xml"),
                     help="Fast DDS profile for every process ('' : Fast DDS defaults, which lose most "
                          "640x480 images: see the file)")
@@ -305,7 +311,8 @@ def main() -> None:
     args = ap.parse_args()
     r = run(args)
     print(f"perception_node at {args.rate:g} Hz, {args.views} x {args.width}x{args.height} RGB-D, "
-          f"{args.num_points} points, {args.seconds - args.warmup:g} s measured after {args.warmup:g} s warm-up, "
+          f"{args.num_points} points, encoder on {args.backend}, {args.seconds - args.warmup:g} s measured after "
+          f"{args.warmup:g} s warm-up, "
           f"Fast DDS profile {Path(args.dds_profile).name if args.dds_profile else 'none'}; "
           f"load average (1 min) {r['load_average_1min']:.1f} on {os.cpu_count()} CPUs")
     print(f"  sets sent {r['sets_sent']}, embeddings received {r['embeddings_received']}, missing "
