@@ -103,7 +103,9 @@ class CommandStream:
             if self.measured is None:
                 return False, f"no /joint_states with all of {list(self.scheduler.config.names)} yet"
             self._restart_from_measured(now_ns)
-            self.delay.reset()  # a new run: its first chunks are warm-up again
+            # The delay window is kept: inference ran on meanwhile (its warm-up, the first chunks
+            # since this node started, stays excluded); an episode shorter than the warm-up
+            # would otherwise never give an estimate.
             self.enabled = True
         return True, "enabled"
 

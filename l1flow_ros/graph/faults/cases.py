@@ -347,7 +347,7 @@ def _delay_jump(c: CaseContext) -> None:
     c.end_hold()
     st = c.h.executor_state()
     rejected = diag_value(st.values, "chunks_rejected") if st is not None else float("nan")
-    d = (c.h.last_values("inference_node", c.onset) or {}).get("delay_steps_last", "?")
+    d = (c.h.last_values("inference_node", c.onset) or {}).get("delay_steps_last") or "(no prefix)"
     c.res.notes.append(f"inference drew its last chunk with d = {d} chunk steps; executor chunks rejected in all: "
                        f"{rejected:.0f}")
     c.cleared_at = time.time_ns()
