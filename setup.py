@@ -39,7 +39,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", _files("config/*.yaml")),
+        (f"share/{PACKAGE}/config", _files("config/*.yaml") + _files("config/*.xml")),
+        (f"share/{PACKAGE}/config/security", _files("config/security/*.xml")),
         (f"share/{PACKAGE}/models", _files("models/*.md")),
     ]
     + _model_bundles(),
