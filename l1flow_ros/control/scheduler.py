@@ -473,6 +473,15 @@ class ChunkScheduler:
                 return self._mode != Mode.TRACK
             return int(t_ns) - self._stats.chunk_t_obs_ns >= self._cfg.n_action_steps * self._chunk_dt_ns
 
+    def reference(self, times_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plan's reference velocity and acceleration at ``times_ns`` (K,), before the limits:
+        (K, A) each (what a splice changes; the executor's boundary diagnostics)."""
+        with self._lock:
+            if self._plan is None:
+                raise RuntimeError("ChunkScheduler.reference() before reset()")
+            va = [self._plan.eval(int(t))[1:] for t in np.asarray(times_ns).reshape(-1)]
+        return np.array([x[0] for x in va]), np.array([x[1] for x in va])
+
     def sample(self, times_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The plan at ``times_ns`` (K,), clipped to position and velocity limits: (K, A) positions
         and velocities (for controllers that interpolate themselves, e.g. a JTC)."""

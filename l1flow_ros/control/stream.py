@@ -42,9 +42,10 @@ class StreamReport:
     delay_steps: int | None = None  # inference delay in chunk steps at the estimator's percentile
     delay_ms_p50: float = float("nan")  # observation -> chunk arrival
     delay_ms_p95: float = float("nan")
-    # Chunk boundaries (every accepted chunk but the first after a start from rest): the largest
-    # change of the command velocity within one chunk step after the splice, against the velocity
-    # just before it, and the largest acceleration there; continuous joints (grippers left out).
+    # Chunk boundaries (every accepted chunk but the first after a start from rest): how much the
+    # splice changed the commanded motion over the next chunk step, the new plan's reference
+    # velocity and acceleration against the old plan's at the same times, largest over the
+    # continuous joints (grippers left out) and over every boundary so far.
     boundary_velocity_step: float = 0.0
     boundary_acceleration: float = 0.0
 
@@ -69,13 +70,8 @@ class CommandStream:
         self._rejections_reported = 0
         self.delay = DelayEstimator()  # observation -> arrival of accepted chunks (control/delay.py)
         self.fingerprints: frozenset[str] = frozenset()  # accept only these (empty: any)
-        # Chunk boundaries (control thread; StreamReport.boundary_*): set by add_chunk, read by tick.
-        self._spliced = False
+        # Chunk boundaries (StreamReport.boundary_*), measured in add_chunk.
         self._from_rest = True  # the next chunk starts the arm from rest, not a boundary
-        self._window_end = 0  # ns: the boundary window after the last splice ends here
-        self._v_before: list[float] = []
-        self._v_last: list[float] = []
-        self._t_last = 0
         self.boundary_dv = 0.0
         self.boundary_acc = 0.0
 
@@ -128,12 +124,19 @@ class CommandStream:
         if self.fingerprints and chunk.fingerprint not in self.fingerprints:
             raise ChunkRejected("fingerprint", f"chunk of checkpoint {chunk.fingerprint!r}, not one of "
                                                f"accept_fingerprints {sorted(self.fingerprints)}")
+        boundary = not self._from_rest and self.scheduler.ready
+        if boundary:  # the plan's motion over the next chunk step, before and after the splice
+            times = now_ns + (np.arange(1, 5) * (int(round(chunk.dt * 1e9)) // 4))
+            v0, a0 = self.scheduler.reference(times)
         self.scheduler.add_chunk(chunk, now_ns)
         self.chunk_dt_ns = int(round(chunk.dt * 1e9))
-        if self._from_rest:
-            self._from_rest = False
-        else:
-            self._spliced = True
+        self._from_rest = False
+        if boundary:
+            v1, a1 = self.scheduler.reference(times)
+            keep = [j for j in range(v1.shape[1]) if j not in self.scheduler.limits.gripper_indices]
+            with self.lock:
+                self.boundary_dv = max(self.boundary_dv, float(np.max(np.abs(v1 - v0)[:, keep], initial=0.0)))
+                self.boundary_acc = max(self.boundary_acc, float(np.max(np.abs(a1 - a0)[:, keep], initial=0.0)))
         with self.lock:
             self.delay.add(chunk.t_obs_ns, now_ns, chunk.dt)
 
@@ -160,7 +163,6 @@ class CommandStream:
             return None
         p, v, mode = self.scheduler.command(now_ns)
         self.ticks += 1
-        self._watch_boundary(v, now_ns)
         if not self.enabled:  # disabled while computing: send nothing
             return None
         if self.output == "forward_position":
@@ -176,24 +178,6 @@ class CommandStream:
             return None
         self.published_version = version
         return self.plan_samples(now_ns)
-
-    def _watch_boundary(self, v: np.ndarray, now_ns: int) -> None:
-        """Velocity step and acceleration in the chunk step after each splice (control thread;
-        Python floats: a few microseconds a tick, and only inside a window)."""
-        vl = v.tolist()
-        if self._spliced:
-            self._spliced = False
-            self._v_before = self._v_last or vl
-            self._window_end = now_ns + (self.chunk_dt_ns or int(1e8))
-        if now_ns <= self._window_end and self._v_last:
-            grip = self.scheduler.limits.gripper_indices
-            h = max(now_ns - self._t_last, 1) * 1e-9
-            for j, x in enumerate(vl):
-                if j in grip:
-                    continue
-                self.boundary_dv = max(self.boundary_dv, abs(x - self._v_before[j]))
-                self.boundary_acc = max(self.boundary_acc, abs(x - self._v_last[j]) / h)
-        self._v_last, self._t_last = vl, now_ns
 
     def plan_samples(self, now_ns: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         """The plan from ``now_ns`` to its end, sampled at the chunk dt (0.1 s before any

@@ -46,8 +46,8 @@ executor_node (``control/status.py`` ``summary``)
 | ``inference_delay_steps_p95`` | | d = ceil((arrival - t_obs) / dt) of accepted chunks, 95th percentile over the last 64, the first 3 after enabling left out (``control/delay.py``); -1: none yet |
 | ``obs_to_arrival_ms_p50`` | ms | observation time -> the chunk's arrival at the executor, median over the same window |
 | ``obs_to_arrival_ms_p95`` | ms | the same, 95th percentile |
-| ``boundary_velocity_step_max`` | units/s | largest change of the command velocity in the chunk step after a splice, against the velocity before it (the first chunk after a start left out; grippers left out) |
-| ``boundary_acceleration_max`` | units/s^2 | largest command acceleration in those windows |
+| ``boundary_velocity_step_max`` | units/s | largest change a splice made to the plan's reference velocity over the next chunk step (new plan against the old one at the same times; the first chunk after a start and grippers left out) |
+| ``boundary_acceleration_max`` | units/s^2 | the same for the reference acceleration |
 | ``control_thread`` | | how the control thread is scheduled (policy, priority, affinity) |
 | ``executor_thread`` | | how the thread running the callbacks is scheduled |
 | ``middleware_threads`` | | how the DDS threads are scheduled |
