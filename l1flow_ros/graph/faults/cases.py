@@ -293,7 +293,9 @@ def _hot_swap(c: CaseContext) -> None:
     ct, cp = ct[m], cp[m]
     ratio, step_t, over = 0.0, 0.0, 0
     if ct.size > 1:
-        dt = np.clip(np.diff(ct) * 1e-9, PERIOD_S, 2 * PERIOD_S)[:, None]  # (N-1, 1)
+        # The guard's rule: a step within max_velocity x (the time since the last command + slack);
+        # after a stalled tick the limiter moves the command by max_velocity x the stall.
+        dt = np.maximum(np.diff(ct) * 1e-9, PERIOD_S)[:, None]  # (N-1, 1)
         step = np.abs(np.diff(cp, axis=0)) / np.asarray(MAX_VEL)  # (N-1, A): seconds at max velocity
         share = (step / (dt + CONTINUITY_SLACK * PERIOD_S)).max(axis=1)  # of the allowed step
         ratio, step_t, over = float(share.max()), float(step.max() / PERIOD_S), int((share > 1 + 1e-9).sum())

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from l1flow_ros.graph.faults.assets import HOME, JOINT_HZ, JOINTS, LOWER, MAX_VEL, PERIOD_S, UPPER
-from l1flow_ros.nodes import qos
 
 
 class ArmGuard:
@@ -57,7 +56,11 @@ class ArmGuard:
         self.js_sent: list[tuple[int, int]] = []  # (publish ns, stamp) of every /joint_states published
         self._prev: tuple[int | None, int | None, np.ndarray] = (None, None, self.arm.copy())
         self._qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_js = self.node.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
+        # History 100 (1 s at 100 Hz), deeper than a robot driver's usual 10: a reliable reader
+        # starved for over 0.1 s (the recorder during a loaded run) still gets every sample, so
+        # the recording check measures the recorder, not this publisher's history.
+        self.pub_js = self.node.create_publisher(JointState, "/joint_states",
+                                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.sub = None
         self.connect()
         self._stop = threading.Event()

@@ -276,7 +276,7 @@ class Harness:
         case's duration) and the bare loop's over the same span."""
         t_end = time.time_ns()
         res.span_ns = (t_start, t_end)
-        st1 = self.executor_state(after_ns=t_end, timeout=5.0)
+        st1 = self.executor_state(after_ns=t_end, timeout=15.0)
         floor1 = self.floor.read()
         res.ticks_judged = case.judge_ticks
         res.zero_ticks = case.zero_ticks
@@ -316,7 +316,10 @@ class Harness:
         rep0 = w.controller.request(op="report", cmd=1 << 62, viol=1 << 62)
         with w.lock:
             i_chunk, i_diag = len(w.chunks), len(w.diags)
-        st0, floor0 = self.executor_state(), self.floor.read()
+        # The first case may start before the executor's first /diagnostics (a slow start on a
+        # loaded machine): wait for one rather than leave the case's ticks unmeasured.
+        st0 = self.executor_state() or self.executor_state(after_ns=0, timeout=30.0)
+        floor0 = self.floor.read()
         t_start = time.time_ns()
         ctx = CaseContext(self, res, t_start, case)
         try:
