@@ -124,12 +124,13 @@ class CommandStream:
         if self.fingerprints and chunk.fingerprint not in self.fingerprints:
             raise ChunkRejected("fingerprint", f"chunk of checkpoint {chunk.fingerprint!r}, not one of "
                                                f"accept_fingerprints {sorted(self.fingerprints)}")
+        dt_ns = int(round(chunk.dt * 1e9))
         boundary = not self._from_rest and self.scheduler.ready
         if boundary:  # the plan's motion over the next chunk step, before and after the splice
-            times = now_ns + (np.arange(1, 5) * (int(round(chunk.dt * 1e9)) // 4))
+            times = now_ns + np.arange(1, 5) * (dt_ns // 4)
             v0, a0 = self.scheduler.reference(times)
         self.scheduler.add_chunk(chunk, now_ns)
-        self.chunk_dt_ns = int(round(chunk.dt * 1e9))
+        self.chunk_dt_ns = dt_ns
         self._from_rest = False
         if boundary:
             v1, a1 = self.scheduler.reference(times)
