@@ -56,7 +56,7 @@ from l1flow_ros.msgs.chunk_conv import MessageError, chunk_to_msg, embedding_fro
 from l1flow_ros.nodes.composition import spin_node
 from l1flow_ros.nodes.diagnostics import ERROR, ERROR_HOLD_S, OK, WARN, Diagnostics
 from l1flow_ros.nodes.params import LiveParameters, declare
-from l1flow_ros.nodes.qos import LATCHED, RELIABLE_1
+from l1flow_ros.nodes.qos import CHUNKS_OUT, LATCHED, RELIABLE_1
 
 NODE_NAME = "inference_node"
 
@@ -129,7 +129,7 @@ class InferenceNode(LifecycleNode):
         except Exception as e:  # configure fails with the reason; the node stays unconfigured
             self._set_error(f"configure failed: {e}", ERROR)
             return TransitionCallbackReturn.FAILURE
-        self._pub_chunk = self.create_lifecycle_publisher(JointTrajectory, "/l1flow/action_chunk", RELIABLE_1)
+        self._pub_chunk = self.create_lifecycle_publisher(JointTrajectory, "/l1flow/action_chunk", CHUNKS_OUT)
         self._guard = self.create_guard_condition(self._infer_once, callback_group=self._infer_group)
         self._sub_emb = self.create_subscription(Image, "/l1flow/embedding", self._on_embedding, RELIABLE_1,
                                                  callback_group=self._io_group)

@@ -74,7 +74,7 @@ class World:
         self.pub_depth = n.create_publisher(Image, CAMERA_TOPICS[1], qos_profile_sensor_data)
         self.pub_info = n.create_publisher(CameraInfo, CAMERA_TOPICS[2], qos_profile_sensor_data)
         self.pub_emb = n.create_publisher(Image, "/l1flow/embedding", rel(1))
-        self.pub_chunk = n.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel(1))
+        self.pub_chunk = n.create_publisher(JointTrajectory, "/l1flow/action_chunk", rel(10))  # as the inference node (qos.CHUNKS_OUT)
         n.create_subscription(JointTrajectory, "/l1flow/action_chunk", self._on_chunk, rel(100))
         n.create_subscription(Image, "/l1flow/embedding", self._on_embedding, rel(100))
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, rel(100))
