@@ -16,6 +16,10 @@ executor, whose control thread shares a GIL with its callback thread, misses a f
 (measured over whole suites: 1-7 in a 2-11 s case with the bare loop at 0). So here a case
 may exceed the rule by the bare loop's count plus TICK_SLACK, which still catches what the
 rule is for: the executor run without real-time scheduling missed 15-106 per case.
+The floor counts twice: a stall that makes the bare loop (one thread) miss k ticks can make
+the executor, whose tick needs its control thread and the GIL its callback thread may hold,
+miss up to about 2k (measured with one core kept busy: 60 against the bare loop's 43 in the
+same 2 s).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import pytest
 
 from l1flow_ros.graph import faults
 
-TICK_SLACK = 10  # missed ticks a case may have beyond the rule and the bare loop's (module docstring)
+TICK_SLACK = 10  # missed ticks a case may have beyond the rule and twice the bare loop's (module docstring)
+FLOOR_FACTOR = 2
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +66,7 @@ def test_fault_case(harness, case):
     assert r.recovered, f"did not recover: {detail}"
     assert r.missed_ticks >= 0 and r.duration_s > 0, detail
     if r.ticks_judged:
-        assert r.missed_ticks <= r.ticks_allowed + max(r.floor_missed, 0) + TICK_SLACK, (
+        assert r.missed_ticks <= r.ticks_allowed + FLOOR_FACTOR * max(r.floor_missed, 0) + TICK_SLACK, (
             f"{r.missed_ticks} control ticks missed in {r.duration_s:.1f} s (allowed {r.ticks_allowed}; the bare "
             f"loop beside it missed {r.floor_missed}): {detail}")
     if r.ticks_ok:
