@@ -157,7 +157,7 @@ def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, f
     step = frame_step(emb.obs_spec, frames, calib)
     c2, t2 = time.process_time(), time.perf_counter()
     hist.push(stamp_ns, step_to_model(step))
-    emb.embed(hist.get())
+    emb.embed_history(hist)
     c3, t3 = time.process_time(), time.perf_counter()
     return {
         "decode": t1 - t0, "fuse": t2 - t1, "encode": t3 - t2, "total": t3 - t0,

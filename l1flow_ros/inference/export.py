@@ -2,6 +2,9 @@
 
 - ``encoder.onnx``: the observation modalities (positional, in the encoder's
   ``input_names`` order) -> ``embedding`` (B, D).
+- ``encoder.step.onnx`` and ``encoder.head.onnx``: the same encoder in two parts, one
+  observation step's ``features`` (rgb, points) and the steps' features (+ proprio) ->
+  ``embedding``, so perception encodes each step once (``perception.embedder``).
 - ``policy.onnx``: ``cond`` (B, D), ``noise`` (B, H, A) (DDPM: (B, K, H, A)) -> ``actions``
   (B, H, A), normalised, with the whole sampler unrolled into one graph (the sampler
   loops run over Python constants, so tracing unrolls them).
@@ -82,6 +85,7 @@ def export_bundle(bundle_dir: str | Path, samplers: Sequence[SamplerSpec | str] 
         args = tuple(_rand(shapes[n], gen, unit=(n == "rgb")) for n in names)
         report.files[ENCODER_ONNX] = _export_and_check(
             model.encoder_graph(), args, names, ENCODER_OUTPUT, bundle_dir / ENCODER_ONNX, opset, atol)
+        report.files.update(_export_encoder_parts(model, bundle_dir, gen, opset, atol))
 
     cond_dim = model.encoder.out_dim
     h, a = manifest.action.horizon, manifest.action.dim
@@ -124,6 +128,31 @@ def export_bundle(bundle_dir: str | Path, samplers: Sequence[SamplerSpec | str] 
 
     report.fingerprint = record_files(bundle_dir, list(report.files))
     return report
+
+
+def _export_encoder_parts(model: Any, bundle_dir: Path, gen: Any, opset: int, atol: float) -> dict[str, float]:
+    """``encoder.step.onnx`` (one step's features) and ``encoder.head.onnx`` (the steps' features
+    + proprio -> embedding), for encoders with per-step modalities (perception.embedder)."""
+    from l1flow_ros.perception.embedder import (
+        ENCODER_HEAD_ONNX,
+        ENCODER_STEP_ONNX,
+        STEP_FEATURES,
+    )
+
+    enc = model.encoder
+    step_names = tuple(enc.step_input_names)
+    if not step_names:
+        return {}
+    shapes = enc.input_shapes(2)
+    step_args = tuple(_rand(shapes[n][:1] + shapes[n][2:], gen, unit=(n == "rgb")) for n in step_names)
+    out = {ENCODER_STEP_ONNX: _export_and_check(model.encoder_step_graph(), step_args, step_names, STEP_FEATURES,
+                                                bundle_dir / ENCODER_STEP_ONNX, opset, atol)}
+    head_names: tuple[str, ...] = (STEP_FEATURES, *(("proprio",) if enc.use_proprio else ()))
+    head_args = (_rand((2, enc.obs_spec.n_obs_steps, enc.step_feature_dim), gen),
+                 *((_rand(shapes["proprio"], gen),) if enc.use_proprio else ()))
+    out[ENCODER_HEAD_ONNX] = _export_and_check(model.encoder_head_graph(), head_args, head_names, ENCODER_OUTPUT,
+                                               bundle_dir / ENCODER_HEAD_ONNX, opset, atol)
+    return out
 
 
 def _rand(shape: Sequence[int], gen: Any, unit: bool = False):

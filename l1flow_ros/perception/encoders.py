@@ -22,6 +22,8 @@ from l1flow_ros.spec import ObservationSpec
 
 # Order of the positional inputs of the exported encoder graph.
 MODALITIES = ("rgb", "points", "proprio")
+# The modalities encoded one observation step at a time (their features can be cached per step).
+STEP_MODALITIES = ("rgb", "points")
 
 
 def _gn(channels: int, groups: int) -> nn.GroupNorm:
@@ -189,18 +191,53 @@ class ObservationEncoder(nn.Module):
     def forward_tensors(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Positional form of :meth:`forward`, inputs in :attr:`input_names` order."""
         obs = dict(zip(self.input_names, inputs))
+        b, to = inputs[0].shape[:2]
+        feats = None
+        if self.step_input_names:  # every step at once: (B*To, ...) -> (B, To, S)
+            step = self.step_features(*(obs[k].flatten(0, 1) for k in self.step_input_names))
+            feats = step.reshape(b, to, -1)
+        return self.head(feats, obs.get("proprio"))
+
+    # The encoder in two parts, so that a node can encode each observation step once and
+    # keep its features: forward_tensors(x) == head(step_features(x per step) stacked, proprio).
+
+    @property
+    def step_input_names(self) -> tuple[str, ...]:
+        """The modalities encoded per step (inputs of :meth:`step_features`), in order."""
+        return tuple(m for m in self.input_names if m in STEP_MODALITIES)
+
+    @property
+    def step_feature_dim(self) -> int:
+        """S: the size of one step's features (0 when no modality is encoded per step)."""
+        d = len(self.obs_spec.cameras) * self.cfg.image_feature_dim if self.use_rgb else 0
+        return d + (self.cfg.point_feature_dim if self.use_points else 0)
+
+    def step_features(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """One step per row: rgb (N, V, 3, H, W), points (N, Np, C) (:attr:`step_input_names`
+        order) -> (N, S): each view's image features, then the point features."""
+        obs = dict(zip(self.step_input_names, inputs))
         feats = []
         if self.use_rgb:
-            rgb = obs["rgb"]  # (B, To, V, 3, H, W)
-            b, to, v = rgb.shape[:3]
-            for i in range(v):
+            rgb = obs["rgb"]
+            for i in range(rgb.shape[1]):
                 net = self.image_encoders[0 if len(self.image_encoders) == 1 else i]
-                f = net(rgb[:, :, i].flatten(0, 1))  # (B*To, F)
-                feats.append(f.reshape(b, -1))  # (B, To*F)
+                feats.append(net(rgb[:, i]))  # (N, F)
         if self.use_points:
-            pts = obs["points"]  # (B, To, N, C)
-            b = pts.shape[0]
-            feats.append(self.point_encoder(pts.flatten(0, 1)).reshape(b, -1))  # (B, To*F)
+            feats.append(self.point_encoder(obs["points"]))  # (N, Fp)
+        return torch.cat(feats, dim=-1)
+
+    def head(self, feats: torch.Tensor | None, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, To, S) of :meth:`step_features` (None without per-step modalities), proprio
+        (B, To, P) (normalised; None when not observed) -> (B, out_dim)."""
+        parts = []
+        if feats is not None:
+            b, to = feats.shape[:2]
+            n_img = len(self.obs_spec.cameras) * self.cfg.image_feature_dim if self.use_rgb else 0
+            if self.use_rgb:  # (B, To, V, F) -> per view, its steps in time order: (B, V*To*F)
+                img = feats[..., :n_img].reshape(b, to, len(self.obs_spec.cameras), -1)
+                parts.append(img.transpose(1, 2).reshape(b, -1))
+            if self.use_points:
+                parts.append(feats[..., n_img:].reshape(b, -1))  # (B, To*Fp)
         if self.use_proprio:
-            feats.append(self.proprio_encoder(obs["proprio"].flatten(1)))  # (B, F)
-        return self.fuse(torch.cat(feats, dim=-1))  # (B, out_dim)
+            parts.append(self.proprio_encoder(proprio.flatten(1)))  # (B, F)
+        return self.fuse(torch.cat(parts, dim=-1))  # (B, out_dim)

@@ -347,8 +347,8 @@ class PerceptionEngine:
             ck.history.clear()  # time went backwards (see add()): the history starts afresh
         ck.history.push(s.stamp_ns, step_to_model(step))
         ck.newest_ns = s.stamp_ns
+        emb = ck.embedder.embed_history(ck.history)  # only the new step is encoded (its features kept)
         model_input = ck.history.get()
-        emb = ck.embedder.embed(model_input)
         t3 = time.perf_counter()
         return Embedded(emb, s.stamp_ns, ck.embedder.fingerprint, model_input, step,
                         (t1 - t0, t2 - t1, t3 - t2, t3 - t0))

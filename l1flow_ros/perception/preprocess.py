@@ -22,6 +22,7 @@ Model input (one observation, no batch dim), keys present per the spec::
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -167,6 +168,9 @@ def stack_steps(steps: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([s[k] for s in steps], axis=0) for k in steps[0]}
 
 
+_STEP_IDS = itertools.count()  # process-wide: a step's id is never given to another step
+
+
 class ObservationHistory:
     """The last ``n_obs_steps`` observations, spaced ``period_s`` apart, oldest first.
 
@@ -175,6 +179,9 @@ class ObservationHistory:
     for each history slot k, the newest step not newer than
     ``t_now - k * period_s``. Before enough history exists, the oldest step
     repeats (the same padding an episode start gets in training).
+
+    Each pushed step gets an id no other step in this process gets (:meth:`picked`), so an
+    encoder can keep the features of a step it encoded (``Embedder.embed_history``).
     """
 
     def __init__(self, n_obs_steps: int, period_s: float = 0.0) -> None:
@@ -185,9 +192,16 @@ class ObservationHistory:
         # Enough steps to cover the history at up to ~100 Hz input.
         keep = 1 if self.n_obs_steps == 1 else max(4 * self.n_obs_steps, 200)
         self._buf: deque[tuple[int, dict[str, np.ndarray]]] = deque(maxlen=keep)
+        self._ids: deque[int] = deque(maxlen=keep)  # each step's id, as in _buf
+
+    @property
+    def capacity(self) -> int:
+        """The most steps kept."""
+        return self._buf.maxlen or 0
 
     def clear(self) -> None:
         self._buf.clear()
+        self._ids.clear()
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -196,9 +210,14 @@ class ObservationHistory:
         if self._buf and stamp_ns <= self._buf[-1][0]:
             raise PerceptionError(f"observation at {stamp_ns} ns is not newer than {self._buf[-1][0]} ns")
         self._buf.append((int(stamp_ns), dict(step)))
+        self._ids.append(next(_STEP_IDS))
 
     def get(self) -> dict[str, np.ndarray]:
         """Model input (To, ...) ending at the newest step."""
+        return stack_steps([s for _, s in self.picked()])
+
+    def picked(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """The steps of the model input, oldest first, as (the step's id, the step)."""
         if not self._buf:
             raise PerceptionError("observation history is empty")
         stamps = [s for s, _ in self._buf]
@@ -209,6 +228,6 @@ class ObservationHistory:
             target = t_now - k * self.period_ns
             while j > 0 and stamps[j] > target:
                 j -= 1
-            picked.append(self._buf[j][1])
+            picked.append((self._ids[j], self._buf[j][1]))
         picked.reverse()  # oldest first
-        return stack_steps(picked)
+        return picked

@@ -2,7 +2,10 @@
 
 A policy is: normalise (numpy, outside) -> ``encode`` -> ``sample`` ->
 unnormalise (numpy, outside). ``policy_graph()`` and ``encoder_graph()`` are
-the two modules exported to ONNX; the runtime feeds them numpy arrays.
+the two modules exported to ONNX; the runtime feeds them numpy arrays. The encoder is
+also exported in two parts, ``encoder_step_graph()`` (one observation step's features)
+and ``encoder_head_graph()`` (the steps' features -> the embedding), so that perception
+encodes each step once.
 
 What the chunk network predicts depends on how it was trained
 (``ModelConfig.prediction``), and only the sampler kinds made for that prediction
@@ -64,6 +67,29 @@ class EncoderGraph(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.encoder.forward_tensors(*inputs)
+
+
+class EncoderStepGraph(nn.Module):
+    """forward(*one step per row, ``model.encoder.step_input_names`` order) -> features (N, S)."""
+
+    def __init__(self, model: PolicyModel) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder.step_features(*inputs)
+
+
+class EncoderHeadGraph(nn.Module):
+    """forward(features (B, To, S)[, proprio (B, To, P)]) -> (B, D): the steps' cached features
+    and the proprio history -> the embedding ``EncoderGraph`` gives."""
+
+    def __init__(self, model: PolicyModel) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, feats: torch.Tensor, *proprio: torch.Tensor) -> torch.Tensor:
+        return self.encoder.head(feats, proprio[0] if proprio else None)
 
 
 class PolicyModel(nn.Module):
@@ -173,6 +199,14 @@ class PolicyModel(nn.Module):
     def encoder_graph(self) -> EncoderGraph:
         """Module for export: positional inputs in ``self.encoder.input_names`` order."""
         return EncoderGraph(self)
+
+    def encoder_step_graph(self) -> EncoderStepGraph:
+        """Module for export: one observation step's features (the encoder's first part)."""
+        return EncoderStepGraph(self)
+
+    def encoder_head_graph(self) -> EncoderHeadGraph:
+        """Module for export: cached step features (+ proprio) -> the embedding (the second part)."""
+        return EncoderHeadGraph(self)
 
 
 def build_model(manifest: Manifest) -> PolicyModel:
