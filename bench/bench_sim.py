@@ -53,7 +53,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--cameras", nargs="+", default=["corner", "topview"])
     ap.add_argument("--all-tasks", type=int, default=0, metavar="N", help="expert sweep over all tasks, N seeds")
+    ap.add_argument("--expert-speeds", action="store_true",
+                    help="the recording speed `--expert-speed auto` picks for every task")
     a = ap.parse_args()
+    if a.expert_speeds:
+        expert_speeds()
+        return
     if a.all_tasks:
         all_tasks(a.all_tasks)
         return
@@ -132,6 +137,22 @@ def all_tasks(n: int) -> None:
         total, solved = total + n, solved + k
         print(f"| {task} | {k}/{n} | {[steps for _, steps in res]} |", flush=True)
     print(f"all tasks: {solved}/{total} episodes solved")
+
+
+def expert_speeds() -> None:
+    """Per task: the speed ``choose_expert_speed`` picks (seeds 0-4, 4 solved) and what each tried speed solved."""
+    from collections import Counter
+
+    from l1flow_ros.sim.metaworld_env import task_names, try_expert_speeds
+
+    picked: Counter[str] = Counter()
+    print("| task | speed | solved at each speed tried (seeds 0-4) |\n|---|---:|---|")
+    for task in task_names():
+        c = try_expert_speeds(task)
+        speed = "none" if c.speed is None else f"{c.speed:g}"
+        picked[speed] += 1
+        print(f"| {task} | {speed} | {c.summary()} |", flush=True)
+    print("speeds picked: " + ", ".join(f"{k}: {v}" for k, v in sorted(picked.items())))
 
 
 if __name__ == "__main__":

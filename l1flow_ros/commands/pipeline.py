@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from l1flow_ros.commands.record import expert_speed_arg, resolve_expert_speed
 from l1flow_ros.policy import methods as registry
 
 NAME = "pipeline"
@@ -34,7 +35,8 @@ METHODS = tuple(registry.by_run_name())  # bundle names: l1flow, imle, ofp, fm, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="any Meta-World v3 task, e.g. drawer-open-v3")
+    p.add_argument("--task", required=True, help="a Meta-World v3 task, e.g. drawer-open-v3 (any whose scripted expert solves it at "
+                   "some speed: --expert-speed auto finds it, or names the task where none does)")
     p.add_argument("--demos", type=int, default=40, help="scripted demonstrations to record")
     p.add_argument("--out", default=None, help="run folder (default runs/<task>)")
     p.add_argument("--methods", default="l1flow,imle", help=f"comma list of {','.join(METHODS)}")
@@ -42,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-steps", type=int, default=1500)
     p.add_argument("--imle-pool", type=int, default=16,
                    help="IMLE: teacher samples drawn once per training item (0 = fresh every step, slower)")
+    p.add_argument("--expert-speed", type=expert_speed_arg, default="auto",
+                   help="the scripted expert's speed in (0, 1] for the demonstrations; auto (default) = the "
+                        "slowest of 0.5, 0.75, 1 at which it solves 4 of 5 seeds of the task")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per method")
     p.add_argument("--episode-timeout", type=float, default=12.0)
     p.add_argument("--cameras", nargs="+", default=["corner"])
@@ -124,8 +129,9 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
     if resume and (out / ".recorded").is_file():
         print("   (done in an earlier run)")
     else:
+        speed = resolve_expert_speed(args.task, args.expert_speed)
         rec = ["record", "--task", args.task, "--demos", str(args.demos), "--out", str(episodes),
-               "--expert-speed", "0.5", "--quiet", "--cameras", *args.cameras]
+               "--expert-speed", str(speed), "--quiet", "--cameras", *args.cameras]
         _cli(rec + (["--offline"] if args.offline_record else []))
         (out / ".recorded").write_text(f"{args.demos}\n")
     print("== 2. dataset")

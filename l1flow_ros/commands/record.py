@@ -22,6 +22,32 @@ NAME = "record"
 HELP = "record scripted (Meta-World expert) demonstrations of a task as MCAP episodes"
 
 
+def expert_speed_arg(text: str) -> float | str:
+    """``--expert-speed``: a number in (0, 1] or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or auto, got {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or auto, got {text!r}")
+    return v
+
+
+def resolve_expert_speed(task: str, speed: float | str, quiet: bool = False) -> float:
+    """``auto`` -> the speed :func:`~l1flow_ros.sim.metaworld_env.choose_expert_speed` finds for
+    ``task`` (SimError naming the task when none works); a number is returned as it is."""
+    if speed != "auto":
+        return float(speed)
+    from l1flow_ros.sim.metaworld_env import choose_expert_speed
+
+    c = choose_expert_speed(task)
+    if not quiet:
+        print(f"expert speed for {task}: {c.speed:g} (solved at {c.summary()})")
+    return c.speed
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="Meta-World v3 task, e.g. button-press-v3")
     parser.add_argument("--demos", type=int, default=10, help="successful episodes to keep")
@@ -32,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="seconds per episode before it is discarded (0 = 1.5 x the task horizon)")
-    parser.add_argument("--expert-speed", type=float, default=1.0,
-                        help="scale of the expert's steps in (0, 1]; 0.5 = slower, twice longer demos")
+    parser.add_argument("--expert-speed", type=expert_speed_arg, default=1.0,
+                        help="scale of the expert's steps in (0, 1]; 0.5 = slower, twice longer demos; "
+                             "auto = the slowest of 0.5, 0.75, 1 at which the expert solves 4 of 5 seeds")
     parser.add_argument("--offline", action="store_true", help="no ROS: step the simulator directly")
     parser.add_argument("--quiet", action="store_true")
 
@@ -45,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from l1flow_ros.sim.metaworld_env import SimError
 
     try:
+        args.expert_speed = resolve_expert_speed(args.task, args.expert_speed, quiet=args.quiet)
         if args.offline:
             from l1flow_ros.sim.offline_record import record_expert_demos
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,54 @@ def run_expert_episode(
         if res.success:
             return True, k + 1
     return False, limit
+
+
+EXPERT_SPEEDS = (0.5, 0.75, 1.0)  # tried slowest first: slower demonstrations give more samples per episode
+
+
+@dataclass(frozen=True)
+class SpeedChoice:
+    """The expert speed picked for a task (None: no speed tried works), and what each speed
+    tried solved."""
+
+    task: str
+    speed: float | None
+    tried: tuple[tuple[float, int, int], ...]  # (speed, solved, seeds)
+
+    def summary(self) -> str:
+        return ", ".join(f"{v:g}: {k}/{n}" for v, k, n in self.tried)
+
+
+def try_expert_speeds(
+    task: str, seeds: Sequence[int] = range(5), speeds: Sequence[float] = EXPERT_SPEEDS, min_solved: int = 4
+) -> SpeedChoice:
+    """The slowest of ``speeds`` at which the scripted expert solves at least ``min_solved`` of
+    ``seeds`` within the task's horizon (``speed`` None when none does). Meta-World's experts
+    gate on timing, so a slower expert fails tasks (peg-insert-side, stick-pull, basketball,
+    ... at 0.5) that it solves at 1.0."""
+    if not 0 < min_solved <= len(seeds):
+        raise SimError(f"min_solved must be in 1..{len(seeds)}, got {min_solved}")
+    sim = MetaWorldSim(SimConfig(task=task, cameras=("corner",), image_size=(16, 16)))
+    tried: list[tuple[float, int, int]] = []
+    try:
+        for v in sorted(float(x) for x in speeds):
+            k = sum(run_expert_episode(sim, int(s), speed=v)[0] for s in seeds)
+            tried.append((v, k, len(seeds)))
+            if k >= min_solved:
+                return SpeedChoice(task, v, tuple(tried))
+    finally:
+        sim.close()
+    return SpeedChoice(task, None, tuple(tried))
+
+
+def choose_expert_speed(task: str, **kw: Any) -> SpeedChoice:
+    """:func:`try_expert_speeds`, raising :class:`SimError` naming the task and what every
+    speed solved when none works: the recording speed for ``task``."""
+    c = try_expert_speeds(task, **kw)
+    if c.speed is None:
+        raise SimError(f"the scripted expert of {task} solves too few seeded episodes at every speed tried "
+                       f"({c.summary()}): no demonstrations to record for this task")
+    return c
 
 
 def calibration_dict(models: list[CameraModel], parent_frame: str = "world") -> dict[str, Any]:
