@@ -149,7 +149,7 @@ def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, f
 
     c0, t0 = time.process_time(), time.perf_counter()
     frames = RawFrames(
-        cameras={c: camera_frame_from_msgs(*msgs[c][:2], info=msgs[c][2]) for c in cams},
+        cameras={c: camera_frame_from_msgs(*msgs[c][:2], info=msgs[c][2], depth_mm=True) for c in cams},
         proprio=joint_state_from_msg(msgs["js"], joints)[0],
         stamp_ns=stamp_ns,
     )

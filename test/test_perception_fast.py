@@ -18,6 +18,7 @@ from l1flow_ros.perception.geometry import (
     _fps_library,
     _fps_soa,
     _voxel_soa,
+    _voxel_sort,
     backproject,
     camera_points,
     depth_points,
@@ -225,11 +226,12 @@ def _voxel_reference(pts: np.ndarray, voxel: float) -> dict:
     return {k: np.mean(v, axis=0) for k, v in ref.items()}
 
 
-@pytest.mark.parametrize("spread,voxel,n", [(0.05, 0.02, 3000), (700.0, 0.001, 100)])
+@pytest.mark.parametrize("spread,voxel,n", [(0.05, 0.02, 3000), (0.6, 0.005, 20000), (50.0, 0.01, 4000),
+                                           (700.0, 0.001, 100)])
 def test_voxel_means_in_key_order(spread, voxel, n):
-    """Packed-key sort (the first case) and the argsort fallback for grids whose key and point
-    index do not fit one int64 (the second: 7e5 voxels an axis) give the same: one mean per
-    voxel, ordered by voxel (x-, then y-, then z-major)."""
+    """The radix sort in one, two and three 16-bit passes (keys of 3, 24 and 40 bits) and the
+    argsort fallback for wider keys (the last: 1.4e6 voxels an axis) give the same: one mean per
+    voxel, ordered by voxel (x-, then y-, then z-major), points in input order within a voxel."""
     rng = np.random.default_rng(5)
     pts = rng.uniform(-spread, spread, (n, 3)).astype(np.float32)
     down, _ = voxel_downsample(pts, None, voxel)
@@ -237,6 +239,36 @@ def test_voxel_means_in_key_order(spread, voxel, n):
     assert down.shape[0] == len(ref)
     keys = sorted(ref)
     np.testing.assert_allclose(down, np.array([ref[k] for k in keys]), rtol=1e-6, atol=1e-7)
+    order, starts = _voxel_sort((pts[:, 0], pts[:, 1], pts[:, 2]), voxel)
+    k = np.floor(pts * np.float32(1.0 / voxel)).astype(np.int64)
+    want = np.lexsort((np.arange(n), k[:, 2], k[:, 1], k[:, 0]))  # by voxel, then input order
+    np.testing.assert_array_equal(order, want)
+    assert starts[-1] == n and starts.shape[0] == len(ref) + 1
+
+
+def test_raw_depth_from_the_message_is_a_view_and_gives_the_same_step():
+    """The node decodes 16UC1 depth as uint16 millimetres viewing the message (no copy); dataset
+    building decodes float32 metres: frame_step gives the same step from either."""
+    from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, camera_info_to_msg, image_to_msg
+
+    rng = np.random.default_rng(3)
+    intr = intrinsics(640, 480)
+    calib = {"a": look_at([0.9, 0.0, 0.7]), "b": look_at([-0.9, 0.1, 0.7])}
+    spec = ObservationSpec(cameras=("a", "b"), image_size=(96, 96), num_points=512, workspace=WS,
+                           voxel_size=VOXEL, point_color=True)
+    msgs = {c: (image_to_msg(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "rgb8"),
+                image_to_msg(render(calib[c], intr, rng), "16UC1"), camera_info_to_msg(intr)) for c in calib}
+    raw = {c: camera_frame_from_msgs(*m[:2], info=m[2], depth_mm=True) for c, m in msgs.items()}
+    metres = {c: camera_frame_from_msgs(*m[:2], info=m[2]) for c, m in msgs.items()}
+    for c, (color, depth, _) in msgs.items():
+        assert raw[c].depth.dtype == np.uint16 and metres[c].depth.dtype == np.float32
+        assert np.shares_memory(raw[c].depth, np.frombuffer(depth.data, np.uint8))
+        assert np.shares_memory(raw[c].color, np.frombuffer(color.data, np.uint8))
+        assert not raw[c].depth.flags.writeable
+    a = frame_step(spec, RawFrames(cameras=raw), calib)
+    b = frame_step(spec, RawFrames(cameras=metres), calib)
+    for key in ("rgb", "points"):
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 @pytest.mark.parametrize("point_color", [False, True])

@@ -59,8 +59,18 @@ def _rows(msg: Image, h: int, w: int, step: int, bpp: int) -> np.ndarray:
     """Image data -> (H, W * bpp) uint8 without row padding."""
     if step < w * bpp:
         raise MessageError(f"image step {step} < width {w} x {bpp} bytes per pixel")
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(h, step)
-    return buf[:, : w * bpp]
+    return _buffer(msg.data).reshape(h, step)[:, : w * bpp]
+
+
+def _buffer(data) -> np.ndarray:
+    """A message's bytes as a read-only uint8 array: a view of its buffer when it has one
+    (rclpy's array.array, the bytes mcap_ros2 decodes), else a copy (e.g. a list)."""
+    try:
+        buf = np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):
+        buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    buf.flags.writeable = False  # never written through: it is the message's memory
+    return buf
 
 
 def image_from_msg(
@@ -104,6 +114,20 @@ def depth_from_msg(msg: Image, expected_size: tuple[int, int] | None = None) -> 
     if msg.encoding not in DEPTH_ENCODINGS:
         raise MessageError(f"depth image encoding {msg.encoding!r} is not one of {DEPTH_ENCODINGS}")
     return image_from_msg(msg, expected_size)[0]
+
+
+def depth_raw_from_msg(msg: Image, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """16UC1 Image -> (H, W) uint16 millimetres, a read-only view of the message's buffer (a copy
+    only for padded rows or big-endian data); 32FC1 -> float32 metres as :func:`depth_from_msg`.
+    The perception path reads only the pixels it uses and converts them as ``depth_to_metres``
+    does, so the points are those of the float32 metres :func:`depth_from_msg` gives."""
+    if msg.encoding != "16UC1":
+        return depth_from_msg(msg, expected_size)
+    h, w, step = _check_size(msg)
+    if expected_size is not None and (w, h) != tuple(expected_size):
+        raise MessageError(f"image is {w} x {h}, expected {expected_size[0]} x {expected_size[1]}")
+    mm = np.ascontiguousarray(_rows(msg, h, w, step, 2)).view(">u2" if msg.is_bigendian else "<u2")
+    return mm.reshape(h, w) if mm.dtype.isnative else mm.reshape(h, w).astype(np.uint16)
 
 
 def image_to_msg(img: np.ndarray, encoding: str, stamp_ns: int = 0, frame_id: str = "") -> Image:
@@ -310,11 +334,14 @@ def camera_frame_from_msgs(
     depth: Image | None = None,
     info: CameraInfo | CameraIntrinsics | None = None,
     cloud: PointCloud2 | None = None,
+    depth_mm: bool = False,
 ) -> CameraFrame:
     """The messages of one camera at one instant -> CameraFrame (dataset building and the node).
 
     Sizes are checked against the CameraInfo when there is one: the colour image
-    and the depth aligned to it must both have the CameraInfo's size.
+    and the depth aligned to it must both have the CameraInfo's size. ``depth_mm``: 16UC1
+    depth stays uint16 millimetres, a view of the message (:func:`depth_raw_from_msg`; the
+    same points, without converting the whole image).
     """
     intr = info if info is None or isinstance(info, CameraIntrinsics) else camera_info_from_msg(info)
     size = (intr.width, intr.height) if intr is not None else None
@@ -324,7 +351,7 @@ def camera_frame_from_msgs(
         frame.color = color_from_msg(color, size)
         stamps.append(stamp_to_ns(color.header.stamp))
     if depth is not None:
-        frame.depth = depth_from_msg(depth, size)
+        frame.depth = (depth_raw_from_msg if depth_mm else depth_from_msg)(depth, size)
         if frame.color is not None and frame.color.shape[:2] != frame.depth.shape:
             raise MessageError(
                 f"depth {frame.depth.shape[1]}x{frame.depth.shape[0]} is not aligned to colour "

@@ -229,7 +229,7 @@ class PerceptionNode(Node):
     def _decode_camera(self, stream: str, msg: Any, intr: CameraIntrinsics | None) -> CameraFrame:
         """One camera message ("<cam>/color", "/depth" or "/cloud") -> its part of the frame."""
         try:
-            return sensor_conv.camera_frame_from_msgs(info=intr, **{stream.rsplit("/", 1)[1]: msg})
+            return sensor_conv.camera_frame_from_msgs(info=intr, depth_mm=True, **{stream.rsplit("/", 1)[1]: msg})
         except MessageError as e:
             raise StreamError(stream, str(e)) from None
 
