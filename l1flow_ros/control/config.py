@@ -60,6 +60,9 @@ class ExecutorConfig:
     accept_fingerprints: tuple[str, ...] = param(
         (), "take chunks only from these checkpoint fingerprints (a chunk's header.frame_id); empty = any. "
         "Add the new bundle's before a hot swap", live=True)
+    controller_ignore_nodes: tuple[str, ...] = param(
+        ("recorder_node", "rosbag2_recorder"), "nodes whose subscription on the output topic is not taken for a "
+        "controller (recorders): the executor streams only while some other node subscribes")
     tail_rate_hz: float = param(20.0, "rate of /l1flow/executor/tail (Hz); 0 = off")
     diagnostics_period: float = param(1.0, "period of /diagnostics (s)")
     spin_us: int = param(0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "

@@ -197,7 +197,11 @@ class ExecutorNode(Node):
     def _check_controller(self) -> None:
         """No subscriber on the output topic: stop streaming; one again: restart from the
         measured position, as enabling does (the plan may have moved on meanwhile)."""
-        back = self._stream.controller_present(self._out_pub.get_subscription_count() > 0, self._now_ns())
+        n = self._out_pub.get_subscription_count()
+        if n and self.cfg.controller_ignore_nodes:  # a recorder is not a controller
+            n = sum(i.node_name not in self.cfg.controller_ignore_nodes
+                    for i in self.get_subscriptions_info_by_topic(OUTPUT_TOPICS[self.cfg.output]))
+        back = self._stream.controller_present(n > 0, self._now_ns())
         if back is None:
             return
         topic = OUTPUT_TOPICS[self.cfg.output]
