@@ -203,6 +203,63 @@ def ensure_prefix_graph(bundle: Path, work: Path) -> Path:
     return copy
 
 
+def cell_events(log: Path) -> list[dict]:
+    """Every chunk the executor accepted in one run (its ``log_boundaries`` lines), each joined
+    with how the inference node drew it (its ``log_chunks`` line, by the observation stamp)."""
+    from l1flow_ros.control.stream import parse_boundary_line
+    from l1flow_ros.inference.service import CHUNK_TAG
+
+    drawn: dict[int, dict] = {}
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        at = line.find(CHUNK_TAG)
+        if at >= 0:
+            kv = dict(f.split("=", 1) for f in line[at + len(CHUNK_TAG):].split() if "=" in f)
+            drawn[int(kv["t_obs_ns"])] = {k: float(v) for k, v in kv.items() if k != "t_obs_ns"}
+            continue
+        e = parse_boundary_line(line)
+        if e is not None:
+            events.append(dataclasses.asdict(e))
+    for e in events:
+        d = drawn.get(e["t_obs_ns"], {})
+        e["prefix_steps"] = int(d.get("delay_steps", -2))  # -1: drawn without a prefix; -2: not logged
+        e["tail_age_s"] = d.get("tail_age_s", float("nan"))
+        e["tail_end_after_obs_s"] = d.get("tail_end_after_obs_s", float("nan"))
+        e["age_at_start_s"] = d.get("age_at_start_s", float("nan"))
+    return events
+
+
+def boundary_figures(events: list[dict]) -> dict:
+    """The boundary statistics of one run: over every boundary (the first chunk after each
+    start from rest is none), and over those on a running plan only (``on_plan``: the chunk
+    was observed at or after the arrival of its episode's first chunk; left out: the chunks
+    that were in flight from rest when that first chunk arrived)."""
+    def stats(es):
+        dv = np.array([e["velocity_step"] for e in es])
+        acc = np.array([e["acceleration"] for e in es])
+        return {"n": len(es), "dv_max": float(dv.max()) if dv.size else float("nan"),
+                "dv_p95": float(np.percentile(dv, 95)) if dv.size else float("nan"),
+                "acc_max": float(acc.max()) if acc.size else float("nan")}
+    b = [e for e in events if e["boundary"]]
+    on = [e for e in b if e["on_plan"]]
+    prefixed = [e for e in on if e["prefix_steps"] >= 0]
+    return {"all": stats(b), "on_plan": stats(on), "left_out": len(b) - len(on),
+            "on_plan_prefixed": len(prefixed),
+            # the prefix the inference imposed against the steps the executor saw run meanwhile
+            "prefix_short": sum(e["delay_steps"] > e["prefix_steps"] for e in prefixed),
+            "prefix_long": sum(e["delay_steps"] < e["prefix_steps"] for e in prefixed)}
+
+
+def print_events(name: str, delay: int, events: list[dict], top: int) -> None:
+    """The ``top`` largest boundary steps of a run, with what the executor and inference saw."""
+    b = sorted((e for e in events if e["boundary"]), key=lambda e: -e["velocity_step"])[:top]
+    for e in b:
+        print(f"    {name} {delay} ms: dv {e['velocity_step']:.3f} acc {e['acceleration']:.1f} | chunk "
+              f"{e['index']} of its episode, {e['since_start_s']:.2f} s after the start, on plan "
+              f"{int(e['on_plan'])}, executor d {e['delay_steps']}, prefix d {e['prefix_steps']}, tail age "
+              f"{e['tail_age_s']:.3f} s, obs age at start {e['age_at_start_s']:.3f} s", flush=True)
+
+
 def run_graph(args: argparse.Namespace) -> list[dict]:
     """Every method and delay through the node graph (``l1flow eval``), one graph per run."""
     from dataclasses import asdict
@@ -211,36 +268,53 @@ def run_graph(args: argparse.Namespace) -> list[dict]:
 
     work = Path(args.out or tempfile.mkdtemp(prefix="transitions-graph-"))
     work.mkdir(parents=True, exist_ok=True)
+    methods = {k: v for k, v in GRAPH_METHODS.items() if not args.methods or k in args.methods}
+    if any(b == "trained" for b, _, _ in methods.values()) and not args.trained:
+        raise SystemExit("--trained (the prefix-trained bundle) is needed for the prefix-trained rows")
     bundles = {"plain": ensure_prefix_graph(Path(args.plain).resolve(), work),
-               "trained": Path(args.trained).resolve()}
+               "trained": Path(args.trained).resolve() if args.trained else None}
     rows = []
     for delay in args.delays:
-        for name, (bundle, splice, prefix) in GRAPH_METHODS.items():
+        for name, (bundle, splice, prefix) in methods.items():
             sets = [f"executor_node:splice:={splice}", f"inference_node:prefix_conditioning:={str(prefix).lower()}",
-                    f"inference_node:inject_delay_ms:={float(delay)}"]
+                    f"inference_node:inject_delay_ms:={float(delay)}", "executor_node:log_boundaries:=true",
+                    "inference_node:log_chunks:=true"]
+            log = work / f"nodes-{name.replace(' ', '_')}-{delay}.log"
+            log.unlink(missing_ok=True)
             res = evaluate_graph(bundles[bundle], args.task, args.episodes, args.seed, args.timeout,
-                                 log=lambda *_: None, log_file=work / "nodes.log", overrides=sets)
-            row = {"method": name, "delay_ms": delay, **asdict(res)}
+                                 log=lambda *_: None, log_file=log, overrides=sets)
+            events = cell_events(log)
+            fig = boundary_figures(events)
+            row = {"method": name, "delay_ms": delay, **asdict(res), "figures": fig, "events": events}
             rows.append(row)
+            a, o = fig["all"], fig["on_plan"]
             print(f"{name:18s} {delay:3d} ms: {res.successes}/{res.episodes}, d p95 {res.inference_delay_steps_p95}, "
-                  f"boundary velocity step {res.boundary_velocity_step_max:.3f} m/s, acceleration "
-                  f"{res.boundary_acceleration_max:.1f} m/s^2, obs -> chunk p50 {res.chunk_latency_ms_p50:.0f} ms",
-                  flush=True)
+                  f"boundaries {a['n']}: velocity step max {a['dv_max']:.3f} p95 {a['dv_p95']:.3f} m/s; on a plan "
+                  f"{o['n']} (left out {fig['left_out']}): max {o['dv_max']:.3f} p95 {o['dv_p95']:.3f} m/s, "
+                  f"acceleration max {o['acc_max']:.1f}; prefixed {fig['on_plan_prefixed']}, prefix shorter "
+                  f"than the executor's d {fig['prefix_short']}, longer {fig['prefix_long']}; obs -> chunk p50 "
+                  f"{res.chunk_latency_ms_p50:.0f} ms", flush=True)
+            print_events(name, delay, events, args.top)
             (work / "graph.json").write_text(json.dumps(rows, indent=1))
-    print_graph_table(rows, args.delays)
+    print_graph_table(rows, args.delays, methods)
     return rows
 
 
-def print_graph_table(rows: list[dict], delays) -> None:
+def print_graph_table(rows: list[dict], delays, methods=GRAPH_METHODS) -> None:
     by = {(r["method"], r["delay_ms"]): r for r in rows}
-    print("| method | " + " | ".join(f"{d} ms: success / max Δv (m/s) / max acc (m/s²)" for d in delays) + " |")
+    print("| method | " + " | ".join(f"{d} ms: success / Δv on a plan: max / p95 / Δv max of all (m/s)"
+                                    for d in delays) + " |")
     print("|---|" + "---|" * len(delays))
-    for name in GRAPH_METHODS:
+    for name in methods:
         cells = []
         for d in delays:
             r = by.get((name, d))
-            cells.append("–" if r is None else f"{r['successes']}/{r['episodes']} / "
-                         f"{r['boundary_velocity_step_max']:.3f} / {r['boundary_acceleration_max']:.1f}")
+            if r is None:
+                cells.append("–")
+                continue
+            f = r["figures"]
+            cells.append(f"{r['successes']}/{r['episodes']} / {f['on_plan']['dv_max']:.3f} / "
+                         f"{f['on_plan']['dv_p95']:.3f} / {f['all']['dv_max']:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -255,13 +329,15 @@ def main() -> None:
     g = sub.add_parser("graph", help="a Meta-World task through the node graph, delay injected in inference")
     g.add_argument("--plain", default="models/default", help="an L1 Flow bundle (re-exported with the prefix "
                                                              "graph into --out when it has none)")
-    g.add_argument("--trained", required=True, help="the same recipe trained with --prefix-train")
+    g.add_argument("--trained", default="", help="the same recipe trained with --prefix-train")
     g.add_argument("--task", default="button-press-v3")
     g.add_argument("--episodes", type=int, default=20)
     g.add_argument("--seed", type=int, default=100000)
     g.add_argument("--timeout", type=float, default=10.0, help="seconds per episode")
     g.add_argument("--delays", type=int, nargs="+", default=list(DELAYS_MS), help="injected delay, ms")
-    g.add_argument("--out", default="", help="work folder (copies, nodes.log, graph.json)")
+    g.add_argument("--out", default="", help="work folder (copies, the nodes' logs per run, graph.json)")
+    g.add_argument("--methods", nargs="+", default=[], help=f"a subset of {list(GRAPH_METHODS)}")
+    g.add_argument("--top", type=int, default=3, help="largest boundary steps of each run to print")
     args = ap.parse_args()
     if args.part == "toy":
         run_toy(args)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.core
 LIVE = {"latency_margin", "splice", "crossfade_duration", "ensemble_k", "interpolation", "execute_steps",
         "n_action_steps", "max_future", "max_age", "starvation_timeout", "lower", "upper", "max_velocity",
         "max_acceleration", "gripper_joints", "gripper_binary", "gripper_open", "gripper_closed", "spin_us",
-        "accept_fingerprints"}
+        "accept_fingerprints", "log_boundaries"}
 
 
 def test_defaults_descriptions_and_the_live_split():
@@ -30,7 +30,7 @@ def test_defaults_descriptions_and_the_live_split():
     assert cfg.joint_names == ("ee_x", "ee_y", "ee_z", "gripper") and cfg.rate_hz == 500.0
     assert (cfg.output, cfg.splice, cfg.interpolation) == ("forward_position", "crossfade", "cubic")
     assert (cfg.executor_priority, cfg.middleware_priority, cfg.realtime_priority) == (-1, -1, 0)
-    assert cfg.lower == () and cfg.cpu_affinity == ()
+    assert cfg.lower == () and cfg.cpu_affinity == () and cfg.log_boundaries is False
     assert (cfg.max_chunk_bytes, cfg.python_switch_interval, cfg.tail_rate_hz) == (65536, 0.0001, 20.0)
     assert cfg.period_ns == 2_000_000
 

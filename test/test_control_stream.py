@@ -12,7 +12,7 @@ import pytest
 from l1flow_ros.control.safety import Limits
 from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler, SchedulerConfig, SchedulerStats
 from l1flow_ros.control.status import ERROR, OK, WARN, JointPicker, health, summary
-from l1flow_ros.control.stream import CommandStream
+from l1flow_ros.control.stream import CommandStream, boundary_line, parse_boundary_line
 from l1flow_ros.spec import Chunk
 
 pytestmark = pytest.mark.core
@@ -137,7 +137,9 @@ def test_summary_keeps_every_diagnostics_field():
         "period_error_us_max", "missed_ticks", "deadlines", "starvation_events", "chunk_age_ms",
         "chunks_accepted", "chunks_rejected", "last_rejection", "dropped_stale_actions", "limited_ticks",
         "replan_due", "inference_delay_steps_p95", "obs_to_arrival_ms_p50", "obs_to_arrival_ms_p95",
-        "boundary_velocity_step_max", "boundary_acceleration_max",
+        "boundary_velocity_step_max", "boundary_acceleration_max", "boundary_velocity_step_p95",
+        "boundaries_spliced", "boundaries_on_plan", "on_plan_boundary_velocity_step_max",
+        "on_plan_boundary_velocity_step_p95", "on_plan_boundary_acceleration_max",
         "control_thread", "executor_thread", "middleware_threads"]
     assert values["inference_delay_steps_p95"] == -1 and np.isnan(values["obs_to_arrival_ms_p95"])  # no chunk yet
     assert values["missed_ticks"] == 4 and values["period_error_us_p50"] == 1.0 and values["chunks_accepted"] == 3
@@ -181,6 +183,42 @@ def test_boundary_velocity_step_is_measured_after_splices_not_at_the_start():
         s.tick(t + k * TICK)
     r = s.report()
     assert r.boundary_velocity_step > 5 * max(smooth, 1e-3) and r.boundary_acceleration > 0
+
+
+def test_boundaries_from_rest_are_told_apart_from_those_on_a_running_plan():
+    """A chunk observed before the first chunk of a start arrived (in flight from rest) is a
+    boundary but not on a plan; one observed after it is. Each accepted chunk is an event with
+    its own delay, and the log line of an event reads back as the same event."""
+    s = make()
+    s.set_measured(np.zeros(3), 0.0)
+    s.enable(True, T0)
+    ramp = [[0.01 * (k + 1), 0.0, 1.0] for k in range(10)]
+    s.add_chunk(chunk(T0 - 200_000_000, ramp), T0)  # the first: from rest
+    for k in range(1, 25):
+        s.tick(T0 + k * TICK)
+    t1 = T0 + 25 * TICK
+    s.add_chunk(chunk(T0 - 50_000_000, [[0.3, 0.0, 1.0]] * 10), t1)  # observed before the first arrived
+    for k in range(26, 100):
+        s.tick(T0 + k * TICK)
+    t2 = T0 + 100 * TICK
+    s.add_chunk(chunk(t2 - 130_000_000, [[0.3, 0.0, 1.0]] * 10), t2)  # observed on the plan: d = 2
+    r = s.report()
+    ev = s.events()
+    assert [e.index for e in ev] == [0, 1, 2] and [e.boundary for e in ev] == [False, True, True]
+    assert [e.on_plan for e in ev] == [False, False, True]
+    assert ev[2].delay_steps == 2 and abs(ev[2].since_start_s - 0.2) < 1e-9
+    assert r.boundaries == 2 and r.boundaries_on_plan == 1
+    assert ev[1].velocity_step > ev[2].velocity_step  # the jump to 0.3 came with the chunk from rest
+    assert r.boundary_velocity_step == ev[1].velocity_step and r.on_plan_velocity_step == ev[2].velocity_step
+    assert ev[2].velocity_step <= r.boundary_velocity_step_p95 <= ev[1].velocity_step
+    assert parse_boundary_line("[executor_node] " + boundary_line(ev[1])).index == 1
+    back = parse_boundary_line(boundary_line(ev[2]))
+    assert back.on_plan and back.delay_steps == 2 and abs(back.velocity_step - ev[2].velocity_step) < 1e-5
+    assert parse_boundary_line("chunk event: t_obs_ns=x") is None and parse_boundary_line("other") is None
+    s.enable(False, t2)
+    s.enable(True, t2 + TICK)  # a new start from rest: counting starts again at index 0
+    s.add_chunk(chunk(t2, ramp), t2 + 2 * TICK)
+    assert s.events()[-1].index == 0 and not s.events()[-1].boundary
 
 
 def test_chunks_of_other_fingerprints_are_refused_when_a_list_is_given():

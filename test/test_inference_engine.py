@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from l1flow_ros.inference.checkpoint import CheckpointRejected
 from l1flow_ros.inference.config import InferenceConfig
 from l1flow_ros.inference.runner import PolicyRunner, Tail
-from l1flow_ros.inference.service import COUNTERS, Dropped, InferenceService
+from l1flow_ros.inference.service import CHUNK_TAG, COUNTERS, TAIL_WAIT_S, Dropped, InferenceService
 from l1flow_ros.inference.synthetic import TINY_ACTION, make_bundle
 from l1flow_ros.policy.bundle import read_manifest
 
@@ -47,7 +48,7 @@ def test_config_names_defaults_live_split_and_validation():
         "allow_engine_build": (True, False), "cuda_graph": (True, False), "seed": (0, False),
         "warm_start": (True, True), "prefix_conditioning": (True, True), "n_action_steps": (-1, True),
         "inject_delay_ms": (0.0, True), "warmup_iterations": (5, False), "max_observation_age": (0.0, True),
-        "diagnostics_period": (1.0, False), "autostart": (False, False),
+        "diagnostics_period": (1.0, False), "log_chunks": (False, True), "autostart": (False, False),
     }
     got = {f.name: (f.default, f.metadata["live"]) for f in dataclasses.fields(InferenceConfig)}
     assert got == want
@@ -133,6 +134,7 @@ def test_tail_is_the_prefix_or_the_warm_start_as_configured(bundles):
     np.testing.assert_allclose(off, ref.act(EMB, T_OBS).actions, atol=1e-5)  # cold
     np.testing.assert_allclose(on, ref.act(EMB, T_OBS, svc.tail).actions, atol=1e-5)  # warm
     # Prefix: an embedding 0.12 s old, chunk dt 0.05 s: d >= ceil(0.121 / 0.05) = 3 actions kept.
+    svc.set_tail(svc.tail)  # fresh again (opening the reference may take longer than TAIL_FRESH_S on a busy machine)
     pre = svc.infer(EMB, T_OBS, fp, dataclasses.replace(CFG, **every), now_ns=T_OBS + 120_000_000)
     assert svc.delay_steps >= 3
     np.testing.assert_allclose(pre.actions[: svc.delay_steps], 0.3, atol=1e-6)
@@ -157,6 +159,37 @@ def test_a_chunk_every_n_action_steps_while_the_executor_runs_a_plan(bundles):
     # n_action_steps beyond the horizon is refused when the bundle is loaded, with the reason.
     with pytest.raises(ValueError, match="n_action_steps"):
         svc.load(str(bundles["a"]), dataclasses.replace(CFG, n_action_steps=TINY_ACTION.horizon))
+    svc.close()
+
+
+def test_after_a_chunk_from_rest_the_next_waits_for_the_executors_tail(bundles):
+    """With an executor that sends tails, a chunk drawn while no plan runs is not raced by
+    another one from rest: embeddings within TAIL_WAIT_S are skipped; when the tail comes the
+    cadence applies (the next chunk, s steps on, has the prefix); with no tail it draws again."""
+    svc = InferenceService()
+    fp = svc.load(str(bundles["a"]), CFG).fingerprint
+    dt_ns = int(TINY_ACTION.dt * 1e9)
+    s = TINY_ACTION.n_action_steps
+    plan = Tail(T_OBS + np.arange(1, 40, dtype=np.int64) * dt_ns, np.full((39, TINY_ACTION.dim), 0.2))
+    svc.set_tail(plan)
+    svc.tail_t -= 10.0  # the executor stopped: its last tail is stale
+    assert svc.infer(EMB, T_OBS, fp, CFG, now_ns=T_OBS) is not None  # from rest
+    assert f"{CHUNK_TAG} t_obs_ns={T_OBS} " in svc.last_chunk and "delay_steps=-1" in svc.last_chunk
+    skipped = svc.skipped
+    assert svc.infer(EMB, T_OBS + dt_ns, fp, CFG, now_ns=T_OBS + dt_ns) is None  # waits for the tail
+    assert svc.skipped == skipped + 1
+    time.sleep(TAIL_WAIT_S + 0.05)  # no tail came (the executor did not take it): draw again
+    assert svc.infer(EMB, T_OBS + 2 * dt_ns, fp, CFG, now_ns=T_OBS + 2 * dt_ns) is not None
+    svc.set_tail(plan)  # the executor took it: the cadence from its observation, with the prefix
+    t_next = T_OBS + (2 + s) * dt_ns
+    assert svc.infer(EMB, T_OBS + 3 * dt_ns, fp, CFG, now_ns=T_OBS + 3 * dt_ns) is None
+    assert svc.infer(EMB, t_next, fp, CFG, now_ns=t_next + dt_ns // 2) is not None
+    assert svc.delay_steps is not None and svc.delay_steps >= 1 and "tail_age_s=-1" not in svc.last_chunk
+    # An executor that never sent a tail: every embedding still gives a chunk.
+    fresh = InferenceService()
+    fp = fresh.load(str(bundles["a"]), CFG).fingerprint
+    assert all(fresh.infer(EMB, T_OBS + k * dt_ns, fp, CFG, now_ns=T_OBS + k * dt_ns) is not None for k in range(3))
+    fresh.close()
     svc.close()
 
 

@@ -65,6 +65,8 @@ class ExecutorConfig:
         "controller (recorders): the executor streams only while some other node subscribes")
     tail_rate_hz: float = param(20.0, "rate of /l1flow/executor/tail (Hz); 0 = off")
     diagnostics_period: float = param(1.0, "period of /diagnostics (s)")
+    log_boundaries: bool = param(False, "log every accepted chunk: its delay, whether it was observed on a "
+                                 "running plan, what the splice changed (benchmarks)", live=True)
     spin_us: int = param(0, "busy-wait this long before each deadline (us) instead of sleeping; helps only "
                          "on an isolated core (the spin holds the GIL)", live=True)
     realtime_priority: int = param(0, "SCHED_FIFO priority of the control thread (0 = normal scheduling)")

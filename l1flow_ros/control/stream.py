@@ -19,6 +19,7 @@ control thread reads the flags unlocked (each is one attribute read).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,69 @@ class StreamReport:
     # continuous joints (grippers left out) and over every boundary so far.
     boundary_velocity_step: float = 0.0
     boundary_acceleration: float = 0.0
+    # The same over the boundaries on a running plan only (:attr:`BoundaryEvent.on_plan`: the
+    # chunk's observation was taken while a plan ran, so inference could see it), and the 95th
+    # percentiles over the last BOUNDARY_WINDOW boundaries of each kind.
+    boundaries: int = 0
+    boundaries_on_plan: int = 0
+    boundary_velocity_step_p95: float = 0.0
+    on_plan_velocity_step: float = 0.0
+    on_plan_velocity_step_p95: float = 0.0
+    on_plan_acceleration: float = 0.0
+
+
+BOUNDARY_WINDOW = 512  # boundaries kept for the percentiles (and for :meth:`CommandStream.events`)
+
+
+@dataclass(frozen=True)
+class BoundaryEvent:
+    """One accepted chunk as the executor saw it (the first after a start from rest too:
+    ``boundary`` False, no steps).
+
+    ``index``: chunks accepted since the start from rest (0: the first); ``since_start_s``:
+    arrival time after that start; ``delay_steps``: this chunk's own d = ceil((arrival - t_obs) /
+    dt); ``on_plan``: its observation was taken while a plan ran (at or after the first chunk's
+    arrival), the only chunks a prefix can have been imposed on: those observed before were
+    computed from rest, with nothing to agree with.
+    """
+
+    t_obs_ns: int
+    arrival_ns: int
+    index: int
+    since_start_s: float
+    delay_steps: int
+    boundary: bool
+    on_plan: bool
+    velocity_step: float = 0.0
+    acceleration: float = 0.0
+
+
+EVENT_TAG = "chunk event:"
+
+
+def boundary_line(e: BoundaryEvent) -> str:
+    """One event as a log line (the executor's ``log_boundaries``); :func:`parse_boundary_line` reads it."""
+    return (f"{EVENT_TAG} t_obs_ns={e.t_obs_ns} arrival_ns={e.arrival_ns} index={e.index} "
+            f"since_start_s={e.since_start_s:.4f} delay_steps={e.delay_steps} boundary={int(e.boundary)} "
+            f"on_plan={int(e.on_plan)} velocity_step={e.velocity_step:.6g} acceleration={e.acceleration:.6g}")
+
+
+def parse_boundary_line(line: str) -> BoundaryEvent | None:
+    """The event a :func:`boundary_line` in ``line`` (e.g. a node's log) describes, else None."""
+    at = line.find(EVENT_TAG)
+    if at < 0:
+        return None
+    kv = dict(f.split("=", 1) for f in line[at + len(EVENT_TAG):].split() if "=" in f)
+    try:
+        return BoundaryEvent(int(kv["t_obs_ns"]), int(kv["arrival_ns"]), int(kv["index"]),
+                             float(kv["since_start_s"]), int(kv["delay_steps"]), kv["boundary"] == "1",
+                             kv["on_plan"] == "1", float(kv["velocity_step"]), float(kv["acceleration"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _p95(values) -> float:
+    return float(np.percentile(np.asarray(values), 95.0)) if len(values) else 0.0
 
 
 class CommandStream:
@@ -72,8 +136,18 @@ class CommandStream:
         self.fingerprints: frozenset[str] = frozenset()  # accept only these (empty: any)
         # Chunk boundaries (StreamReport.boundary_*), measured in add_chunk.
         self._from_rest = True  # the next chunk starts the arm from rest, not a boundary
+        self._start_ns = 0  # the last start from rest
+        self._plan_since_ns: int | None = None  # arrival of the first chunk after it
+        self._accepted_since_start = 0
         self.boundary_dv = 0.0
         self.boundary_acc = 0.0
+        self.on_plan_dv = 0.0
+        self.on_plan_acc = 0.0
+        self.n_boundaries = 0
+        self.n_on_plan = 0
+        self._dv_window: deque[float] = deque(maxlen=BOUNDARY_WINDOW)
+        self._on_plan_window: deque[float] = deque(maxlen=BOUNDARY_WINDOW)
+        self._events: deque[BoundaryEvent] = deque(maxlen=BOUNDARY_WINDOW)
 
     # -- inputs (callback threads) -------------------------------------------------------------
 
@@ -84,6 +158,7 @@ class CommandStream:
     def _restart_from_measured(self, now_ns: int) -> None:
         """Start from the measured position, at rest (the lock held)."""
         self._from_rest = True
+        self._start_ns, self._plan_since_ns, self._accepted_since_start = int(now_ns), None, 0
         self.scheduler.reset(self.measured, now_ns)
         self.last_published = self.measured.copy()
         self.published_version = -1
@@ -132,14 +207,34 @@ class CommandStream:
         self.scheduler.add_chunk(chunk, now_ns)
         self.chunk_dt_ns = dt_ns
         self._from_rest = False
+        dv = acc = 0.0
         if boundary:
             v1, a1 = self.scheduler.reference(times)
             keep = [j for j in range(v1.shape[1]) if j not in self.scheduler.limits.gripper_indices]
-            with self.lock:
-                self.boundary_dv = max(self.boundary_dv, float(np.max(np.abs(v1 - v0)[:, keep], initial=0.0)))
-                self.boundary_acc = max(self.boundary_acc, float(np.max(np.abs(a1 - a0)[:, keep], initial=0.0)))
+            dv = float(np.max(np.abs(v1 - v0)[:, keep], initial=0.0))
+            acc = float(np.max(np.abs(a1 - a0)[:, keep], initial=0.0))
         with self.lock:
-            self.delay.add(chunk.t_obs_ns, now_ns, chunk.dt)
+            steps = self.delay.add(chunk.t_obs_ns, now_ns, chunk.dt)
+            if self._plan_since_ns is None:
+                self._plan_since_ns = int(now_ns)
+            on_plan = boundary and int(chunk.t_obs_ns) >= self._plan_since_ns
+            self._events.append(BoundaryEvent(
+                int(chunk.t_obs_ns), int(now_ns), self._accepted_since_start, (now_ns - self._start_ns) * 1e-9,
+                steps, boundary, on_plan, dv, acc))
+            self._accepted_since_start += 1
+            if boundary:
+                self.n_boundaries += 1
+                self.boundary_dv, self.boundary_acc = max(self.boundary_dv, dv), max(self.boundary_acc, acc)
+                self._dv_window.append(dv)
+            if on_plan:
+                self.n_on_plan += 1
+                self.on_plan_dv, self.on_plan_acc = max(self.on_plan_dv, dv), max(self.on_plan_acc, acc)
+                self._on_plan_window.append(dv)
+
+    def events(self) -> list[BoundaryEvent]:
+        """The last BOUNDARY_WINDOW accepted chunks, oldest first (a copy)."""
+        with self.lock:
+            return list(self._events)
 
     def reject(self, reason: str) -> None:
         with self.lock:
@@ -153,7 +248,9 @@ class CommandStream:
             d = self.delay
             return StreamReport(self.enabled, self.measured is not None, self.controller_lost, self.measured_t,
                                 self.rejections, new, self.last_rejection, d.steps(), d.latency_ms(50.0),
-                                d.latency_ms(95.0), self.boundary_dv, self.boundary_acc)
+                                d.latency_ms(95.0), self.boundary_dv, self.boundary_acc, self.n_boundaries,
+                                self.n_on_plan, _p95(self._dv_window), self.on_plan_dv,
+                                _p95(self._on_plan_window), self.on_plan_acc)
 
     # -- the control thread --------------------------------------------------------------------
 

@@ -72,6 +72,11 @@ class EvalResult:
     inference_delay_steps_p95: int = -1  # the executor's delay estimate d (control/delay.py); -1: none
     boundary_velocity_step_max: float = float("nan")  # executor: command velocity change after a splice
     boundary_acceleration_max: float = float("nan")  # executor: command acceleration after a splice
+    boundary_velocity_step_p95: float = float("nan")
+    boundaries_on_plan: int = 0  # boundaries whose chunk was observed while a plan ran (the executor's)
+    on_plan_boundary_velocity_step_max: float = float("nan")  # the same figures over those only
+    on_plan_boundary_velocity_step_p95: float = float("nan")
+    on_plan_boundary_acceleration_max: float = float("nan")
     overrides: list[str] = field(default_factory=list)  # node parameters set for this run
     chunks: int = 0
     graph: str = "process per node"  # or "one process" (composition, for side-by-side benchmarks)
@@ -316,6 +321,11 @@ def evaluate_graph(
             inference_delay_steps_p95=_int(_f(ex_d, "inference_delay_steps_p95")),
             boundary_velocity_step_max=_f(ex_d, "boundary_velocity_step_max"),
             boundary_acceleration_max=_f(ex_d, "boundary_acceleration_max"), overrides=extra,
+            boundary_velocity_step_p95=_f(ex_d, "boundary_velocity_step_p95"),
+            boundaries_on_plan=_int(_f(ex_d, "boundaries_on_plan")),
+            on_plan_boundary_velocity_step_max=_f(ex_d, "on_plan_boundary_velocity_step_max"),
+            on_plan_boundary_velocity_step_p95=_f(ex_d, "on_plan_boundary_velocity_step_p95"),
+            on_plan_boundary_acceleration_max=_f(ex_d, "on_plan_boundary_acceleration_max"),
             missed_ticks=missed, missed_ticks_per_min=60.0 * missed / max(measured_s, 1e-9),
             measured_s=round(measured_s, 1), chunks=int(lat.size),
             graph="one process" if composed else "process per node",

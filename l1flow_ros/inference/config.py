@@ -47,6 +47,8 @@ class InferenceConfig:
     max_observation_age: float = param(0.0, "drop embeddings older than this vs. the node clock, s (0 = off)",
                                        live=True)
     diagnostics_period: float = param(1.0, "period of /diagnostics, s")
+    log_chunks: bool = param(False, "log how each chunk was drawn: its observation, the prefix length d, the "
+                             "executor tail it saw (benchmarks)", live=True)
     autostart: bool = param(False, "configure and activate at start (standalone use without a lifecycle manager)")
 
     def validate(self) -> None:

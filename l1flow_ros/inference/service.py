@@ -50,6 +50,12 @@ COUNTERS = ("chunks", "unknown_fingerprint", "invalid_embedding", "stale_embeddi
 # An embedding between two planning instants (n_action_steps) is skipped, not an error.
 CADENCE_TOLERANCE = 0.25  # of a chunk step: an embedding this early still starts the next chunk
 TAIL_FRESH_S = 0.5  # an executor tail older than this means the executor runs no plan
+# After a chunk drawn while the executor ran no plan, the next embedding waits this long for
+# the executor's tail (its plan, if it took the chunk) rather than racing it with a chunk drawn
+# from rest: that one would replace the first with no prefix to agree with (a plain boundary
+# at every start). Only with an executor that has sent a tail since the policy was loaded.
+TAIL_WAIT_S = 0.15
+CHUNK_TAG = "chunk drawn:"  # the start of a ``log_chunks`` line
 
 
 class Dropped(Exception):
@@ -86,6 +92,9 @@ class InferenceService:
         self.skipped = 0  # embeddings skipped between planning instants
         self.delay_steps: int | None = None  # d the last chunk was drawn with (prefix conditioning)
         self.horizon_warning: str | None = None  # d <= s <= H - d violated by the last chunk's d
+        self.last_chunk: str = ""  # how the last chunk was drawn, one line (the node's ``log_chunks``)
+        self.tail_seen = False  # an executor tail came since the policy was loaded
+        self._from_rest_t: float | None = None  # monotonic time the last chunk drawn with no plan was done
         self._on_swapped = on_swapped
         self._on_swap_failed = on_swap_failed
         self._log = log if log is not None else logging.getLogger(__name__)  # anything with .info(str)
@@ -183,6 +192,7 @@ class InferenceService:
             self._gen += 1
             self._loaded = False
         self.tail, self.last_t_obs_ns = None, None
+        self.tail_seen, self._from_rest_t = False, None
         for old in self.switcher.set_active(None):
             old.close()
 
@@ -207,7 +217,7 @@ class InferenceService:
         return None if head is None else head.names
 
     def set_tail(self, tail: Tail) -> None:
-        self.tail, self.tail_t = tail, time.monotonic()
+        self.tail, self.tail_t, self.tail_seen = tail, time.monotonic(), True
 
     def execution_horizon(self, head: PolicyRunner, cfg: InferenceConfig) -> int:
         """s: chunk steps between planning instants (0: every embedding)."""
@@ -220,11 +230,17 @@ class InferenceService:
     def due(self, t_obs_ns: int, cfg: InferenceConfig) -> bool:
         """Whether the embedding of the observation stamped ``t_obs_ns`` starts a chunk: the
         first one at least s chunk steps (less a quarter step) after the last chunk's
-        observation; every one while the executor runs no plan or with s = 0. Skipped ones are
-        counted."""
+        observation; every one while the executor runs no plan or with s = 0, except within
+        TAIL_WAIT_S after a chunk drawn with no plan (the executor's tail says whether it took
+        it). Skipped ones are counted."""
         head = self.switcher.active
-        if head is None or self.last_t_obs_ns is None or not self.plan_running():
+        if head is None or self.last_t_obs_ns is None:
             return True
+        if not self.plan_running():
+            waiting = self.tail_seen and self._from_rest_t is not None \
+                and time.monotonic() - self._from_rest_t < TAIL_WAIT_S
+            self.skipped += int(waiting)
+            return not waiting
         s = self.execution_horizon(head, cfg)
         period_ns = (s - CADENCE_TOLERANCE) * head.action_spec.dt * 1e9
         if s == 0 or t_obs_ns - self.last_t_obs_ns >= period_ns:
@@ -272,8 +288,9 @@ class InferenceService:
                 f"embedding has {embedding.shape[0]} values, {head.fingerprint} expects {head.embed_dim}"), True)
         if not self.due(t_obs_ns, cfg):
             return None
+        on_plan = self.plan_running()
         d = self._prefix_delay(head, cfg, t_obs_ns, now_ns)
-        tail = self.tail if (d is not None or cfg.warm_start) and self.plan_running() else None
+        tail = self.tail if (d is not None or cfg.warm_start) and on_plan else None
         t0 = time.perf_counter()
         try:
             chunk = head.act(embedding, t_obs_ns, tail, d)
@@ -284,9 +301,19 @@ class InferenceService:
         if cfg.inject_delay_ms > 0:  # on top of the inference, before the chunk goes out
             time.sleep(cfg.inject_delay_ms * 1e-3)
         self.compute.add(time.perf_counter() - t0)
+        self._from_rest_t = None if on_plan else time.monotonic()
         self.delay_steps = d
         self.last_t_obs_ns = int(t_obs_ns)
+        self.last_chunk = self._describe(t_obs_ns, now_ns, d, tail)
         return chunk
+
+    def _describe(self, t_obs_ns: int, now_ns: int, d: int | None, tail: Tail | None) -> str:
+        """The line ``log_chunks`` writes for a chunk: its observation, the d it was drawn with
+        (-1: no prefix), the tail it saw (age, its last due time after t_obs; -1: none)."""
+        tail_age = time.monotonic() - self.tail_t if tail is not None else -1.0
+        tail_end = (int(tail.times_ns[-1]) - int(t_obs_ns)) * 1e-9 if tail is not None and tail.times_ns.size else -1.0
+        return (f"{CHUNK_TAG} t_obs_ns={int(t_obs_ns)} age_at_start_s={(now_ns - t_obs_ns) * 1e-9:.4f} "
+                f"delay_steps={-1 if d is None else d} tail_age_s={tail_age:.4f} tail_end_after_obs_s={tail_end:.4f}")
 
     def published(self, t_obs_ns: int, now_ns: int) -> None:
         """A chunk for the observation stamped ``t_obs_ns`` went out at ``now_ns``."""

@@ -48,6 +48,12 @@ executor_node (``control/status.py`` ``summary``)
 | ``obs_to_arrival_ms_p95`` | ms | the same, 95th percentile |
 | ``boundary_velocity_step_max`` | units/s | largest change a splice made to the plan's reference velocity over the next chunk step (new plan against the old one at the same times; the first chunk after a start and grippers left out) |
 | ``boundary_acceleration_max`` | units/s^2 | the same for the reference acceleration |
+| ``boundary_velocity_step_p95`` | units/s | the same velocity change, 95th percentile over the last 512 boundaries |
+| ``boundaries_spliced`` | | boundaries counted in the figures above |
+| ``boundaries_on_plan`` | | those whose chunk was observed while a plan ran (at or after the arrival of the first chunk after a start): the only ones a prefix can agree with; the chunks in flight from before are left out |
+| ``on_plan_boundary_velocity_step_max`` | units/s | ``boundary_velocity_step_max`` over the boundaries on a plan only |
+| ``on_plan_boundary_velocity_step_p95`` | units/s | the same, 95th percentile over the last 512 of them |
+| ``on_plan_boundary_acceleration_max`` | units/s^2 | ``boundary_acceleration_max`` over the boundaries on a plan only |
 | ``control_thread`` | | how the control thread is scheduled (policy, priority, affinity) |
 | ``executor_thread`` | | how the thread running the callbacks is scheduled |
 | ``middleware_threads`` | | how the DDS threads are scheduled |

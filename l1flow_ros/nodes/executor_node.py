@@ -40,7 +40,7 @@ from l1flow_ros.control.config import ExecutorConfig
 from l1flow_ros.control.loop import ControlLoop
 from l1flow_ros.control.scheduler import ChunkRejected, ChunkScheduler
 from l1flow_ros.control.status import JointPicker, summary
-from l1flow_ros.control.stream import CommandStream
+from l1flow_ros.control.stream import CommandStream, boundary_line
 from l1flow_ros.msgs.chunk_conv import MessageError, chunk_from_msg, points_to_msg
 from l1flow_ros.nodes import qos
 from l1flow_ros.nodes.diagnostics import Diagnostics
@@ -174,6 +174,9 @@ class ExecutorNode(Node):
             self._stream.add_chunk(chunk, now)
         except ChunkRejected as e:
             self._reject(str(e))
+            return
+        if self.cfg.log_boundaries:
+            self.get_logger().info(boundary_line(self._stream.events()[-1]))
 
     def _on_joint_state(self, msg: JointState) -> None:
         q = self._joints.pick(msg.name, msg.position)

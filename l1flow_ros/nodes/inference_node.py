@@ -245,6 +245,8 @@ class InferenceNode(LifecycleNode):
             return
         pub.publish(chunk_to_msg(chunk))
         self.service.published(t_obs, self._now_ns())
+        if self.cfg.log_chunks:
+            self.get_logger().info(self.service.last_chunk)
         if self._error is not None and time.monotonic() - self._error_t > ERROR_HOLD_S:
             # Chunks flow again: the last problem is over (it stays in the counters). Shown for
             # ERROR_HOLD_S at least, so that a diagnostics aggregator sees it.
