@@ -221,6 +221,47 @@ def test_disabled_publishes_nothing_and_enabling_starts_from_the_measured_positi
 
 
 @pytest.mark.node
+def test_a_recorder_on_the_command_topic_is_not_taken_for_a_controller(make_harness):
+    """A node in controller_ignore_nodes (the recorder) subscribed to the command topic: once
+    the controller leaves, the executor stops streaming and says so, and the recorder gets no
+    command; the controller back, streaming resumes."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import Float64MultiArray
+
+    h = make_harness()
+    started(h)
+    assert h.wait(lambda: len(h.cmds) > 5, 5.0)
+    rec = rclpy.create_node("recorder_node", context=h.node.context)
+    got: list[int] = []
+    rec.create_subscription(Float64MultiArray, h.out_topic, lambda m: got.append(time.monotonic_ns()),
+                            QoSProfile(depth=100))
+    ex = SingleThreadedExecutor(context=h.node.context)
+    ex.add_node(rec)
+    stop = threading.Event()
+    spin = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                            daemon=True)
+    spin.start()
+    try:
+        assert h.wait(lambda: h.node._out_pub.get_subscription_count() == 2 and got, 10.0)
+        h.io.destroy_subscription(h.out_sub)  # the controller leaves; the recorder stays
+        assert h.wait(lambda: h.node._out_pub.get_subscription_count() == 1, 10.0)
+        assert h.wait(lambda: (d := h.last_diag()) is not None and "no subscriber" in d.message, 5.0)
+        n = len(got)
+        time.sleep(0.5)
+        assert len(got) - n <= 1, "the executor streamed to a recorder alone"
+        h.out_sub = h.io.create_subscription(Float64MultiArray, h.out_topic, h._on_cmd, QoSProfile(depth=1000))
+        k = len(h.cmds)
+        assert h.wait(lambda: len(h.cmds) > k + 5, 10.0), "streaming did not resume with the controller back"
+    finally:
+        stop.set()
+        spin.join(timeout=5.0)
+        ex.shutdown()
+        rec.destroy_node()
+
+
+@pytest.mark.node
 def test_enable_without_joint_states_is_refused(make_harness):
     h = make_harness()
     r = h.enable(True)
