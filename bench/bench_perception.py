@@ -8,6 +8,7 @@ cameras around it. Every configuration of a run is measured interleaved in one p
 so their ratios are meaningful on a shared machine. Modes:
 
     python bench/bench_perception.py --views 2 4 --iters 200      # stages per view count
+    python bench/bench_perception.py --views 2 4 --old            # ... and the path before, side by side
     python bench/bench_perception.py --table                      # stages vs views x resolution x points
     python bench/bench_perception.py --paths                      # today's fusion vs each step of the fast one
     python bench/bench_perception.py --fps-only                   # farthest-point sampling: ours vs libraries
@@ -97,8 +98,10 @@ def scene(n_views: int, width: int, height: int, seed: int = 0, n_frames: int = 
     return cams, intr, calib, frames, renoised
 
 
-def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp: Path, seed: int = 0):
-    """(cams, joints, calib, frames as messages, embedder, depth stride) for one configuration."""
+def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp: Path, seed: int = 0,
+               old: bool = False):
+    """(cams, joints, calib, frames as messages, embedder, depth stride) for one configuration;
+    ``old``: the embedder re-encodes every step (no step features kept)."""
     import torch
 
     from l1flow_ros.msgs.sensor_conv import camera_info_to_msg, image_to_msg, joint_state_to_msg
@@ -133,7 +136,7 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
         m["js"] = joint_state_to_msg([*joints, "right_j0"], rng.normal(size=5), k)
         msgs.append(m)
     opts = {"threads": args.threads} if args.backend == "onnxruntime" and args.threads > 0 else {}
-    emb = Embedder(bdir, args.backend, **opts)
+    emb = Embedder(bdir, args.backend, cache_steps=not old, **opts)
     from l1flow_ros.perception.geometry import pixel_grid
     from l1flow_ros.perception.preprocess import cloud_config
 
@@ -141,20 +144,71 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
     return cams, joints, calib, msgs, emb, stride
 
 
-def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int) -> dict[str, float]:
+def _voxel_sort_packed(xyz, voxel_size: float):
+    """The voxel sort before the radix sort (voxel key and point index packed in one int64,
+    np.sort), kept here for the side-by-side (--old); same output as geometry._voxel_sort."""
+    from l1flow_ros.perception.geometry import PerceptionError
+
+    inv = np.float32(1.0 / voxel_size)
+    ks, dims = [], []
+    for c in xyz:
+        f = c * inv
+        np.floor(f, out=f)
+        f -= f.min()
+        k = f.astype(np.int64)
+        ks.append(k)
+        dims.append(int(k.max()) + 1)
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) >= 2.0**62:
+        raise PerceptionError(f"voxel grid {dims} too large for voxel size {voxel_size}")
+    key = ks[0]
+    key *= dims[1]
+    key += ks[1]
+    key *= dims[2]
+    key += ks[2]
+    n = key.shape[0]
+    idx_bits = max(1, (n - 1).bit_length())
+    if (dims[0] * dims[1] * dims[2] - 1).bit_length() + idx_bits <= 63:
+        key <<= idx_bits
+        key |= np.arange(n, dtype=np.int64)
+        packed = np.sort(key)
+        order = packed & ((1 << idx_bits) - 1)
+        packed >>= idx_bits
+        key = packed
+    else:
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+    first = np.empty(n + 1, dtype=bool)
+    first[:1] = True
+    first[n:] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:n])
+    return order, np.flatnonzero(first)
+
+
+def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int, old: bool = False) -> dict[str, float]:
     """The node worker's stages for one synchronised set; wall seconds per stage, and CPU seconds
-    (``cpu_<stage>``: this process's CPU time, which a busy shared machine inflates far less)."""
+    (``cpu_<stage>``: this process's CPU time, which a busy shared machine inflates far less).
+
+    ``old``: the path before per-step encoder features, the radix voxel sort and raw depth:
+    depth decoded to float32 metres, the packed-key voxel sort, every step re-encoded (the
+    embedder made with ``old``). The message buffer is viewed without a copy in both."""
     from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, joint_state_from_msg
+    from l1flow_ros.perception import geometry
     from l1flow_ros.perception.preprocess import RawFrames, frame_step, step_to_model
 
     c0, t0 = time.process_time(), time.perf_counter()
     frames = RawFrames(
-        cameras={c: camera_frame_from_msgs(*msgs[c][:2], info=msgs[c][2], depth_mm=True) for c in cams},
+        cameras={c: camera_frame_from_msgs(*msgs[c][:2], info=msgs[c][2], depth_mm=not old) for c in cams},
         proprio=joint_state_from_msg(msgs["js"], joints)[0],
         stamp_ns=stamp_ns,
     )
     c1, t1 = time.process_time(), time.perf_counter()
-    step = frame_step(emb.obs_spec, frames, calib)
+    radix = geometry._voxel_sort
+    if old:
+        geometry._voxel_sort = _voxel_sort_packed
+    try:
+        step = frame_step(emb.obs_spec, frames, calib)
+    finally:
+        geometry._voxel_sort = radix
     c2, t2 = time.process_time(), time.perf_counter()
     hist.push(stamp_ns, step_to_model(step))
     emb.embed_history(hist)
@@ -169,15 +223,16 @@ def pct(xs, q: float) -> float:
     return float(np.percentile(xs, q))
 
 
-def run_stages(configs: list[tuple[int, int, int, int]], args) -> dict:
-    """configs: (views, width, height, points) -> {config: {stage: [ms, ...]}}, all interleaved."""
+def run_stages(configs: list[tuple], args) -> dict:
+    """configs: (views, width, height, points[, "old"]) -> {config: {stage: [ms, ...]}}, all
+    interleaved; a config ending in "old" runs the path before (see one_step)."""
     from l1flow_ros.perception.geometry import warmup
     from l1flow_ros.perception.preprocess import ObservationHistory
 
     warmup()
     res: dict = {c: {} for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        setups = {c: make_setup(c[0], c[1], c[2], c[3], args, Path(tmp)) for c in configs}
+        setups = {c: make_setup(c[0], c[1], c[2], c[3], args, Path(tmp), old=c[-1] == "old") for c in configs}
         hists = {c: ObservationHistory(s[4].obs_spec.n_obs_steps, s[4].period_s) for c, s in setups.items()}
         stamp = 0
         for i in range(args.warmup + args.iters):
@@ -185,7 +240,7 @@ def run_stages(configs: list[tuple[int, int, int, int]], args) -> dict:
             for c in configs:  # interleaved: every configuration sees the same machine load
                 cams, joints, calib, msgs, emb, stride = setups[c]
                 res[c]["stride"] = stride
-                t = one_step(cams, joints, calib, msgs[i % len(msgs)], emb, hists[c], stamp)
+                t = one_step(cams, joints, calib, msgs[i % len(msgs)], emb, hists[c], stamp, old=c[-1] == "old")
                 if i >= args.warmup:
                     for k, x in t.items():
                         res[c].setdefault(k, []).append(x * 1e3)
@@ -201,15 +256,22 @@ def header(args, extra: str = "") -> str:
 
 
 def main_views(args) -> None:
-    configs = [(v, args.width, args.height, args.num_points) for v in args.views]
+    configs: list[tuple] = [(v, args.width, args.height, args.num_points) for v in args.views]
+    if args.old:
+        configs = [c for v in configs for c in (v, (*v, "old"))]
     res = run_stages(configs, args)
     print(f"perception latency, ms (p50 / p99) over {args.iters} sets; cameras {args.width}x{args.height} "
           f"RGB + 16UC1 depth, {args.num_points} points; " + header(args))
     for title, prefix in (("wall clock", ""), ("CPU time of this process", "cpu_")):
-        print(f"\n{title}\n{'views':>5} | " + " | ".join(f"{k:>17}" for k in STAGES))
+        print(f"\n{title}\n{'views':>9} | " + " | ".join(f"{k:>17}" for k in STAGES))
         for c in configs:
             cells = [f"{pct(res[c][prefix + k], 50):7.2f} / {pct(res[c][prefix + k], 99):7.2f}" for k in STAGES]
-            print(f"{c[0]:>5} | " + " | ".join(cells))
+            print(f"{c[0]:>5}{' old' if c[-1] == 'old' else '    '} | " + " | ".join(cells))
+    if args.old:
+        for c in configs[::2]:
+            r = {k: np.median(res[(*c, "old")][k]) / np.median(res[c][k]) for k in STAGES}
+            print(f"ratio p50 old / now, {c[0]} views: " + ", ".join(f"{k} {x:.2f}x" for k, x in r.items()))
+        configs = configs[::2]
     if len(configs) > 1:
         a, b = configs[0], configs[-1]
         r = {k: np.median(res[b][k]) / np.median(res[a][k]) for k in STAGES}
@@ -289,6 +351,18 @@ def _fast(depths, cams, intr, calib, cfg, dense: bool = False):
     return fuse_points(parts, cfg)
 
 
+def _fast_packed(depths, cams, intr, calib, cfg, dense: bool = False):
+    """The package's path with the voxel sort before the radix sort (``_voxel_sort_packed``)."""
+    from l1flow_ros.perception import geometry
+
+    radix = geometry._voxel_sort
+    geometry._voxel_sort = _voxel_sort_packed
+    try:
+        return _fast(depths, cams, intr, calib, cfg, dense)
+    finally:
+        geometry._voxel_sort = radix
+
+
 def chamfer(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(mean of the two one-sided mean nearest-neighbour distances, largest of them), metres."""
     from scipy.spatial import cKDTree
@@ -311,9 +385,10 @@ def main_paths(args) -> None:
     variants = [
         ("today: every pixel back-projected, argsort voxel grid, numpy FPS", _today, s1),
         ("+ pixel grid: crop in pixel space, precomputed rays (stride 1)", _grid_old_voxel, s1),
-        ("+ packed-key sort voxel grid, means of sampled voxels only", _fast, s1),
-        ("+ fpsample FPS (stride 1: the exact path)", _fast, dataclasses.replace(s1, fps="fpsample")),
-        ("+ depth stride from the voxel size (the package's path)", _fast, base),
+        ("+ packed-key sort voxel grid, means of sampled voxels only", _fast_packed, s1),
+        ("+ fpsample FPS (stride 1: the exact path)", _fast_packed, dataclasses.replace(s1, fps="fpsample")),
+        ("+ depth stride from the voxel size", _fast_packed, base),
+        ("+ radix sort of the voxel keys (the package's path)", _fast, base),
     ]
     depths = [{c: fr[c][1] for c in cams} for fr in frames]
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
@@ -422,6 +497,8 @@ def main() -> None:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--cpu", action="store_true", help="--paths: this process's CPU time instead of wall time")
+    ap.add_argument("--old", action="store_true", help="views mode: also the path before per-step encoder "
+                    "features, the radix voxel sort and raw depth, interleaved")
     args = ap.parse_args()
 
     import torch
