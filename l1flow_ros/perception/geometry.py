@@ -321,7 +321,7 @@ def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
     as int64 (measured: bench/bench_perception.py --paths), and ties keep the input order."""
     order = np.argsort(key.astype(np.uint16), kind="stable")  # the low 16 bits (astype wraps)
     for shift in range(16, bits, 16):
-        digit = (key[order] >> shift).astype(np.uint16)
+        digit = (key >> shift).astype(np.uint16)[order]  # the next 16 bits, in the order so far
         order = order[np.argsort(digit, kind="stable")]
     return order
 
