@@ -137,6 +137,9 @@ def test_cameras_see_the_cube_where_the_intrinsics_put_it(sim):
     np.testing.assert_allclose(sim.camera_model("cam_front").T_world_cam, front)
     with pytest.raises(SimError):
         sim.render("cam_nowhere")
+    for bad in (dict(meshes="wire"), dict(cameras=("cam_front", "cam_front")), dict(image_size=(4, 96))):
+        with pytest.raises(SimError):
+            PandaConfig(**bad).validate()
 
 
 def test_diff_ik_reaches_a_pose_within_velocity_limits(sim):

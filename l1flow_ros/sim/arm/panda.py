@@ -47,9 +47,10 @@ MAX_VELOCITY = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61, 0.1])
 MAX_ACCELERATION = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0, 1.0])
 # Joints bent, hand pointing down, about 0.45 m in front of the base and 0.3 m over the table.
 HOME = np.array([0.0, -0.35, 0.0, -2.45, 0.0, 2.1, np.pi / 4, GRIPPER_MAX])
-# Geom groups the cameras show: robosuite's visual meshes (1) and the table, floor and cube
-# (2); its collision meshes (0) and the marker sites stay hidden.
-VISUAL_GROUP, SCENE_GROUP = 1, 2
+# Geom groups: robosuite's collision meshes (0, 15k triangles), its visual meshes (1, 135k
+# triangles), the table, floor and cube (2). The cameras show the scene and one of the
+# arm's mesh sets (PandaConfig.meshes); the marker sites stay hidden.
+COLLISION_GROUP, VISUAL_GROUP, SCENE_GROUP = 0, 1, 2
 GRIP_SITE = "grip_site"  # between the fingertips; what the expert places
 TABLE_TOP = 0.0
 CUBE_HALF = 0.02  # m, a 4 cm cube
@@ -155,6 +156,9 @@ class PandaConfig:
     cube_y: tuple[float, float] = (-0.15, 0.15)
     yaw_range: float = np.pi / 4
     lift_height: float = 0.05  # m above its resting height: the cube counts as lifted
+    # The arm as the cameras see it: "collision" (grey convex meshes; 96 x 96 RGB-D in about
+    # a tenth of the time) or "visual" (robosuite's detailed meshes). docs/BENCHMARKS.md.
+    meshes: str = "collision"
 
     def validate(self) -> None:
         h, w = self.image_size
@@ -167,6 +171,8 @@ class PandaConfig:
             raise SimError("n_substeps and max_episode_steps must be >= 1")
         if not (self.cube_x[0] <= self.cube_x[1] and self.cube_y[0] <= self.cube_y[1]):
             raise SimError("cube_x / cube_y ranges must be (low, high)")
+        if self.meshes not in ("collision", "visual"):
+            raise SimError(f"meshes must be 'collision' or 'visual', got {self.meshes!r}")
         if not (0.0 < self.lift_height < 0.5):
             raise SimError(f"lift_height must be in (0, 0.5) m, got {self.lift_height}")
 
@@ -318,7 +324,8 @@ class PandaLiftSim:
             self._renderer = _RGBDRenderer(m, height=h, width=w)
             self._vopt = mujoco.MjvOption()
             self._vopt.geomgroup[:] = 0
-            self._vopt.geomgroup[[VISUAL_GROUP, SCENE_GROUP]] = 1
+            arm = VISUAL_GROUP if self.cfg.meshes == "visual" else COLLISION_GROUP
+            self._vopt.geomgroup[[arm, SCENE_GROUP]] = 1
             self._vopt.sitegroup[:] = 0
             flags = self._renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0

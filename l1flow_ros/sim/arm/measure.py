@@ -1,0 +1,85 @@
+"""What the simulated Panda and its lift expert do, measured (docs/BENCHMARKS.md).
+
+    python -m l1flow_ros.sim.arm.measure --seeds 50
+
+Prints the expert's success over seeded episodes (each run to the end of the episode, so a
+cube dropped after the lift shows), its commands against the arm's limits, and the cost of
+physics, IK and RGB-D rendering per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from l1flow_ros.sim.arm.expert import LiftExpert
+from l1flow_ros.sim.arm.panda import CAMERAS, GRIPPER_MAX, HOME, MAX_VELOCITY, PandaConfig, PandaLiftSim
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--size", type=int, default=96, help="camera image height and width, px")
+    ap.add_argument("--frames", type=int, default=50, help="frames rendered per camera for the timing")
+    a = ap.parse_args(argv)
+
+    sim = PandaLiftSim(PandaConfig(image_size=(a.size, a.size)))
+    expert = LiftExpert(sim)
+    solved, held, first, out_of_limits, speed_ratio = 0, 0, [], 0, 0.0
+    t_phys = t_ik = 0.0
+    n = 0
+    for seed in range(a.seeds):
+        sim.reset(seed)
+        expert.reset()
+        prev = np.concatenate([HOME[:7], [GRIPPER_MAX]])
+        hit = None
+        for k in range(sim.cfg.max_episode_steps):
+            t0 = time.perf_counter()
+            q = expert.act()
+            t1 = time.perf_counter()
+            res = sim.step(q)
+            t_phys += time.perf_counter() - t1
+            t_ik += t1 - t0
+            n += 1
+            out_of_limits += bool(np.any(q < sim.lower) or np.any(q > sim.upper))
+            speed_ratio = max(speed_ratio, float(np.max(np.abs(q - prev) / sim.dt / MAX_VELOCITY)))
+            prev = q
+            if res.success and hit is None:
+                hit = k + 1
+        solved += hit is not None
+        held += sim.lifted()
+        if hit is not None:
+            first.append(hit)
+    # Rendering: both mesh sets side by side, interleaved frame by frame.
+    sims = {"collision": sim, "visual": PandaLiftSim(PandaConfig(image_size=(a.size, a.size), meshes="visual"))}
+    render = {(cam, k): 0.0 for cam in CAMERAS for k in sims}
+    for s in sims.values():
+        s.reset(0)
+        for cam in CAMERAS:
+            s.render(cam)  # the GL context and scene are made on the first frame
+    for _ in range(a.frames):
+        for cam in CAMERAS:
+            for k, s in sims.items():
+                t0 = time.perf_counter()
+                s.render(cam)
+                render[cam, k] += (time.perf_counter() - t0) / a.frames
+    ep = sim.cfg.max_episode_steps
+    print(f"lift, seeds 0-{a.seeds - 1}: {solved}/{a.seeds} lifted, {held}/{a.seeds} still held at the end "
+          f"of the episode ({ep} steps = {ep * sim.dt:.1f} s)")
+    if first:
+        print(f"  lifted after {min(first)}-{max(first)} steps ({min(first) * sim.dt:.2f}-{max(first) * sim.dt:.2f} s)")
+    print(f"  commands outside the joint limits: {out_of_limits} of {n}; "
+          f"fastest joint command / its velocity limit: {speed_ratio:.3f}")
+    print(f"  per {sim.dt * 1e3:.0f} ms step: physics ({sim.cfg.n_substeps} x {sim.model.opt.timestep * 1e3:g} ms) "
+          f"{t_phys / n * 1e3:.2f} ms, IK {t_ik / n * 1e3:.2f} ms -> real-time factor {sim.dt / ((t_phys + t_ik) / n):.0f}")
+    for cam in CAMERAS:
+        print(f"  {cam} {a.size} x {a.size} RGB + depth, one pass: {render[cam, 'collision'] * 1e3:.1f} ms a frame "
+              f"(meshes='collision', the default), {render[cam, 'visual'] * 1e3:.1f} ms (meshes='visual')")
+    for s in sims.values():
+        s.close()
+
+
+if __name__ == "__main__":
+    main()
