@@ -4,7 +4,7 @@ intrinsics, differential IK, and the scripted expert lifting the cube."""
 import numpy as np
 import pytest
 
-from l1flow_ros.sim.arm.expert import LiftExpert, grasp_rotation, run_lift_episode
+from l1flow_ros.sim.arm.expert import PandaExpert, grasp_rotation, run_expert_episode
 from l1flow_ros.sim.arm.ik import DiffIK, IKError
 from l1flow_ros.sim.arm.panda import (
     ARM_JOINTS,
@@ -15,8 +15,9 @@ from l1flow_ros.sim.arm.panda import (
     HOME,
     JOINT_NAMES,
     MAX_VELOCITY,
+    TASKS,
     PandaConfig,
-    PandaLiftSim,
+    PandaSim,
 )
 from l1flow_ros.sim.metaworld_env import SimError
 
@@ -25,31 +26,45 @@ pytestmark = pytest.mark.graph
 
 @pytest.fixture(scope="module")
 def sim():
-    s = PandaLiftSim(PandaConfig(image_size=(96, 96)))
+    s = PandaSim(PandaConfig(image_size=(96, 96)))
     yield s
     s.close()
 
 
-def test_expert_lifts_the_cube_within_the_arms_limits(sim):
-    """10/10 seeds solved when measured (50/50 over seeds 0..49); 8 asked for a margin."""
-    expert = LiftExpert(sim)
+@pytest.fixture(scope="module")
+def place_sim():
+    s = PandaSim(PandaConfig(task="place", cameras=()))
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_expert_solves_the_task_within_the_arms_limits(sim, place_sim, task):
+    """10/10 seeds solved when measured (50/50 over seeds 0..49, each task); 8 asked for a margin."""
+    sim = sim if task == "lift" else place_sim
+    assert sim.cfg.task == task
+    expert = PandaExpert(sim)
     solved = 0
     for seed in range(10):
-        ok, steps, cmds = run_lift_episode(sim, seed, expert)
+        ok, steps, cmds = run_expert_episode(sim, seed, expert)
         solved += ok
         assert np.all(cmds >= sim.lower - 1e-12) and np.all(cmds <= sim.upper + 1e-12), f"seed {seed}: command out of limits"
         q0 = np.concatenate([HOME[:7], [GRIPPER_MAX]])
         speed = np.abs(np.diff(np.vstack([q0, cmds]), axis=0)) / sim.dt  # (N, 8)
         assert np.all(speed <= MAX_VELOCITY * (1 + 1e-6)), f"seed {seed}: command faster than the arm's limits"
-        if ok:
+        if ok and task == "lift":
             cube, _ = sim.cube_pose()
             assert cube[2] - sim.cube_rest_z >= sim.cfg.lift_height
             assert sim.joint_positions()[7] > 0.5 * 2 * CUBE_HALF  # the fingers hold the cube, not closed on air
-    assert solved >= 8, f"expert lifted the cube on {solved}/10 seeds"
+        if ok and task == "place":
+            cube, _ = sim.cube_pose()
+            assert np.hypot(*(cube[:2] - sim.target_pos[:2])) <= sim.cfg.place_tolerance
+            assert sim.site_pose()[0][2] > cube[2] + 0.03  # let go of
+    assert solved >= 8, f"{task}: expert solved {solved}/10 seeds"
 
 
 def test_no_lift_without_closing_the_gripper(sim):
-    expert = LiftExpert(sim)
+    expert = PandaExpert(sim)
     sim.reset(0)
     expert.reset()
     expert.plan = [type(w)(w.duration, w.position, w.theta, GRIPPER_MAX) for w in expert.plan]
@@ -57,6 +72,34 @@ def test_no_lift_without_closing_the_gripper(sim):
         res = sim.step(expert.act())
     assert not res.success and not sim.lifted()
     assert sim.site_pose()[0][2] > sim.cube_pose()[0][2] + 0.1  # the hand went up without it
+
+
+def test_no_place_while_the_gripper_holds_the_cube(place_sim):
+    sim = place_sim
+    expert = PandaExpert(sim)
+    sim.reset(0)
+    expert.reset()
+    expert.plan = [type(w)(w.duration, w.position, w.theta, 0.0 if i > 3 else w.gripper)
+                   for i, w in enumerate(expert.plan)]  # never opens after the grasp
+    for _ in range(330):
+        res = sim.step(expert.act())
+    assert not res.success and not sim.placed()
+    cube, _ = sim.cube_pose()
+    assert cube[2] > sim.cube_rest_z + 0.05  # carried away, still in the fingers
+    # Targets: seeded, on the table, away from the cube's start.
+    for seed in range(10):
+        sim.reset(seed)
+        cube, _ = sim.cube_pose()
+        assert np.hypot(*(cube[:2] - sim.target_pos[:2])) >= sim.cfg.min_target_distance
+        assert sim.cfg.cube_x[0] <= sim.target_pos[0] <= sim.cfg.cube_x[1]
+    sim.reset(4)
+    t4 = sim.target_pos.copy()
+    sim.reset(5)
+    assert not np.allclose(sim.target_pos, t4)
+    sim.reset(4)
+    np.testing.assert_array_equal(sim.target_pos, t4)
+    with pytest.raises(SimError):
+        PandaConfig(task="stack").validate()
 
 
 def test_seeded_cube_placement_is_reproducible_and_varies(sim):
@@ -173,14 +216,14 @@ def test_expert_through_the_joint_trajectory_interface(sim):
     from l1flow_ros.sim.trajectory import TrajectoryFollower
 
     dt_ns = int(round(sim.dt * 1e9))
-    expert = LiftExpert(sim)
+    expert = PandaExpert(sim)
     sim.reset(1)
     expert.reset()
-    plan = np.array([expert.act() for _ in range(sim.cfg.max_episode_steps + 20)])  # plan[k]: due at (k+1) dt
+    plan = np.array([expert.act() for _ in range(sim.max_episode_steps + 20)])  # plan[k]: due at (k+1) dt
     vel = np.gradient(plan, sim.dt, axis=0)
     f = TrajectoryFollower(JOINT_NAMES)
     sent, prev, jumps = 0, None, []
-    for k in range(sim.cfg.max_episode_steps):
+    for k in range(sim.max_episode_steps):
         now = k * dt_ns
         if k % 5 == 0:
             idx = np.arange(k, k + 10)
@@ -194,7 +237,7 @@ def test_expert_through_the_joint_trajectory_interface(sim):
             jumps.append(np.abs(q - prev) / sim.dt / MAX_VELOCITY)
         prev = q
         res = sim.step(q)
-    assert sent == sim.cfg.max_episode_steps // 5
+    assert sent == sim.max_episode_steps // 5
     assert res.success and sim.lifted()
     # Hand-overs are continuous: no step between samples beyond the arm's speed (10 % margin).
     assert np.max(jumps) < 1.1

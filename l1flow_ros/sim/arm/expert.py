@@ -1,8 +1,8 @@
-"""Scripted expert for the Panda lift task: Cartesian waypoints through differential IK.
+"""Scripted experts for the Panda's tasks: Cartesian waypoints through differential IK.
 
-At reset the expert reads the cube's pose (privileged state, as Meta-World's experts
-read theirs) and plans grip-site waypoints: above the cube, down to it, close, lift,
-hold. Every step it moves a Cartesian target along the plan (minimum-jerk between
+At reset the expert reads the cube's pose and the target's (privileged state, as
+Meta-World's experts read theirs) and plans grip-site waypoints: above the cube, down to
+it, close, lift, then hold (lift) or carry over the target, down, open, up (place). Every step it moves a Cartesian target along the plan (minimum-jerk between
 waypoints) and turns it into joint targets with :class:`~l1flow_ros.sim.arm.ik.DiffIK`
 from its previous command, so every command is within the arm's position and velocity
 limits: the path a Cartesian teleoperation would take.
@@ -21,7 +21,7 @@ from l1flow_ros.sim.arm.panda import (
     GRIP_SITE,
     GRIPPER_MAX,
     MAX_VELOCITY,
-    PandaLiftSim,
+    PandaSim,
 )
 
 
@@ -45,10 +45,11 @@ class Waypoint:
     gripper: float  # m, finger opening
 
 
-class LiftExpert:
-    """Joint targets (8,) for :class:`PandaLiftSim`, one per step, from a waypoint plan."""
+class PandaExpert:
+    """Joint targets (8,) for :class:`PandaSim`, one per step, from a waypoint plan for the
+    sim's task."""
 
-    def __init__(self, sim: PandaLiftSim, speed: float = 1.0, above: float = 0.12, lift: float = 0.15) -> None:
+    def __init__(self, sim: PandaSim, speed: float = 1.0, above: float = 0.12, lift: float = 0.15) -> None:
         if not (0.0 < speed <= 2.0):
             raise ValueError(f"expert speed must be in (0, 2], got {speed}")
         self.sim = sim
@@ -80,8 +81,18 @@ class LiftExpert:
             Waypoint(0.8 * v, grasp, theta, GRIPPER_MAX),
             Waypoint(0.6 * v, grasp, theta, 0.0),  # close
             Waypoint(1.0 * v, grasp + self.lift * up, theta, 0.0),
-            Waypoint(1e9, grasp + self.lift * up, theta, 0.0),  # hold
         ]
+        if sim.cfg.task == "place":
+            # Carry at the lift height, put it down 2 mm above its resting height, open, go up.
+            drop = np.array([sim.target_pos[0], sim.target_pos[1], grasp[2] + 0.002])
+            self.plan += [
+                Waypoint(1.2 * v, drop + self.lift * up, theta, 0.0),
+                Waypoint(0.8 * v, drop, theta, 0.0),
+                Waypoint(0.5 * v, drop, theta, GRIPPER_MAX),  # open
+                Waypoint(0.6 * v, drop + self.above * up, theta, GRIPPER_MAX),
+            ]
+        last = self.plan[-1]
+        self.plan.append(Waypoint(1e9, last.position, last.theta, last.gripper))  # hold
 
     def pose_at(self, t: float) -> tuple[np.ndarray, float, float]:
         """(grip-site position, theta, gripper opening) the plan wants at ``t`` s."""
@@ -106,14 +117,14 @@ class LiftExpert:
         return self.q.copy()
 
 
-def run_lift_episode(sim: PandaLiftSim, seed: int, expert: LiftExpert | None = None,
+def run_expert_episode(sim: PandaSim, seed: int, expert: PandaExpert | None = None,
                      max_steps: int | None = None) -> tuple[bool, int, np.ndarray]:
     """Reset to ``seed`` and let the expert drive; -> (success, steps, commands (N, 8))."""
-    expert = expert or LiftExpert(sim)
+    expert = expert or PandaExpert(sim)
     sim.reset(seed)
     expert.reset()
     cmds = []
-    limit = sim.cfg.max_episode_steps if max_steps is None else int(max_steps)
+    limit = sim.max_episode_steps if max_steps is None else int(max_steps)
     for k in range(limit):
         q = expert.act()
         cmds.append(q)

@@ -1,5 +1,8 @@
 """A Franka Panda with its parallel gripper on a table, in MuJoCo: joint targets in, RGB-D out.
 
+Two tasks (``TASKS``) with placement drawn per seed: ``lift`` the cube; ``place`` it on a
+green target pad.
+
 No ROS here. The models are robosuite's Panda arm and Panda gripper (MJCF + meshes, read
 from the installed package's asset folder; nothing is downloaded), assembled with
 ``mujoco.MjSpec``; the table, cube and cameras are ours.
@@ -54,6 +57,9 @@ COLLISION_GROUP, VISUAL_GROUP, SCENE_GROUP = 0, 1, 2
 GRIP_SITE = "grip_site"  # between the fingertips; what the expert places
 TABLE_TOP = 0.0
 CUBE_HALF = 0.02  # m, a 4 cm cube
+TARGET_HALF = 0.03  # m, the place task's target pad (6 cm square, drawn only)
+TASKS: tuple[str, ...] = ("lift", "place")
+_HIDDEN = np.array([0.3, 0.0, -0.5])  # the target pad's place in the lift task: under the table
 # Kp per joint (N m / rad); Kd = Kp / 10. Stiff enough to track a joint trajectory within
 # a few milliradians, within the Panda's torque limits.
 _KP = np.array([4500.0, 4500.0, 3500.0, 3500.0, 2000.0, 2000.0, 2000.0])
@@ -132,6 +138,9 @@ def build_scene_spec() -> mujoco.MjSpec:
     for g in w.geoms:
         g.group = SCENE_GROUP
     cube.geoms[0].group = SCENE_GROUP
+    pad = w.add_body(name="target", pos=_HIDDEN)
+    pad.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_BOX, size=[TARGET_HALF, TARGET_HALF, 0.0005],
+                 rgba=[0.1, 0.75, 0.2, 1.0], contype=0, conaffinity=0, group=SCENE_GROUP)
     front_pos = [1.45, 0.5, 0.85]
     w.add_camera(name="cam_front", pos=front_pos, quat=_look_at_quat(front_pos, [0.3, 0.0, 0.15]), fovy=45.0)
     # On the hand, 7 cm off the flange axis across the fingers' travel (the hand's y), tilted
@@ -147,28 +156,33 @@ def build_scene_spec() -> mujoco.MjSpec:
 
 @dataclass(frozen=True)
 class PandaConfig:
+    task: str = "lift"  # one of TASKS
     image_size: tuple[int, int] = (96, 96)  # (H, W) of every camera
     cameras: tuple[str, ...] = CAMERAS
     n_substeps: int = 10  # physics steps (2 ms) per command: dt = 20 ms
-    max_episode_steps: int = 300  # 6 s at dt = 20 ms
+    max_episode_steps: int = 0  # 0 = the task's own: 300 (6 s at dt = 20 ms) lift, 450 place
     # Cube placement drawn per seed: centre x, y (m) in these ranges, yaw in +-yaw_range rad.
     cube_x: tuple[float, float] = (0.42, 0.62)
     cube_y: tuple[float, float] = (-0.15, 0.15)
     yaw_range: float = np.pi / 4
     lift_height: float = 0.05  # m above its resting height: the cube counts as lifted
+    place_tolerance: float = 0.02  # m, cube centre to target centre (xy): the cube counts as placed
+    min_target_distance: float = 0.12  # m, target centre from the cube's start (xy)
     # The arm as the cameras see it: "collision" (grey convex meshes; 96 x 96 RGB-D in about
     # a tenth of the time) or "visual" (robosuite's detailed meshes). docs/BENCHMARKS.md.
     meshes: str = "collision"
 
     def validate(self) -> None:
+        if self.task not in TASKS:
+            raise SimError(f"unknown task {self.task!r}; tasks: {list(TASKS)}")
         h, w = self.image_size
         if not (8 <= h <= 2048 and 8 <= w <= 2048):
             raise SimError(f"image_size {self.image_size} out of range [8, 2048]")
         bad = [c for c in self.cameras if c not in CAMERAS]
         if bad or len(set(self.cameras)) != len(self.cameras):
             raise SimError(f"cameras {list(self.cameras)}: each one of {list(CAMERAS)}, once")
-        if self.n_substeps < 1 or self.max_episode_steps < 1:
-            raise SimError("n_substeps and max_episode_steps must be >= 1")
+        if self.n_substeps < 1 or self.max_episode_steps < 0:
+            raise SimError("n_substeps must be >= 1 and max_episode_steps >= 0")
         if not (self.cube_x[0] <= self.cube_x[1] and self.cube_y[0] <= self.cube_y[1]):
             raise SimError("cube_x / cube_y ranges must be (low, high)")
         if self.meshes not in ("collision", "visual"):
@@ -179,13 +193,13 @@ class PandaConfig:
 
 @dataclass(frozen=True)
 class PandaStep:
-    success: bool  # the cube has been lifted at some step of this episode
+    success: bool  # the task was solved at some step of this episode
     truncated: bool  # the episode reached max_episode_steps
     cube_pos: np.ndarray  # (3,) world frame
 
 
-class PandaLiftSim:
-    """The Panda, a table and a cube to lift; seeded cube placement; joint targets.
+class PandaSim:
+    """The Panda, a table, a cube (and a target pad); seeded placement; joint targets.
 
     Not thread-safe: one thread steps it.
     """
@@ -205,11 +219,14 @@ class PandaLiftSim:
         self._fact = np.array([m.actuator(a).id for a in ("gripper_finger_joint1", "gripper_finger_joint2")])
         self._cube_q = m.jnt_qposadr[m.joint("cube_joint").id]
         self._cube_body = m.body("cube").id
+        self._target_body = m.body("target").id
+        self.target_pos = _HIDDEN.copy()
         lo = m.jnt_range[[m.joint(j).id for j in ARM_JOINTS], 0]
         hi = m.jnt_range[[m.joint(j).id for j in ARM_JOINTS], 1]
         self.lower = np.concatenate([lo, [0.0]])  # (8,) in JOINT_NAMES order
         self.upper = np.concatenate([hi, [GRIPPER_MAX]])
         self._cam_ids = {c: m.camera(c).id for c in cfg.cameras}
+        self.max_episode_steps = int(cfg.max_episode_steps or {"lift": 300, "place": 450}[cfg.task])
         self._renderer: mujoco.Renderer | None = None
         self.seed: int | None = None
         self.steps = 0
@@ -226,10 +243,22 @@ class PandaLiftSim:
     # ------------------------------------------------------------------ episodes
     def cube_placement(self, seed: int) -> tuple[float, float, float]:
         """(x, y, yaw) of the cube for ``seed``."""
+        return self._placement(seed)[0]
+
+    def _placement(self, seed: int) -> tuple[tuple[float, float, float], np.ndarray]:
+        """((cube x, y, yaw), target pad centre (3,)) for ``seed``; the pad is drawn after the
+        cube (the lift task's cubes are the place task's) and hidden in the lift task."""
         rng = np.random.default_rng(int(seed))
         c = self.cfg
-        return (float(rng.uniform(*c.cube_x)), float(rng.uniform(*c.cube_y)),
+        cube = (float(rng.uniform(*c.cube_x)), float(rng.uniform(*c.cube_y)),
                 float(rng.uniform(-c.yaw_range, c.yaw_range)))
+        if c.task != "place":
+            return cube, _HIDDEN.copy()
+        for _ in range(1000):
+            t = np.array([rng.uniform(*c.cube_x), rng.uniform(*c.cube_y), TABLE_TOP + 0.0005])
+            if np.hypot(t[0] - cube[0], t[1] - cube[1]) >= c.min_target_distance:
+                return cube, t
+        raise SimError(f"no target {c.min_target_distance} m from the cube within the placement ranges")
 
     def reset(self, seed: int) -> None:
         """New episode: the arm at ``HOME`` at rest, the cube placed from ``seed``."""
@@ -237,7 +266,8 @@ class PandaLiftSim:
         mujoco.mj_resetData(m, d)
         d.qpos[self._qadr] = HOME[:7]
         d.qpos[self._fq] = [HOME[7] / 2, -HOME[7] / 2]
-        x, y, yaw = self.cube_placement(seed)
+        (x, y, yaw), self.target_pos = self._placement(seed)
+        m.body_pos[self._target_body] = self.target_pos
         d.qpos[self._cube_q:self._cube_q + 7] = [x, y, self.cube_rest_z, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
         self.seed = int(seed)
         self.steps = 0
@@ -272,6 +302,17 @@ class PandaLiftSim:
         grip, _ = self.site_pose()
         return bool(cube[2] - self.cube_rest_z >= self.cfg.lift_height and np.linalg.norm(cube - grip) < 0.05)
 
+    def placed(self) -> bool:
+        """The cube rests on the table within ``place_tolerance`` of the pad, let go of."""
+        cube, _ = self.cube_pose()
+        grip, _ = self.site_pose()
+        return bool(np.hypot(*(cube[:2] - self.target_pos[:2])) <= self.cfg.place_tolerance
+                    and abs(cube[2] - self.cube_rest_z) < 0.005 and grip[2] - cube[2] > 0.03)
+
+    def solved(self) -> bool:
+        """The configured task's success condition, now."""
+        return self.lifted() if self.cfg.task == "lift" else self.placed()
+
     # ------------------------------------------------------------------ commands
     def check_command(self, q) -> np.ndarray:
         """Validate an absolute target (8,) in ``JOINT_NAMES`` order; clip to the limits."""
@@ -294,8 +335,8 @@ class PandaLiftSim:
         for _ in range(self.cfg.n_substeps):
             mujoco.mj_step(self.model, self.data)
         self.steps += 1
-        self.success = self.success or self.lifted()
-        return PandaStep(self.success, self.steps >= self.cfg.max_episode_steps, self.cube_pose()[0])
+        self.success = self.success or self.solved()
+        return PandaStep(self.success, self.steps >= self.max_episode_steps, self.cube_pose()[0])
 
     # ------------------------------------------------------------------ cameras
     def camera_model(self, cam: str) -> CameraModel:
