@@ -1,7 +1,7 @@
 """The teleop-then-deploy loop end to end, shortened so it cannot rot.
 
 `l1flow pipeline` on a Meta-World task with 2 scripted demonstrations recorded through
-the node graph, a few training steps, export, then deployment through the full node
+the node graph (the whole encoder: colour images, coloured fused points, proprioception), a few training steps, export, then deployment through the full node
 graph (sim -> perception -> inference -> executor -> sim). Success is not asserted here
 (a 20-step policy is untrained); that the loop closes is: chunks reach the executor,
 commands reach the simulated arm, and the results are reported.
@@ -32,7 +32,8 @@ def _run(args, cwd, timeout=600):
 def test_short_pipeline_closes_the_loop(tmp_path):
     out = tmp_path / "run"
     args = ["pipeline", "--task", "reach-v3", "--demos", "2", "--train-steps", "20", "--methods", "l1flow",
-            "--episodes", "1", "--episode-timeout", "3", "--out", str(out)]
+            "--episodes", "1", "--episode-timeout", "3", "--out", str(out),
+            "--rgb", "--point-color", "--num-points", "64"]
     stdout = _run(args, tmp_path)
     assert len(list((out / "episodes").glob("*.mcap"))) == 2
     assert (out / "store.zarr").is_dir()
@@ -42,7 +43,11 @@ def test_short_pipeline_closes_the_loop(tmp_path):
     # The task travels from the episodes' metadata through the store into the bundle.
     from l1flow_ros.policy.bundle import bundle_task, read_manifest
 
-    assert bundle_task(read_manifest(bundle)) == "reach-v3"
+    man = read_manifest(bundle)
+    assert bundle_task(man) == "reach-v3"
+    # The whole encoder: colour through the CNN, coloured fused points, proprioception.
+    o = man.observation
+    assert tuple(o.cameras) == ("corner",) and o.use_rgb and o.point_color and o.num_points == 64 and o.proprio_names
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res] == ["l1flow"]
     r = res[0]

@@ -50,7 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per method")
     p.add_argument("--episode-timeout", type=float, default=12.0)
     p.add_argument("--cameras", nargs="+", default=["corner"])
-    p.add_argument("--num-points", type=int, default=128)
+    p.add_argument("--num-points", type=int, default=128, help="fused points from the cameras' depth (0 = none)")
+    p.add_argument("--rgb", action="store_true", help="also each camera's colour image through the CNN")
+    p.add_argument("--point-color", action="store_true", help="the fused points carry their colour")
+    p.add_argument("--voxel-size", type=float, default=0.01, help="voxel grid of the fusion (m)")
     p.add_argument("--down-dims", default="32,64,128", help="U-Net widths (small: trains on 2 CPU cores)")
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--prefix-train", action="store_true",
@@ -71,8 +74,10 @@ def _cli(argv: list[str]) -> None:
         raise RuntimeError(f"'l1flow {' '.join(argv)}' failed with exit code {rc}")
 
 
-def _dataset_config(path: Path, cameras: list[str], num_points: int) -> None:
-    """The simulated arm's dataset config, observing a point cloud + the end effector."""
+def _dataset_config(path: Path, cameras: list[str], num_points: int, rgb: bool = False, point_color: bool = False,
+                    voxel_size: float = 0.01) -> None:
+    """The simulated arm's dataset config: fused points from the cameras' depth (coloured or
+    not), each camera's colour image when ``rgb``, and the end effector."""
     import dataclasses
     import json
 
@@ -81,7 +86,8 @@ def _dataset_config(path: Path, cameras: list[str], num_points: int) -> None:
     from l1flow_ros.data.dataset_build import sim_dataset_config
 
     cfg = sim_dataset_config(tuple(cameras), num_points=int(num_points))
-    obs = dataclasses.replace(cfg.observation, use_rgb=False, voxel_size=0.01)
+    obs = dataclasses.replace(cfg.observation, use_rgb=bool(rgb), point_color=bool(point_color),
+                              voxel_size=float(voxel_size))
     cfg = dataclasses.replace(cfg, observation=obs)
     plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists for YAML
     path.write_text(yaml.safe_dump(plain, sort_keys=False))
@@ -139,7 +145,7 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
         print("   (done in an earlier run)")
     else:
         cfg = out / "dataset.yaml"
-        _dataset_config(cfg, args.cameras, args.num_points)
+        _dataset_config(cfg, args.cameras, args.num_points, args.rgb, args.point_color, args.voxel_size)
         _cli(["dataset", "build", str(episodes), "--out", str(store), "--config", str(cfg), "--quiet"])
         (out / ".dataset").write_text("ok\n")
     common = ["--data", str(store), "--batch-size", "64", "--lr", "3e-4", "--no-progress", "--log-every", "100"]
