@@ -212,7 +212,7 @@ def test_diff_ik_reaches_a_pose_within_velocity_limits(sim):
 def test_expert_through_the_joint_trajectory_interface(sim):
     """The expert's path sent as overlapping stamped chunks (10 points with velocities, one
     every 0.1 s, stamped 30 ms ahead, knots off the sampling grid) to the JTC-semantics
-    follower, sampled once per step: the cube is lifted and the commands stay smooth."""
+    follower, sampled at the physics rate (500 Hz): the cube is lifted, the commands smooth."""
     from l1flow_ros.sim.trajectory import TrajectoryFollower
 
     dt_ns = int(round(sim.dt * 1e9))
@@ -232,12 +232,22 @@ def test_expert_through_the_joint_trajectory_interface(sim):
             f.set(JOINT_NAMES, stamp, (due - stamp).tolist(), plan[idx].tolist(), sim.target, now,
                   velocities=vel[idx].tolist())
             sent += 1
-        q = f.sample(now)
-        if prev is not None:
-            jumps.append(np.abs(q - prev) / sim.dt / MAX_VELOCITY)
-        prev = q
-        res = sim.step(q)
+        sampled: list[np.ndarray] = []
+
+        def follow(s, now=now, out=sampled):
+            out.append(f.sample(now + int(round(s * 1e9))))
+            return out[-1]
+
+        res = sim.step(follow=follow)
+        for q in sampled:
+            if prev is not None:
+                jumps.append(np.abs(q - prev) / sim.model.opt.timestep / MAX_VELOCITY)
+            prev = q
     assert sent == sim.max_episode_steps // 5
     assert res.success and sim.lifted()
-    # Hand-overs are continuous: no step between samples beyond the arm's speed (10 % margin).
-    assert np.max(jumps) < 1.1
+    # Hand-overs are continuous: between 2 ms samples no arm joint moves beyond its speed limit
+    # (measured: 0.53 at most; a jump to a chunk's first point, 30-50 ms of motion in one
+    # 2 ms sample, would read many times that). The gripper's command
+    # ramps at its limit with corners, which the cubic through them overshoots (1.17).
+    worst = np.max(np.array(jumps), axis=0)  # (8,)
+    assert np.all(worst[:7] < 1.0) and worst[7] < 1.5, worst

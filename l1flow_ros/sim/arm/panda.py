@@ -28,8 +28,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -328,11 +330,18 @@ class PandaSim:
         self.data.ctrl[self._act] = self.target[:7]
         self.data.ctrl[self._fact] = [self.target[7] / 2, -self.target[7] / 2]
 
-    def step(self, q=None) -> PandaStep:
-        """``n_substeps`` physics steps toward ``q`` (or the last target)."""
+    def step(self, q=None, follow: Callable[[float], Any] | None = None) -> PandaStep:
+        """``n_substeps`` physics steps toward ``q`` (or the last target). ``follow(s)``, when
+        given, is the target before each physics step, ``s`` seconds into this step: a
+        controller at the physics rate (500 Hz), e.g. a trajectory follower sampled there."""
         if q is not None:
             self.set_target(q)
-        for _ in range(self.cfg.n_substeps):
+        h = float(self.model.opt.timestep)
+        for i in range(self.cfg.n_substeps):
+            if follow is not None:
+                target = follow(i * h)
+                if target is not None:
+                    self.set_target(target)
             mujoco.mj_step(self.model, self.data)
         self.steps += 1
         self.success = self.success or self.solved()
