@@ -15,7 +15,16 @@ import time
 import numpy as np
 
 from l1flow_ros.sim.arm.expert import PandaExpert
-from l1flow_ros.sim.arm.panda import CAMERAS, GRIPPER_MAX, HOME, MAX_VELOCITY, TASKS, PandaConfig, PandaSim
+from l1flow_ros.sim.arm.panda import (
+    CAMERAS,
+    GRIPPER_MAX,
+    HOME,
+    JOINT_NAMES,
+    MAX_VELOCITY,
+    TASKS,
+    PandaConfig,
+    PandaSim,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
 def measure_task(task: str, seeds: int) -> None:
     sim = PandaSim(PandaConfig(task=task, cameras=()))
     expert = PandaExpert(sim)
-    solved, held, first, out_of_limits, speed_ratio = 0, 0, [], 0, 0.0
+    solved, held, first, out_of_limits = 0, 0, [], 0
+    speed_ratio = np.zeros(len(JOINT_NAMES))  # fastest command / velocity limit, per joint
     t_phys = t_ik = 0.0
     n = 0
     for seed in range(seeds):
@@ -50,7 +60,7 @@ def measure_task(task: str, seeds: int) -> None:
             t_ik += t1 - t0
             n += 1
             out_of_limits += bool(np.any(q < sim.lower) or np.any(q > sim.upper))
-            speed_ratio = max(speed_ratio, float(np.max(np.abs(q - prev) / sim.dt / MAX_VELOCITY)))
+            speed_ratio = np.maximum(speed_ratio, np.abs(q - prev) / sim.dt / MAX_VELOCITY)
             prev = q
             if res.success and hit is None:
                 hit = k + 1
@@ -63,8 +73,9 @@ def measure_task(task: str, seeds: int) -> None:
           f"of the episode ({ep} steps = {ep * sim.dt:.1f} s)")
     if first:
         print(f"  solved after {min(first)}-{max(first)} steps ({min(first) * sim.dt:.2f}-{max(first) * sim.dt:.2f} s)")
-    print(f"  commands outside the joint limits: {out_of_limits} of {n}; "
-          f"fastest joint command / its velocity limit: {speed_ratio:.3f}")
+    j = int(np.argmax(speed_ratio[:7]))
+    print(f"  commands outside the joint limits: {out_of_limits} of {n}; fastest command / velocity limit: "
+          f"arm {speed_ratio[j]:.3f} ({JOINT_NAMES[j]}), gripper {speed_ratio[7]:.3f}")
     print(f"  per {sim.dt * 1e3:.0f} ms step: physics ({sim.cfg.n_substeps} x {sim.model.opt.timestep * 1e3:g} ms) "
           f"{t_phys / n * 1e3:.2f} ms, IK {t_ik / n * 1e3:.2f} ms -> real-time factor {sim.dt / ((t_phys + t_ik) / n):.0f}")
     sim.close()
