@@ -110,31 +110,27 @@ class Embedder:
 
     def embed_history(self, history: Any) -> np.ndarray:
         """The embedding of ``history``'s model input (``preprocess.ObservationHistory``), each
-        step encoded once: the steps this embedder has not seen go through the step part in
-        one batch, the head combines all steps' features. Without the two parts: :meth:`embed`."""
+        step encoded once: the steps this embedder has not seen go through the step part, one
+        at a time, the head combines all steps' features. Without the two parts: :meth:`embed`."""
         from l1flow_ros.perception.preprocess import stack_steps
 
         picked = history.picked()  # [(step id, step)], oldest first
         if not self.caches_steps:
             return self.embed(stack_steps([s for _, s in picked]))
         new = {i: s for i, s in picked if i not in self._features}
-        if new:
+        for i, s in new.items():  # one step a call: the graph backends hold batch-1 buffers (TensorRT)
             rows = []
             for k in self.step_input_names:
-                xs = []
-                for s in new.values():
-                    if k not in s:
-                        raise PerceptionError(f"model input lacks {k!r} (encoder reads {self.input_names})")
-                    xs.append(np.asarray(s[k], dtype=np.float32))
-                rows.append(np.ascontiguousarray(np.stack(xs)))  # (n, ...)
-            f = np.asarray(self._step(rows), dtype=np.float32)  # (n, S)
+                if k not in s:
+                    raise PerceptionError(f"model input lacks {k!r} (encoder reads {self.input_names})")
+                rows.append(np.ascontiguousarray(s[k], dtype=np.float32)[None])  # (1, ...)
+            f = np.asarray(self._step(rows), dtype=np.float32).reshape(-1)  # (S,)
             if not np.all(np.isfinite(f)):
                 raise PerceptionError("encoder step features are not finite")
-            for i, row in zip(new, f):
-                self._features[i] = row
-            self.steps_encoded += len(new)
-            while len(self._features) > max(history.capacity, 1) + 1:  # the history keeps no more
-                self._features.popitem(last=False)
+            self._features[i] = f
+            self.steps_encoded += 1
+        while len(self._features) > max(history.capacity, 1) + 1:  # the history keeps no more
+            self._features.popitem(last=False)
         head_in = [np.stack([self._features[i] for i, _ in picked])[None]]  # (1, To, S)
         if "proprio" in self.input_names:
             if any("proprio" not in s for _, s in picked):
