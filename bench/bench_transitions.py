@@ -16,14 +16,19 @@ command velocity step at a boundary.
 
 ``graph``: the same five through the node graph on a Meta-World task, one process per node
 (``l1flow eval``, the delay injected in the inference node, ``inject_delay_ms``): success over
-seeded episodes, the executor's delay estimate, and the largest command velocity step and
-acceleration in the chunk step after a splice (the executor's ``boundary_*`` diagnostics).
-The prefix-trained bundle is the plain one's recipe with ``--prefix-train``:
+seeded episodes, and per boundary (the executor's ``log_boundaries`` lines joined with the
+inference node's ``log_chunks`` lines by observation stamp): when in the episode it came, the
+executor's delay d against the prefix length imposed, and how much the splice changed the
+plan's reference velocity and acceleration over the next chunk step. Reported: the largest
+and the 95th percentile over the boundaries on a running plan (the chunks in flight from rest
+at a start, and those drawn after the plan ran out, left out) and the largest over all of
+them. The prefix-trained bundle is the plain one's recipe with ``--prefix-train``:
 
     l1flow pipeline --task button-press-v3 --methods l1flow --prefix-train --offline-record \
         --episodes 20 --out runs/prefix
     python bench/bench_transitions.py graph --plain models/default \
-        --trained runs/prefix/bundles/l1flow --episodes 20
+        --trained runs/prefix/bundles/l1flow --episodes 20 --out runs/transitions
+    python bench/bench_transitions.py report runs/transitions/graph.json  # the tables again
 """
 
 from __future__ import annotations
@@ -231,9 +236,11 @@ def cell_events(log: Path) -> list[dict]:
 
 def boundary_figures(events: list[dict]) -> dict:
     """The boundary statistics of one run: over every boundary (the first chunk after each
-    start from rest is none), and over those on a running plan only (``on_plan``: the chunk
-    was observed at or after the arrival of its episode's first chunk; left out: the chunks
-    that were in flight from rest when that first chunk arrived)."""
+    start from rest is none), and over those on a running plan only: the chunk was observed at
+    or after the arrival of its episode's first chunk (the executor's ``on_plan``) and drawn
+    while the executor's tail was fresh (inference saw a plan). Left out: the chunks in flight
+    from rest when the first one arrived (``from_rest``), and those drawn after the running plan
+    had run out (``plan_ended``: no fresh tail, nothing for a prefix to agree with)."""
     def stats(es):
         dv = np.array([e["velocity_step"] for e in es])
         acc = np.array([e["acceleration"] for e in es])
@@ -241,13 +248,16 @@ def boundary_figures(events: list[dict]) -> dict:
                 "dv_p95": float(np.percentile(dv, 95)) if dv.size else float("nan"),
                 "acc_max": float(acc.max()) if acc.size else float("nan")}
     b = [e for e in events if e["boundary"]]
-    on = [e for e in b if e["on_plan"]]
+    executor_on = [e for e in b if e["on_plan"]]
+    on = [e for e in executor_on if e["tail_age_s"] >= 0]  # NaN (not logged) compares False
     prefixed = [e for e in on if e["prefix_steps"] >= 0]
-    return {"all": stats(b), "on_plan": stats(on), "left_out": len(b) - len(on),
+    return {"all": stats(b), "on_plan": stats(on), "from_rest": len(b) - len(executor_on),
+            "plan_ended": len(executor_on) - len(on), "left_out": len(b) - len(on),
             "on_plan_prefixed": len(prefixed),
             # the prefix the inference imposed against the steps the executor saw run meanwhile
             "prefix_short": sum(e["delay_steps"] > e["prefix_steps"] for e in prefixed),
-            "prefix_long": sum(e["delay_steps"] < e["prefix_steps"] for e in prefixed)}
+            "prefix_long": sum(e["delay_steps"] < e["prefix_steps"] for e in prefixed),
+            "delay_steps_p50": float(np.median([e["delay_steps"] for e in b])) if b else float("nan")}
 
 
 def print_events(name: str, delay: int, events: list[dict], top: int) -> None:
@@ -290,7 +300,7 @@ def run_graph(args: argparse.Namespace) -> list[dict]:
             a, o = fig["all"], fig["on_plan"]
             print(f"{name:18s} {delay:3d} ms: {res.successes}/{res.episodes}, d p95 {res.inference_delay_steps_p95}, "
                   f"boundaries {a['n']}: velocity step max {a['dv_max']:.3f} p95 {a['dv_p95']:.3f} m/s; on a plan "
-                  f"{o['n']} (left out {fig['left_out']}): max {o['dv_max']:.3f} p95 {o['dv_p95']:.3f} m/s, "
+                  f"{o['n']} (left out: from rest {fig['from_rest']}, plan ended {fig['plan_ended']}): max {o['dv_max']:.3f} p95 {o['dv_p95']:.3f} m/s, "
                   f"acceleration max {o['acc_max']:.1f}; prefixed {fig['on_plan_prefixed']}, prefix shorter "
                   f"than the executor's d {fig['prefix_short']}, longer {fig['prefix_long']}; obs -> chunk p50 "
                   f"{res.chunk_latency_ms_p50:.0f} ms", flush=True)
@@ -318,6 +328,30 @@ def print_graph_table(rows: list[dict], delays, methods=GRAPH_METHODS) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def run_report(args: argparse.Namespace) -> None:
+    """The tables of a finished (or partial) ``graph`` run, from its graph.json (re-derived from
+    the events, so a change of the statistic needs no re-run)."""
+    rows = json.loads(Path(args.json).read_text())
+    for r in rows:
+        r["figures"] = boundary_figures(r["events"])
+    delays = sorted({r["delay_ms"] for r in rows})
+    methods = [m for m in GRAPH_METHODS if any(r["method"] == m for r in rows)]
+    print_graph_table(rows, delays, methods)
+    print()
+    by = {(r["method"], r["delay_ms"]): r for r in rows}
+    print("| method | " + " | ".join(f"{d} ms: boundaries on a plan / left out (from rest + plan ended) / "
+                                    "executor d p50 / max acc on a plan (m/s²)" for d in delays) + " |")
+    print("|---|" + "---|" * len(delays))
+    for name in methods:
+        cells = []
+        for d in delays:
+            r = by.get((name, d))
+            f = r and r["figures"]
+            cells.append("–" if r is None else f"{f['on_plan']['n']} / {f['from_rest']} + {f['plan_ended']} / "
+                         f"{f['delay_steps_p50']:.0f} / {f['on_plan']['acc_max']:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
@@ -338,9 +372,13 @@ def main() -> None:
     g.add_argument("--out", default="", help="work folder (copies, the nodes' logs per run, graph.json)")
     g.add_argument("--methods", nargs="+", default=[], help=f"a subset of {list(GRAPH_METHODS)}")
     g.add_argument("--top", type=int, default=3, help="largest boundary steps of each run to print")
+    r = sub.add_parser("report", help="the tables of a graph run again, from its graph.json")
+    r.add_argument("json", help="graph.json of a graph run")
     args = ap.parse_args()
     if args.part == "toy":
         run_toy(args)
+    elif args.part == "report":
+        run_report(args)
     else:
         run_graph(args)
 
