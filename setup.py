@@ -13,6 +13,7 @@ NODES = [
     "inference_node",
     "executor_node",
     "sim_robot_node",
+    "panda_sim_node",
     "teleop_node",
     "recorder_node",
 ]

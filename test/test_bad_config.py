@@ -335,6 +335,7 @@ def test_a_node_started_as_ros2_launch_does_exits_with_one_line(tmp_path):
         "perception_node": ({"slop": "fast"}, "slop"),
         "inference_node": ({"chekpoint": str(BUNDLE)}, "chekpoint"),
         "sim_robot_node": ({"taks": "button-press-v3"}, "taks"),
+        "panda_sim_node": ({"taks": "lift"}, "taks"),
         "recorder_node": ({"output_dir": 5}, "output_dir"),
     }
     assert set(cases) == set(NODE_CLASSES)

@@ -26,6 +26,7 @@ PARAMS = {
     "perception_node": {},
     "inference_node": {},
     "sim_robot_node": {"camera_rate_hz": 5.0},
+    "panda_sim_node": {"camera_rate_hz": 5.0, "image_height": 32, "image_width": 32},
 }
 
 

@@ -28,6 +28,7 @@ PACKAGE = "l1flow_ros"
 # node name -> "module:Class"; the node name is also the console script.
 NODE_CLASSES: dict[str, str] = {
     "sim_robot_node": "l1flow_ros.nodes.sim_robot_node:SimRobotNode",
+    "panda_sim_node": "l1flow_ros.nodes.panda_sim_node:PandaSimNode",
     "teleop_node": "l1flow_ros.nodes.teleop_node:TeleopNode",
     "recorder_node": "l1flow_ros.nodes.recorder_node:RecorderNode",
     "perception_node": "l1flow_ros.nodes.perception_node:PerceptionNode",

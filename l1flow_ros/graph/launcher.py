@@ -68,6 +68,7 @@ _PR_SET_PDEATHSIG = 1
 # test_bad_config checks each against the node's own code.
 NODE_CONFIGS: dict[str, str] = {
     "sim_robot_node": "l1flow_ros.sim.robot:SimRobotConfig",
+    "panda_sim_node": "l1flow_ros.sim.arm.robot:PandaRobotConfig",
     "teleop_node": "l1flow_ros.sim.teleop:TeleopConfig",
     "recorder_node": "l1flow_ros.nodes.recorder_node:RecorderConfig",
     "perception_node": "l1flow_ros.perception.pipeline:PerceptionConfig",

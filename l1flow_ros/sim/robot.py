@@ -1,13 +1,16 @@
-"""The simulated arm as a real-time robot, no ROS: :mod:`l1flow_ros.nodes.sim_robot_node` wraps it.
+"""The simulated arm as a real-time robot, no ROS: :mod:`l1flow_ros.nodes.sim_robot_node` and
+:mod:`l1flow_ros.nodes.panda_sim_node` wrap it.
 
-:class:`SimRobot` owns a :class:`~l1flow_ros.sim.metaworld_env.MetaWorldSim` and what the
-node's threads share about it:
+:class:`SimRobot` owns a simulator (:class:`Simulator`: Meta-World's
+:class:`~l1flow_ros.sim.metaworld_env.MetaWorldSim` or the Panda's
+:class:`~l1flow_ros.sim.arm.panda.PandaSim`) and what the node's threads share about it:
 
 - commands (any thread): absolute targets, deltas, joint trajectories (followed like a joint
   trajectory controller, :mod:`l1flow_ros.sim.trajectory`; a target or delta cancels one),
   resets to the next seed;
 - the physics loop (:meth:`SimRobot.run`, on the node's physics thread): one step per
-  Meta-World dt (12.5 ms) on absolute deadlines; more than ``RESYNC_S`` behind (a starved
+  simulator dt (Meta-World 12.5 ms, the Panda 20 ms) on absolute deadlines; a simulator that
+  takes a target per physics substep (the Panda: 500 Hz) samples a running trajectory there; more than ``RESYNC_S`` behind (a starved
   CPU) it counts an overrun and restarts its deadlines from now instead of bursting;
 - camera frames: when a frame is due, a step takes a snapshot of the physics state and
   offers it to the render thread (:meth:`offer_frame` / :meth:`wait_frame` /
@@ -24,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,6 +37,26 @@ from l1flow_ros.sim.trajectory import TrajectoryFollower
 
 # More than this behind its deadlines (8 physics steps), the loop resynchronises.
 RESYNC_S = 0.1
+
+
+class Simulator(Protocol):
+    """What :class:`SimRobot` needs of a simulator (MetaWorldSim and PandaSim both are one)."""
+
+    cfg: Any  # .cameras: the cameras it renders
+    target: np.ndarray  # the command held, in the follower's joint order
+    steps: int
+    success: bool
+    max_episode_steps: int
+
+    @property
+    def dt(self) -> float: ...
+    def reset(self, seed: int) -> None: ...
+    def set_target(self, target: np.ndarray) -> None: ...
+    def step(self) -> Any: ...  # a result with .success
+    def joint_positions(self) -> np.ndarray: ...
+    def joint_velocities(self) -> np.ndarray: ...
+    def snapshot(self) -> Any: ...
+    def render(self, cam: str, snapshot: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +91,7 @@ class SimRobotConfig:
 class Tick:
     """What one physics step has to publish."""
 
-    result: StepResult
+    result: StepResult | Any  # the simulator's step result (.success)
     episode: int  # the episode it belongs to (a reset before it is published makes it stale)
     q: np.ndarray  # (len(JOINT_NAMES),) joint positions
     qd: np.ndarray  # (len(JOINT_NAMES),) joint velocities
@@ -79,14 +102,19 @@ class Tick:
 class SimRobot:
     """Commands, the physics loop and frame hand-off of one simulated arm (see the module docstring)."""
 
-    def __init__(self, sim: MetaWorldSim, seed: int, camera_rate_hz: float, clock_ns: Callable[[], int],
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, sim: MetaWorldSim | Simulator, seed: int, camera_rate_hz: float, clock_ns: Callable[[], int],
+                 monotonic: Callable[[], float] = time.monotonic, command_names: Sequence[str] = ACTION_NAMES,
+                 substep_follow: bool = False) -> None:
+        """``command_names``: the joints of a target and of a trajectory; ``substep_follow``:
+        the simulator's ``step(follow=f)`` takes a target per physics substep (``f(s)``,
+        ``s`` seconds into the step), where a running trajectory is sampled."""
         self.sim = sim
+        self._substep_follow = bool(substep_follow)
         self.lock = threading.Lock()  # guards sim, trajectory, seed, episode
         self.camera_rate_hz = float(camera_rate_hz)  # read at each frame: may change while running
         self._clock_ns = clock_ns
         self._monotonic = monotonic
-        self.trajectory = TrajectoryFollower(ACTION_NAMES)
+        self.trajectory = TrajectoryFollower(command_names)
         self.seed = int(seed)
         self.episode = 0
         self.sim.reset(self.seed)
@@ -102,7 +130,7 @@ class SimRobot:
 
     # ------------------------------------------------------------------ commands
     def set_target(self, target: Sequence[float]) -> None:
-        """Absolute [ee_x, ee_y, ee_z, gripper]; SimError when it is not one."""
+        """Absolute target in ``command_names`` order; SimError when it is not one."""
         with self.lock:
             self.sim.set_target(np.asarray(target, dtype=np.float64))
             self.trajectory.cancel()
@@ -114,10 +142,12 @@ class SimRobot:
             self.trajectory.cancel()
 
     def follow(self, names: Sequence[str], start_ns: int, times_from_start_ns: Sequence[int],
-               positions: Sequence[Sequence[float]]) -> None:
+               positions: Sequence[Sequence[float]], velocities: Sequence[Sequence[float]] | None = None,
+               accelerations: Sequence[Sequence[float]] | None = None) -> None:
         """Follow a joint trajectory from the current target; TrajectoryError when it cannot be."""
         with self.lock:
-            self.trajectory.set(names, start_ns, times_from_start_ns, positions, self.sim.target, self._clock_ns())
+            self.trajectory.set(names, start_ns, times_from_start_ns, positions, self.sim.target, self._clock_ns(),
+                                velocities, accelerations)
 
     def reset(self) -> tuple[int, int]:
         """Start the next episode with the next seed; -> (episode, seed)."""
@@ -137,10 +167,15 @@ class SimRobot:
     def step(self) -> Tick:
         """One physics step (following a trajectory if one runs), and a frame if one is due."""
         with self.lock:
-            follow = self.trajectory.sample(self._clock_ns())
-            if follow is not None:
-                self.sim.set_target(follow)
-            res = self.sim.step()
+            now = self._clock_ns()
+            if self._substep_follow and self.trajectory.active:
+                traj = self.trajectory
+                res = self.sim.step(follow=lambda s: traj.sample(now + round(s * 1e9)))
+            else:
+                follow = self.trajectory.sample(now)
+                if follow is not None:
+                    self.sim.set_target(follow)
+                res = self.sim.step()
             tick = Tick(res, self.episode, self.sim.joint_positions(), self.sim.joint_velocities(),
                         self._clock_ns(), self._frame_due())
         self.n_steps += 1
