@@ -457,11 +457,17 @@ def test_joint_trajectory_output_and_tail(make_harness):
     assert list(last.velocities) == [0.0] * 4  # ends at rest
     assert all(len(p.velocities) == 4 for p in traj.points)
     # The tail: the chunk's unexecuted waypoints on the absolute time grid t0 + (k + 1) dt.
-    tail = h.tails[-1]
+    tail = next(t for t in reversed(h.tails) if t.points)
     due = stamp_to_ns(tail.header.stamp) + np.array([duration_to_ns(p.time_from_start) for p in tail.points])
     k = np.round((due - t0) / 1e8).astype(int) - 1
     assert np.all(np.abs(due - t0 - (k + 1) * 100_000_000) < 1000)
     np.testing.assert_allclose([p.positions[0] for p in tail.points], a[k, 0], atol=1e-12)
+    # Disabled, the plan stops: one empty tail says so (no prefix from the old plan).
+    h.enable(False)
+    assert h.wait(lambda: h.tails and not h.tails[-1].points, 5.0)
+    n = len(h.tails)
+    time.sleep(0.3)  # 6 tail periods: nothing more while nothing runs
+    assert len(h.tails) == n
 
 
 @pytest.mark.node

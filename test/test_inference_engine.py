@@ -185,6 +185,10 @@ def test_after_a_chunk_from_rest_the_next_waits_for_the_executors_tail(bundles):
     assert svc.infer(EMB, T_OBS + 3 * dt_ns, fp, CFG, now_ns=T_OBS + 3 * dt_ns) is None
     assert svc.infer(EMB, t_next, fp, CFG, now_ns=t_next + dt_ns // 2) is not None
     assert svc.delay_steps is not None and svc.delay_steps >= 1 and "tail_age_s=-1" not in svc.last_chunk
+    svc.clear_tail()  # the executor's plan stopped (an empty tail): no prefix from the old one at once
+    assert not svc.plan_running()
+    assert svc.infer(EMB, t_next + s * dt_ns, fp, CFG, now_ns=t_next + s * dt_ns) is not None
+    assert svc.delay_steps is None and "delay_steps=-1" in svc.last_chunk
     # An executor that never sent a tail: every embedding still gives a chunk.
     fresh = InferenceService()
     fp = fresh.load(str(bundles["a"]), CFG).fingerprint

@@ -219,6 +219,11 @@ class InferenceService:
     def set_tail(self, tail: Tail) -> None:
         self.tail, self.tail_t, self.tail_seen = tail, time.monotonic(), True
 
+    def clear_tail(self) -> None:
+        """The executor runs no plan any more (it sent an empty tail): no prefix, no warm start
+        from the last one, even within TAIL_FRESH_S."""
+        self.tail, self.tail_seen = None, True
+
     def execution_horizon(self, head: PolicyRunner, cfg: InferenceConfig) -> int:
         """s: chunk steps between planning instants (0: every embedding)."""
         return head.action_spec.n_action_steps if cfg.n_action_steps < 0 else cfg.n_action_steps

@@ -85,6 +85,7 @@ class ExecutorNode(Node):
         self._joints = JointPicker(cfg.joint_names)  # /joint_states -> (A,) in joint_names order
         self._auto_enabled = False
         self._ignored_disabled = 0
+        self._tail_sent = False  # the last tail published had points
         self._missed_reported = 0
         self._thread_note = ""
         self._executor_note = "as the spinning executor runs it"  # set by setup_executor_thread()
@@ -241,14 +242,16 @@ class ExecutorNode(Node):
             self._out_pub.publish(Float64MultiArray(data=out.tolist()))
 
     def _on_tail_timer(self) -> None:
-        if self._stream.enabled and self.cfg.tail_rate_hz > 0 and self._scheduler.ready:
-            now = self._now_ns()
-            # From TAIL_HISTORY_NS back: a chunk's observation is older than now, and its first
-            # actions (those executed while it is computed) are the prefix it keeps.
-            times, actions = self._scheduler.tail(now - TAIL_HISTORY_NS)
-            if times.size:
-                stamp = min(now, int(times[0]))  # time_from_start >= 0
-                self._tail_pub.publish(points_to_msg(self.cfg.joint_names, stamp, times.tolist(), actions))
+        if self.cfg.tail_rate_hz <= 0 or not self._scheduler.ready:
+            return
+        now = self._now_ns()
+        # From TAIL_HISTORY_NS back (a chunk keeps as prefix what executes while it is computed);
+        # once the plan stopped (disabled, ran out), one empty tail says so: no prefix from it.
+        times, actions = self._scheduler.tail(now - TAIL_HISTORY_NS if self._stream.enabled else 2**62)
+        if times.size or self._tail_sent:
+            self._tail_sent = bool(times.size)
+            stamp = min(now, int(times[0])) if times.size else now  # time_from_start >= 0
+            self._tail_pub.publish(points_to_msg(self.cfg.joint_names, stamp, times.tolist(), actions))
 
     # -- diagnostics -------------------------------------------------------------------------------
 

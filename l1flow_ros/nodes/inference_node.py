@@ -217,8 +217,10 @@ class InferenceNode(LifecycleNode):
         if names is None:
             return
         try:
-            if msg.points:  # an empty tail: the executor runs no plan (the tail goes stale)
+            if msg.points:
                 self.service.set_tail(tail_from_msg(msg, names))
+            else:  # an empty tail: the executor's plan stopped, no prefix from the old one
+                self.service.clear_tail()
         except MessageError as e:
             self._set_error(str(self.service.reject("invalid_tail", f"executor tail ignored: {e}", False)), WARN)
 
