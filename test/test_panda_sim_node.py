@@ -2,6 +2,7 @@
 controller interfaces (forward position; joint trajectory with JTC semantics), both cameras,
 success, bad input."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,22 @@ def test_expert_plan_through_the_trajectory_interface_lifts_the_cube(graph):
     fut = g.reset.call_async(Trigger.Request())
     assert wait_for(fut.done) and f"seed {SEED + 1}" in fut.result().message
     assert wait_for(lambda: g.got["success"][-1].data is False)
+
+
+@pytest.mark.node
+def test_expert_streamed_through_the_forward_position_interface_lifts_the_cube(graph):
+    g = graph
+    plan_sim = PandaSim(PandaConfig(task="lift", cameras=()))
+    plan_sim.reset(SEED)
+    expert = PandaExpert(plan_sim)
+    expert.reset()
+    for _ in range(220):  # one command per 20 ms, as a 50 Hz teleop or policy would send them
+        g.cmd.publish(Float64MultiArray(data=expert.act().tolist()))
+        time.sleep(plan_sim.dt)
+        if g.got["success"][-1].data:
+            break
+    plan_sim.close()
+    assert wait_for(lambda: g.got["success"][-1].data is True), "the cube was not lifted"
 
 
 @pytest.mark.node
