@@ -235,6 +235,11 @@ class OrtGraph:
         if threads > 0:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3
+        # No busy-waiting of the intra-op threads after a run: on a few cores shared with the
+        # control loop, the camera and the other nodes, a spinning pool takes the CPU they need
+        # (a swap's warm-up spun both cores for its duration).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         names = resolve_providers(providers)
         opts: list[dict] = []
         for p in names:
@@ -345,13 +350,20 @@ def _enc_names(model: Any) -> tuple[str, ...]:
     return tuple(model.encoder.input_names)
 
 
-def _encoder_shapes(manifest: Any) -> tuple[dict[str, tuple[int, ...]], int]:
-    """(batch-1 input shapes by modality, embedding dim) of a manifest's encoder."""
+def encoder_signature(manifest: Any) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]], int]:
+    """(input names in graph order, batch-1 input shapes by modality, embedding dim) of a
+    manifest's encoder, without opening any graph."""
     from l1flow_ros.perception.encoders import ObservationEncoder
 
     with _TORCH_LOCK:
         enc = ObservationEncoder(manifest.observation, manifest.model.encoder)
-    return enc.input_shapes(1), enc.out_dim
+    return tuple(enc.input_names), enc.input_shapes(1), enc.out_dim
+
+
+def _encoder_shapes(manifest: Any) -> tuple[dict[str, tuple[int, ...]], int]:
+    """(batch-1 input shapes by modality, embedding dim) of a manifest's encoder."""
+    _, shapes, out_dim = encoder_signature(manifest)
+    return shapes, out_dim
 
 
 def _open_graph(bundle_dir: Path, backend: str, onnx_name: str, torch_module, sampler, opts: dict) -> Graph:

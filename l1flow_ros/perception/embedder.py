@@ -11,7 +11,9 @@ writes), a step's features are kept while the history can still pick it, and a s
 encodes only its new step, then the small head over all steps' features. The embedding
 is the one re-encoding every step gives (up to float rounding: a convolution over one
 step and over a batch of steps may sum in another order). A bundle exported before the
-two parts existed runs its whole ``encoder.onnx`` every set, as it always did.
+two parts existed runs its whole ``encoder.onnx`` every set, as it always did. The whole
+encoder is opened only when it is run (:meth:`Embedder.embed`): a checkpoint swap in
+the node opens and warms up the two parts alone.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Embedder:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "torch", warmup: bool = True,
                  cache_steps: bool = True, **opts: Any) -> None:
-        from l1flow_ros.inference.backends import open_encoder
+        from l1flow_ros.inference.backends import encoder_signature
         from l1flow_ros.policy.manifest import read_manifest
 
         self.bundle_dir = Path(bundle_dir)
@@ -51,22 +53,35 @@ class Embedder:
         self.obs_spec = self.manifest.observation
         self.period_s: float = float(self.manifest.action.dt)
         self._normalizer = self.manifest.normalizer_obj()
-        self._encoder = open_encoder(self.bundle_dir, backend, **opts)
-        self.out_dim: int = int(self._encoder.out_dim)
-        self.input_names: tuple[str, ...] = tuple(self._encoder.input_names)
         self.backend = backend
+        self._opts = dict(opts)
+        names, self._shapes, out_dim = encoder_signature(self.manifest)
+        self.out_dim: int = int(out_dim)
+        self.input_names: tuple[str, ...] = tuple(names)
         self.step_input_names = tuple(k for k in self.input_names if k in ("rgb", "points"))
+        self._encoder: Any = None  # the whole encoder, opened by the first embed()
         self._step = self._head = None
         has_parts = backend == "torch" or {ENCODER_STEP_ONNX, ENCODER_HEAD_ONNX} <= set(self.manifest.files)
         if cache_steps and self.step_input_names and has_parts:
-            self._step, self._head = self._open_parts(opts)
+            self._step, self._head = self._open_parts(self._opts)
         self.caches_steps = self._step is not None
+        if not self.caches_steps:
+            self._whole()  # a bundle without the parts fails here, at open, as before
         self._features: OrderedDict[int, np.ndarray] = OrderedDict()  # step id -> (S,) features
         self.steps_encoded = 0  # steps that went through the step graph (for checks)
         if warmup:
-            self._encoder.warmup(2)
             if self.caches_steps:
                 self._warm_parts()
+            else:
+                self._encoder.warmup(2)
+
+    def _whole(self) -> Any:
+        """The whole encoder graph, opened on first use."""
+        if self._encoder is None:
+            from l1flow_ros.inference.backends import open_encoder
+
+            self._encoder = open_encoder(self.bundle_dir, self.backend, **self._opts)
+        return self._encoder
 
     def _open_parts(self, opts: dict[str, Any]) -> tuple[Any, Any]:
         from l1flow_ros.inference.backends import _open_graph
@@ -79,7 +94,7 @@ class Embedder:
         return step, head
 
     def _warm_parts(self) -> None:
-        shapes = self._encoder.input_shapes  # batch 1: (1, To, ...)
+        shapes = self._shapes  # batch 1: (1, To, ...)
         step_in = [np.zeros(shapes[k][:1] + shapes[k][2:], np.float32) for k in self.step_input_names]
         for _ in range(2):
             f = self._step(step_in)  # (1, S)
@@ -106,7 +121,7 @@ class Embedder:
             if k == "proprio":
                 x = self._normalizer.normalize_proprio(x)  # (To, P)
             obs[k] = np.ascontiguousarray(x, dtype=np.float32)[None]  # (1, To, ...)
-        return self._check(self._encoder.run(obs))
+        return self._check(self._whole().run(obs))
 
     def embed_history(self, history: Any) -> np.ndarray:
         """The embedding of ``history``'s model input (``preprocess.ObservationHistory``), each
@@ -140,7 +155,6 @@ class Embedder:
         return self._check(self._head(head_in))
 
     def close(self) -> None:
-        self._encoder.close()
-        for g in (self._step, self._head):
+        for g in (self._encoder, self._step, self._head):
             if g is not None:
                 g.close()

@@ -266,10 +266,16 @@ class PerceptionEngine:
         return emb
 
     def swap_in(self, embedder: Any) -> None:
-        """Use ``embedder`` from the next set on, with a fresh history and synchroniser."""
-        spec = embedder.obs_spec
-        self._ck = _Checkpoint(embedder, ObservationHistory(spec.n_obs_steps, embedder.period_s),
-                               self._new_sync(spec))
+        """Use ``embedder`` from the next set on. A checkpoint that observes as the current
+        one does (same observation spec and history spacing: the usual swap between two
+        trainings of one setup) keeps the history and the synchroniser, so its first embedding
+        comes from the next set, not after a new set is gathered; any other gets fresh ones."""
+        spec, cur = embedder.obs_spec, self._ck
+        if cur is not None and cur.embedder.obs_spec == spec and cur.embedder.period_s == embedder.period_s:
+            self._ck = _Checkpoint(embedder, cur.history, cur.sync, cur.newest_ns)
+        else:
+            self._ck = _Checkpoint(embedder, ObservationHistory(spec.n_obs_steps, embedder.period_s),
+                                   self._new_sync(spec))
         self.checkpoint_error = None
 
     # ------------------------------------------------------------------ the data path
