@@ -391,7 +391,11 @@ class PandaSim:
         """Copy of the physics state, to render on another thread."""
         return copy.copy(self.data)
 
-    def close(self) -> None:
+    def close_renderer(self) -> None:
+        """Free the GL context; call from the thread that rendered."""
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+    def close(self) -> None:
+        self.close_renderer()
