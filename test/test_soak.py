@@ -31,6 +31,23 @@ def test_proc_stats_reads_this_process():
 
 
 @pytest.mark.core
+def test_cpu_readers_count_this_process_work():
+    import os
+    import time
+
+    from l1flow_ros.graph.soak import machine_cpu_s, proc_cpu_s
+
+    c0, (all0, steal0) = proc_cpu_s(os.getpid()), machine_cpu_s()
+    t_end = time.process_time() + 0.3
+    while time.process_time() < t_end:  # 0.3 s of this process's CPU
+        pass
+    c1, (all1, steal1) = proc_cpu_s(os.getpid()), machine_cpu_s()
+    assert 0.25 <= c1 - c0 <= 0.6, (c0, c1)  # clock ticks: 10 ms resolution
+    assert all1 - all0 >= 0.25 and 0 <= steal1 - steal0 <= all1 - all0
+    assert math.isnan(proc_cpu_s(2**22 + 12345))
+
+
+@pytest.mark.core
 def test_judge_flags_growth_against_the_first_window():
     from l1flow_ros.graph.soak import SoakResult, SoakWindow
 

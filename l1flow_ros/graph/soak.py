@@ -59,6 +59,28 @@ def proc_stats(pid: int) -> dict[str, float]:
     return out
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used; nan where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(all CPU seconds, stolen seconds) over every CPU since boot (/proc/stat): the steal is
+    the time the hypervisor ran something else while this machine's CPUs wanted to run."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        return sum(vals[:8]) / hz, (vals[7] if len(vals) > 7 else 0) / hz
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+
+
 @dataclass
 class SoakWindow:
     index: int
@@ -78,6 +100,8 @@ class SoakWindow:
     missed_ticks: int = 0
     deadlines: int = 0
     floor_missed: int = -1  # the bare loop's over the same window (-1: not measured)
+    cpu_pct: dict[str, float] = field(default_factory=dict)  # per node, % of one core over the window
+    steal_pct: float = float("nan")  # the machine's CPU time stolen by the hypervisor, % of all CPU time
 
     @property
     def seconds(self) -> float:
@@ -138,8 +162,9 @@ class SoakResult:
             "| window | min | success | " + " | ".join(f"{n.replace('_node', '')} RSS MiB / fds / threads"
                                                        for n in nodes)
             + " | DDS nodes / endpoints | obs → chunk p50 / p99 ms | period error p99 µs | missed ticks (/ min) "
-              "| bare loop missed |",
-            "|---|---|---|" + "---|" * len(nodes) + "---|---|---|---|---|",
+              "| bare loop missed | CPU % of a core: " + " / ".join(n.replace("_node", "") for n in nodes)
+            + " | steal % |",
+            "|---|---|---|" + "---|" * len(nodes) + "---|---|---|---|---|---|---|",
         ]
         for w in self.windows:
             per_node = " | ".join(f"{w.rss_mib.get(n, float('nan')):.1f} / {w.fds.get(n, float('nan')):.0f} / "
@@ -148,7 +173,8 @@ class SoakResult:
                 f"| {w.index} | {w.start_s / 60:.1f}–{w.end_s / 60:.1f} | {w.successes}/{w.episodes} | {per_node} | "
                 f"{w.dds_nodes} / {w.dds_endpoints} | {w.chunk_latency_ms_p50:.1f} / {w.chunk_latency_ms_p99:.1f} | "
                 f"{w.period_error_us_p99:.0f} | {w.missed_ticks} ({w.missed_per_min:.1f}) | "
-                f"{'-' if w.floor_missed < 0 else w.floor_missed} |")
+                f"{'-' if w.floor_missed < 0 else w.floor_missed} | "
+                + " / ".join(f"{w.cpu_pct.get(n, float('nan')):.0f}" for n in nodes) + f" | {w.steal_pct:.1f} |")
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
         lines += ["", f"Pass rule (each node's RSS within +{100 * RSS_LIMIT:.0f} % of window 1, obs → chunk p99 "
                       f"and period error p99 within +{100 * P99_LIMIT:.0f} % of window 1): {verdict}"]
@@ -274,6 +300,8 @@ def soak_graph(
             t0 = time.monotonic()
             probe.clear_latencies()
             (m0, n0), f0 = _executor_counts(probe), floor.read()
+            cpu0 = {n: proc_cpu_s(graph.procs[n].popen.pid) for n in names}
+            mach0 = machine_cpu_s()
             while time.monotonic() - t0 < window_s:
                 success, _ = run_episode(probe, graph, episode_timeout)
                 w.episodes += 1
@@ -291,7 +319,10 @@ def soak_graph(
             w.period_error_us_p99 = sampler.mean_between(t0, t1)
             w.missed_ticks, w.deadlines = max(m1 - m0, 0), max(n1 - n0, 0)
             w.floor_missed = f1[0] - f0[0] if floor.alive() else -1
+            mach1 = machine_cpu_s()
+            w.steal_pct = 100.0 * (mach1[1] - mach0[1]) / max(mach1[0] - mach0[0], 1e-9)
             for name in names:
+                w.cpu_pct[name] = 100.0 * (proc_cpu_s(graph.procs[name].popen.pid) - cpu0[name]) / (t1 - t0)
                 st = proc_stats(graph.procs[name].popen.pid)
                 w.rss_mib[name], w.fds[name], w.threads[name] = st["rss_mib"], st["fds"], st["threads"]
             w.dds_nodes, w.dds_endpoints = _dds_counts(probe)
