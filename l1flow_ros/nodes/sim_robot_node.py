@@ -24,8 +24,8 @@ CPU rendering never stalls physics (frames are dropped instead, and counted).
 
 from __future__ import annotations
 
-from std_msgs.msg import Float64MultiArray
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
 
 from l1flow_ros.nodes.qos import RELIABLE_10
 from l1flow_ros.nodes.sim_arm import SimArmNode, run
