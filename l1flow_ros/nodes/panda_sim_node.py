@@ -44,7 +44,7 @@ class PandaSimNode(SimArmNode):
     FOLLOW_DERIVATIVES = True
 
     def _make_robot(self) -> SimRobot:
-        self._next_js_ns = 0
+        self._next_js_ns = 0  # here, not in __init__: SimArmNode starts the physics thread before returning
         return make_robot(self.cfg, self._now_ns)
 
     def _publish_tick(self, tick: Tick, js: JointState) -> None:
