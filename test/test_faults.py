@@ -24,6 +24,8 @@ same 2 s).
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from l1flow_ros.graph import faults
@@ -140,6 +142,7 @@ def test_guard_rule_flags_a_leap_and_a_bound():
     g.arm = np.array(faults.HOME)
     g.cmd_t, g.cmd_p, g.violations, g.lost = [], [], [], 0
     g._prev = (None, None, g.arm.copy())
+    g._js_recent = collections.deque(maxlen=200)
 
     class Msg:
         def __init__(self, p):
@@ -164,6 +167,21 @@ def test_guard_rule_flags_a_leap_and_a_bound():
     g._on_command(Msg(np.array(faults.UPPER) + 0.01), {"source_timestamp": t0 + 6 * T,
                                                        "publication_sequence_number": 7})
     assert len(g.violations) == 2 and "outside" in g.violations[1][1]
+    # A restart after a silence (disabled 1 s): judged against the positions /joint_states
+    # reported just before it, not against the last command (an arm starved of CPU reports
+    # a position some commands behind it); from elsewhere, a leap.
+    measured = np.array(faults.HOME)  # far from the last command (out of limits, at the corner)
+    t_restart = t0 + 6 * T + int(1e9)
+    g._js_recent.append((t_restart - int(0.2e9), measured))
+    g._on_command(Msg(measured + vmax * 0.5 * faults.PERIOD_S), {"source_timestamp": t_restart,
+                                                                  "publication_sequence_number": 8})
+    assert len(g.violations) == 2
+    g._on_command(Msg(measured), {"source_timestamp": t_restart + int(1e9), "publication_sequence_number": 9})
+    assert len(g.violations) == 2  # no report since: against the restart command itself (in place)
+    g._js_recent.append((t_restart + int(2.9e9), measured))
+    g._on_command(Msg(measured + vmax * 40 * faults.PERIOD_S), {"source_timestamp": t_restart + int(3e9),
+                                                                 "publication_sequence_number": 10})
+    assert len(g.violations) == 3 and "reported before the restart" in g.violations[2][1]
 
 
 @pytest.mark.core

@@ -62,7 +62,6 @@ tests and side-by-side benchmarks, deployments run one process per node.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import weakref
@@ -71,8 +70,10 @@ import rclpy
 from rclpy.event_handler import EventHandler
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 
+from l1flow_ros.control import realtime
 from l1flow_ros.graph import node_class
 from l1flow_ros.nodes.params import refuse_bad_parameters
 
@@ -354,25 +355,31 @@ class Composition:
         self.close()
 
 
-def _ignore_stop_signals() -> None:
-    """From here on SIGINT / SIGTERM are ignored (main thread only): the node is stopping."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-
-
 def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False) -> None:
     """The console-script body every node shares: init, spin until Ctrl-C or shutdown, clean up.
 
     The node's executor comes from :func:`executor_for` (as when nodes are composed); a
     lifecycle node whose ``autostart`` parameter is true is configured and activated here.
-    The first SIGINT / SIGTERM stops the node (rclpy's handler shuts the context down); a
-    second one while it cleans up (``ros2 launch`` from a terminal sends Ctrl-C twice: the
-    terminal's and launch's own) is ignored, so the exit code is 0 either way. Python resets
-    its handlers to the default at interpreter exit, hence the ignore after the ``with`` too.
+    SIGINT / SIGTERM go to a pipe, not to rclpy's handler (:func:`realtime.stop_signals_to_pipe`):
+    the first one shuts the context down from a thread of its own, which stops the spin; a
+    second one while the node cleans up (``ros2 launch`` from a terminal sends Ctrl-C twice:
+    the terminal's and launch's own) only writes to the pipe, so it can never raise
+    KeyboardInterrupt in the middle of the clean-up (in a destructor, say), and the exit code
+    is 0 either way. Python resets its handlers to the default at interpreter exit, hence the
+    ignore after the ``with``.
     """
+    own_signals = threading.current_thread() is threading.main_thread()
+    signal_fd = realtime.stop_signals_to_pipe() if own_signals else -1
     try:
-        with rclpy.init(args=args):
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if own_signals else None):
+            if own_signals:
+                context = rclpy.get_default_context()
+
+                def on_stop_signal() -> None:
+                    realtime.wait_stop_signal(signal_fd)
+                    context.try_shutdown()
+
+                threading.Thread(target=on_stop_signal, name="l1flow_stop_signals", daemon=True).start()
             try:
                 with refuse_bad_parameters():  # bad parameters: one line and exit code 2
                     node = node_cls()
@@ -390,11 +397,11 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
             try:
                 executor.spin()
             finally:
-                _ignore_stop_signals()
                 if close_first:
                     node.close()
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        _ignore_stop_signals()
+        if own_signals:
+            realtime.ignore_stop_signals()

@@ -9,10 +9,9 @@ published on the ``output`` interface (topics in ``OUTPUT_TOPICS``): ``forward_p
 ``ee_delta`` (Float64MultiArray of per-tick displacements, grippers absolute).
 ``/l1flow/executor/enable`` (std_srvs/SetBool) hands the arm between teleop and the policy;
 ``/l1flow/executor/tail`` carries the running plan from 0.3 s back (the prefix a new chunk
-keeps, or its warm start; point k due at header.stamp + time_from_start);
-``/l1flow/checkpoint`` tightens the limits
-(``limits_from_checkpoint``); ``/diagnostics`` reports timing, starvation, chunk age,
-rejections and how each thread is scheduled.
+keeps, or its warm start; point k due at header.stamp + time_from_start); ``/l1flow/checkpoint``
+tightens the limits (``limits_from_checkpoint``); ``/diagnostics`` reports timing, starvation,
+chunk age, rejections and how each thread is scheduled.
 
 The engine is ROS-free, in :mod:`l1flow_ros.control` (``config``, ``stream``, ``scheduler``,
 ``loop``, ``status``); how ``main()``'s three threads (callbacks, control loop, stop signals)
@@ -316,16 +315,15 @@ def main(args: list[str] | None = None) -> None:
                 node = ExecutorNode()
             executor = SingleThreadedExecutor()
             executor.add_node(node)
-            stop = threading.Event()
+            stop, done, wake_lock = threading.Event(), threading.Event(), threading.Lock()
 
             def on_stop_signal() -> None:
                 realtime.wait_stop_signal(signal_fd)
                 node.close()  # the control thread first: it never publishes on a dead context
                 stop.set()
-                try:
-                    executor.wake()
-                except Exception:  # the executor is already gone
-                    pass
+                with wake_lock:  # never wake an executor being shut down: its guard condition goes
+                    if not done.is_set() and executor.context.ok():
+                        executor.wake()
 
             if own_signals:
                 threading.Thread(target=on_stop_signal, name="l1flow_executor_signals", daemon=True).start()
@@ -336,6 +334,8 @@ def main(args: list[str] | None = None) -> None:
                 while not stop.is_set() and executor.context.ok():
                     executor.spin_once()
             finally:
+                with wake_lock:
+                    done.set()
                 node.close()
                 executor.shutdown(timeout_sec=1.0)
                 node.destroy_node()

@@ -14,7 +14,12 @@ Guard rules, for every command on the controller topic (A = 4 action dimensions)
    integrates more than two periods in one tick, so after a stall, or after a gap in the
    stream (disabled, no subscriber), a command may not leap. One more period of slack
    covers the time between the executor reading its clock and publishing. After the
-   guard (re)subscribes, the first command is judged against the arm's position.
+   guard (re)subscribes, the first command is judged against the arm's position; after a
+   silence in the stream (no command for ``RESTART_SILENCE_S``: disabled, no subscriber),
+   against the positions ``/joint_states`` reported in the ``RESTART_SILENCE_S`` before
+   it (any of them): the executor restarts from the measured position, and this arm, when
+   its process is starved, reports a position some commands behind the last one it gets
+   (a real controller would have executed those before the silence).
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from l1flow_ros.graph.faults.assets import HOME, JOINT_HZ, JOINTS, LOWER, MAX_VEL, PERIOD_S, UPPER
+
+RESTART_SILENCE_S = 0.5  # a pause in the command stream this long is a restart (module docstring, rule 3)
 
 
 class ArmGuard:
@@ -54,6 +62,9 @@ class ArmGuard:
         self.violations: list[tuple[int, str]] = []
         self.lost = 0  # commands that never arrived (sequence-number gaps)
         self.js_sent: list[tuple[int, int]] = []  # (publish ns, stamp) of every /joint_states published
+        # (stamp, position) of the last 10 s of /joint_states: a command may be judged seconds after
+        # it was published when this process is starved
+        self._js_recent: deque[tuple[int, np.ndarray]] = deque(maxlen=int(10 * JOINT_HZ))
         self._prev: tuple[int | None, int | None, np.ndarray] = (None, None, self.arm.copy())
         self._qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         # History 100 (1 s at 100 Hz), deeper than a robot driver's usual 10: a reliable reader
@@ -101,11 +112,17 @@ class ArmGuard:
                 # ``gap`` commands since the last one seen (lost ones in between), each at most two
                 # periods of motion; at least one period each.
                 dt = gap * PERIOD_S if t0 is None else min(max((t - t0) * 1e-9, gap * PERIOD_S), 2 * gap * PERIOD_S)
-                step = np.abs(p - p0)
+                step, what = np.abs(p - p0), "in one command"
                 allowed = np.asarray(MAX_VEL) * (dt + PERIOD_S) + 1e-9
+                if t0 is not None and t - t0 > RESTART_SILENCE_S * 1e9:  # a restart: from a reported position
+                    reported = [q for ts, q in self._js_recent if t - RESTART_SILENCE_S * 1e9 <= ts <= t]
+                    if reported:
+                        steps = np.abs(np.asarray(reported) - p)  # (R, A)
+                        step = steps[int(np.argmin(np.max(steps / allowed, axis=1)))]
+                        what = "from every position /joint_states reported before the restart"
                 if np.any(step > allowed):
                     j = int(np.argmax(step / allowed))
-                    why = f"{JOINTS[j]} moved {step[j]:.5f} in one command (allowed {allowed[j]:.5f})"
+                    why = f"{JOINTS[j]} moved {step[j]:.5f} {what} (allowed {allowed[j]:.5f})"
             if why is not None:
                 self.violations.append((t, why))
             if p.shape == (len(JOINTS),):
@@ -131,6 +148,7 @@ class ArmGuard:
                     return
                 with self.lock:
                     self.js_sent.append((time.time_ns(), stamp))
+                    self._js_recent.append((stamp, arm))
             next_t += 1.0 / JOINT_HZ
             delay = next_t - time.monotonic()
             if delay > 0:
