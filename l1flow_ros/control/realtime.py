@@ -53,6 +53,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable
 
 
@@ -160,6 +161,19 @@ def wait_stop_signal(read_fd: int) -> None:
     """Block until a stop signal arrives on the pipe of :func:`stop_signals_to_pipe`."""
     while os.read(read_fd, 1)[0] not in STOP_SIGNALS:
         pass
+
+
+def on_stop_signal(read_fd: int, action, name: str) -> threading.Thread:
+    """Start a daemon thread that waits for the first stop signal on the pipe of
+    :func:`stop_signals_to_pipe`, then calls ``action()``; later signals only fill the pipe."""
+
+    def run() -> None:
+        wait_stop_signal(read_fd)
+        action()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def ignore_stop_signals() -> None:

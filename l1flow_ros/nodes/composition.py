@@ -373,13 +373,7 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if own_signals else None):
             if own_signals:
-                context = rclpy.get_default_context()
-
-                def on_stop_signal() -> None:
-                    realtime.wait_stop_signal(signal_fd)
-                    context.try_shutdown()
-
-                threading.Thread(target=on_stop_signal, name="l1flow_stop_signals", daemon=True).start()
+                realtime.on_stop_signal(signal_fd, rclpy.get_default_context().try_shutdown, "l1flow_stop_signals")
             try:
                 with refuse_bad_parameters():  # bad parameters: one line and exit code 2
                     node = node_cls()

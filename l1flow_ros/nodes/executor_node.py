@@ -318,7 +318,6 @@ def main(args: list[str] | None = None) -> None:
             stop, done, wake_lock = threading.Event(), threading.Event(), threading.Lock()
 
             def on_stop_signal() -> None:
-                realtime.wait_stop_signal(signal_fd)
                 node.close()  # the control thread first: it never publishes on a dead context
                 stop.set()
                 with wake_lock:  # never wake an executor being shut down: its guard condition goes
@@ -326,7 +325,7 @@ def main(args: list[str] | None = None) -> None:
                         executor.wake()
 
             if own_signals:
-                threading.Thread(target=on_stop_signal, name="l1flow_executor_signals", daemon=True).start()
+                realtime.on_stop_signal(signal_fd, on_stop_signal, "l1flow_executor_signals")
             realtime.freeze_garbage()  # everything alive now (modules, the node) stays
             node.setup_middleware_threads()
             node.setup_executor_thread()  # after the other threads exist: they keep their scheduling

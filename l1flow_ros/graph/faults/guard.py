@@ -62,8 +62,8 @@ class ArmGuard:
         self.violations: list[tuple[int, str]] = []
         self.lost = 0  # commands that never arrived (sequence-number gaps)
         self.js_sent: list[tuple[int, int]] = []  # (publish ns, stamp) of every /joint_states published
-        # (stamp, position) of the last 10 s of /joint_states: a command may be judged seconds after
-        # it was published when this process is starved
+        # (publish ns, position) of the last 10 s of /joint_states: a command may be judged seconds
+        # after it was published when this process is starved
         self._js_recent: deque[tuple[int, np.ndarray]] = deque(maxlen=int(10 * JOINT_HZ))
         self._prev: tuple[int | None, int | None, np.ndarray] = (None, None, self.arm.copy())
         self._qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
@@ -147,8 +147,9 @@ class ArmGuard:
                 except Exception:  # the context is going down
                     return
                 with self.lock:
-                    self.js_sent.append((time.time_ns(), stamp))
-                    self._js_recent.append((stamp, arm))
+                    sent = time.time_ns()  # the clock of the commands' source timestamps (stamps may be offset)
+                    self.js_sent.append((sent, stamp))
+                    self._js_recent.append((sent, arm))
             next_t += 1.0 / JOINT_HZ
             delay = next_t - time.monotonic()
             if delay > 0:
