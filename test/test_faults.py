@@ -70,7 +70,7 @@ def test_fault_case(harness, case):
     if r.ticks_judged:
         assert r.missed_ticks <= r.ticks_allowed + FLOOR_FACTOR * max(r.floor_missed, 0) + TICK_SLACK, (
             f"{r.missed_ticks} control ticks missed in {r.duration_s:.1f} s (allowed {r.ticks_allowed}; the bare "
-            f"loop beside it missed {r.floor_missed}): {detail}")
+            f"loop beside it missed {r.floor_missed}; steal {r.steal_pct} %): {detail}")
     if r.ticks_ok:
         assert r.survived
 

@@ -25,6 +25,7 @@ from l1flow_ros.graph.faults.case import GRACE_S, HOLD_TOL, RECOVER_TIMEOUT_S, C
 from l1flow_ros.graph.faults.record_check import RecordingResult
 from l1flow_ros.graph.faults.report import CaseResult
 from l1flow_ros.graph.faults.world import World
+from l1flow_ros.graph.soak import machine_cpu_s
 
 
 def diag_value(values: dict[str, str], key: str) -> float:
@@ -270,11 +271,14 @@ class Harness:
     # -- one case --------------------------------------------------------------------------------
 
     def _count_ticks(self, res: CaseResult, case: Case, st0: ExecutorState | None, floor0: tuple[int, int],
-                     t_start: int) -> None:
+                     t_start: int, cpu0: tuple[float, float]) -> None:
         """The executor's missed ticks over the case (its cumulative count in the status
         before the case and the first one stamped after it: the span they cover is the
-        case's duration) and the bare loop's over the same span."""
+        case's duration), the bare loop's over the same span, and the machine's steal."""
         t_end = time.time_ns()
+        cpu1 = machine_cpu_s()
+        if cpu1[0] > cpu0[0]:
+            res.steal_pct = round(100.0 * (cpu1[1] - cpu0[1]) / (cpu1[0] - cpu0[0]), 1)
         res.span_ns = (t_start, t_end)
         st1 = self.executor_state(after_ns=t_end, timeout=15.0)
         floor1 = self.floor.read()
@@ -319,7 +323,7 @@ class Harness:
         # The first case may start before the executor's first /diagnostics (a slow start on a
         # loaded machine): wait for one rather than leave the case's ticks unmeasured.
         st0 = self.executor_state() or self.executor_state(after_ns=0, timeout=30.0)
-        floor0 = self.floor.read()
+        floor0, cpu0 = self.floor.read(), machine_cpu_s()
         t_start = time.time_ns()
         ctx = CaseContext(self, res, t_start, case)
         try:
@@ -328,7 +332,7 @@ class Harness:
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
-        self._count_ticks(res, case, st0, floor0, t_start)
+        self._count_ticks(res, case, st0, floor0, t_start, cpu0)
         if ctx.tick_windows is not None:  # the case judges its own windows
             res.notes.append(f"over the whole case ({res.duration_s:.1f} s): {res.missed_ticks} missed ticks, bare "
                              f"loop {res.floor_missed}")

@@ -39,6 +39,7 @@ class CaseResult:
     ticks_judged: bool = True  # False: the case loads the machine on purpose (cpu_starvation)
     zero_ticks: bool = False  # True: no missed tick allowed at all (hot swap: none may come from a swap)
     floor_missed: int = -1  # the bare loop's beside it over the same span (-1: not measured)
+    steal_pct: float = float("nan")  # CPU time the hypervisor took over the case, % of the machine's
     lost_commands: int = 0  # commands the guard never received (middleware sequence gaps)
     failures: list[str] = field(default_factory=list)  # a case's own checks that failed
     not_run: str = ""  # why the case could not run (then it is not counted as survived)
@@ -139,11 +140,12 @@ def markdown(results: list[CaseResult], command: str, recording: RecordingResult
         "the tick counts cover (the executor's /diagnostics before and after the case). \"Bare loop "
         "missed\": a loop that does nothing but sleep to the same 500 Hz deadlines at the executor's "
         "SCHED_FIFO priority and busy-wait, in a process of its own, over the same span: the ticks the "
-        "machine itself did not give a real-time thread.",
+        "machine itself did not give a real-time thread. \"Steal %\": the CPU time the hypervisor gave to "
+        "other machines while this one's CPUs wanted to run, over the case (/proc/stat).",
         "",
         "| case | injected | behaviour seen (/diagnostics or answer) | nodes up | arm held | outside limits "
-        "| from invalid data | recovered | case s | missed ticks (allowed) | bare loop missed | survived |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| from invalid data | recovered | case s | missed ticks (allowed) | bare loop missed | steal % | survived |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         beh = (r.not_run and f"NOT RUN: {r.not_run}") or r.behaviour
@@ -155,7 +157,7 @@ def markdown(results: list[CaseResult], command: str, recording: RecordingResult
             f"| {r.name} | {r.injected} | {beh.replace('|', '/')} | {'yes' if r.nodes_alive else 'no'} | "
             f"{r.arm_held} | {r.outside_limits} | {r.from_invalid + r.invalid_chunks} | {rec} | {r.duration_s:.1f} | "
             f"{r.missed_ticks} ({allowed}) | {'-' if r.floor_missed < 0 else r.floor_missed} | "
-            f"{'yes' if r.survived else 'no'} |")
+            f"{'-' if r.steal_pct != r.steal_pct else f'{r.steal_pct:.1f}'} | {'yes' if r.survived else 'no'} |")
     floor = "-" if t.judged_floor_missed < 0 else (f"{t.judged_floor_missed} ({t.per_minute(t.judged_floor_missed):.2f} "
                                                    "per minute)")
     starved = [r for r in results if not r.ticks_judged and not r.not_run]
