@@ -64,6 +64,61 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _descendants(root: int) -> dict[int, str]:
+    """{pid: command line} of the processes below ``root`` (Linux /proc), zombies left out."""
+    children: dict[int, list[int]] = {}
+    cmd: dict[int, str] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rpartition(")")[2].split()
+            if rest[0] == "Z":
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            children.setdefault(int(rest[1]), []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out[pid] = cmd.get(pid, "")
+        todo += children.get(pid, [])
+    return out
+
+
+# Processes that belong to the test process itself and live as long as it does.
+_LONG_LIVED = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_process_left_behind():
+    """Every process a test module starts (node graphs, guards, bare loops, busy loops) has
+    ended by the end of the module: one left running takes CPU, or a real-time priority, from
+    the modules after it. One that has not ended 10 s on is killed and the module fails."""
+    before = set(_descendants(os.getpid()))
+    yield
+    left: dict[int, str] = {}
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        left = {p: c for p, c in _descendants(os.getpid()).items()
+                if p not in before and not any(k in c for k in _LONG_LIVED)}
+        if not left:
+            return
+        time.sleep(0.2)
+    import signal
+
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    pytest.fail("processes still running after the module (killed): "
+                + "; ".join(f"{p}: {c[:160]}" for p, c in sorted(left.items())), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny networks on a shared 2-core machine: one torch thread (whatever OMP_NUM_THREADS
