@@ -94,20 +94,28 @@ _LONG_LIVED = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind():
-    """Every process a test module starts (node graphs, guards, bare loops, busy loops) has
-    ended by the end of the module: one left running takes CPU, or a real-time priority, from
-    the modules after it. One that has not ended 10 s on is killed and the module fails."""
+def nothing_left_running():
+    """Every process a test module starts (node graphs, guards, bare loops, busy loops) and
+    every thread it starts here (executors, control loops) has ended by the end of the module:
+    one left running takes CPU, or a real-time priority, from the modules after it. A process
+    that has not ended 10 s on is killed; either way the module fails."""
+    import threading
+
     before = set(_descendants(os.getpid()))
+    threads_before = set(threading.enumerate())
     yield
     left: dict[int, str] = {}
+    threads: list[str] = []
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         left = {p: c for p, c in _descendants(os.getpid()).items()
                 if p not in before and not any(k in c for k in _LONG_LIVED)}
-        if not left:
+        threads = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        if not left and not threads:
             return
         time.sleep(0.2)
+    if not left:
+        pytest.fail(f"threads of this process still running after the module: {threads}", pytrace=False)
     import signal
 
     for pid in left:
@@ -116,7 +124,8 @@ def no_process_left_behind():
         except OSError:
             pass
     pytest.fail("processes still running after the module (killed): "
-                + "; ".join(f"{p}: {c[:160]}" for p, c in sorted(left.items())), pytrace=False)
+                + "; ".join(f"{p}: {c[:160]}" for p, c in sorted(left.items()))
+                + (f"; threads of this process still running: {threads}" if threads else ""), pytrace=False)
 
 
 @pytest.fixture(scope="module")
