@@ -22,7 +22,6 @@ For figures to compare, pin one core and one torch thread: ``taskset -c 1 ... --
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -145,14 +144,31 @@ def make_setup(n_views: int, width: int, height: int, num_points: int, args, tmp
     return cams, joints, calib, msgs, emb, stride
 
 
-def _sort_keys_packed(key: np.ndarray, cells: int):
+def _voxel_sort_packed(xyz, voxel_size: float):
     """The voxel sort before the radix sort (voxel key and point index packed in one int64,
-    np.sort), kept here for the side-by-side (--old, --paths); same output as
-    geometry._voxel_sort_keys."""
+    np.sort), kept here for the side-by-side (--old); same output as geometry._voxel_sort."""
+    from l1flow_ros.perception.geometry import PerceptionError
+
+    inv = np.float32(1.0 / voxel_size)
+    ks, dims = [], []
+    for c in xyz:
+        f = c * inv
+        np.floor(f, out=f)
+        f -= f.min()
+        k = f.astype(np.int64)
+        ks.append(k)
+        dims.append(int(k.max()) + 1)
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) >= 2.0**62:
+        raise PerceptionError(f"voxel grid {dims} too large for voxel size {voxel_size}")
+    key = ks[0]
+    key *= dims[1]
+    key += ks[1]
+    key *= dims[2]
+    key += ks[2]
     n = key.shape[0]
     idx_bits = max(1, (n - 1).bit_length())
-    if (cells - 1).bit_length() + idx_bits <= 63:
-        key = key << idx_bits
+    if (dims[0] * dims[1] * dims[2] - 1).bit_length() + idx_bits <= 63:
+        key <<= idx_bits
         key |= np.arange(n, dtype=np.int64)
         packed = np.sort(key)
         order = packed & ((1 << idx_bits) - 1)
@@ -168,23 +184,6 @@ def _sort_keys_packed(key: np.ndarray, cells: int):
     return order, np.flatnonzero(first)
 
 
-@contextlib.contextmanager
-def voxel_path(kind: str):
-    """The fusion's voxel grid as it was, for the side-by-side: "packed" (sort of packed keys),
-    "radix" (radix sort of the keys), "occupancy" (the package's: no sort where the grid fits)."""
-    from l1flow_ros.perception import geometry
-
-    saved = geometry.DENSE_VOXEL_CELLS, geometry._voxel_sort_keys
-    if kind != "occupancy":
-        geometry.DENSE_VOXEL_CELLS = -1
-    if kind == "packed":
-        geometry._voxel_sort_keys = _sort_keys_packed
-    try:
-        yield
-    finally:
-        geometry.DENSE_VOXEL_CELLS, geometry._voxel_sort_keys = saved
-
-
 def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int, old: bool = False) -> dict[str, float]:
     """The node worker's stages for one synchronised set; wall seconds per stage, and CPU seconds
     (``cpu_<stage>``: this process's CPU time, which a busy shared machine inflates far less).
@@ -193,6 +192,7 @@ def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int, old: bool = Fa
     depth decoded to float32 metres, the packed-key voxel sort, every step re-encoded (the
     embedder made with ``old``). The message buffer is viewed without a copy in both."""
     from l1flow_ros.msgs.sensor_conv import camera_frame_from_msgs, joint_state_from_msg
+    from l1flow_ros.perception import geometry
     from l1flow_ros.perception.preprocess import RawFrames, frame_step, step_to_model
 
     c0, t0 = time.process_time(), time.perf_counter()
@@ -202,8 +202,13 @@ def one_step(cams, joints, calib, msgs, emb, hist, stamp_ns: int, old: bool = Fa
         stamp_ns=stamp_ns,
     )
     c1, t1 = time.process_time(), time.perf_counter()
-    with voxel_path("packed" if old else "occupancy"):
+    radix = geometry._voxel_sort
+    if old:
+        geometry._voxel_sort = _voxel_sort_packed
+    try:
         step = frame_step(emb.obs_spec, frames, calib)
+    finally:
+        geometry._voxel_sort = radix
     c2, t2 = time.process_time(), time.perf_counter()
     hist.push(stamp_ns, step_to_model(step))
     emb.embed_history(hist)
@@ -347,15 +352,15 @@ def _fast(depths, cams, intr, calib, cfg, dense: bool = False):
 
 
 def _fast_packed(depths, cams, intr, calib, cfg, dense: bool = False):
-    """The package's path with the voxel sort before the radix sort (``_sort_keys_packed``)."""
-    with voxel_path("packed"):
-        return _fast(depths, cams, intr, calib, cfg, dense)
+    """The package's path with the voxel sort before the radix sort (``_voxel_sort_packed``)."""
+    from l1flow_ros.perception import geometry
 
-
-def _fast_radix(depths, cams, intr, calib, cfg, dense: bool = False):
-    """The package's path with the radix sort of the voxel keys, before the occupancy grid."""
-    with voxel_path("radix"):
+    radix = geometry._voxel_sort
+    geometry._voxel_sort = _voxel_sort_packed
+    try:
         return _fast(depths, cams, intr, calib, cfg, dense)
+    finally:
+        geometry._voxel_sort = radix
 
 
 def chamfer(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -383,8 +388,7 @@ def main_paths(args) -> None:
         ("+ packed-key sort voxel grid, means of sampled voxels only", _fast_packed, s1),
         ("+ fpsample FPS (stride 1: the exact path)", _fast_packed, dataclasses.replace(s1, fps="fpsample")),
         ("+ depth stride from the voxel size", _fast_packed, base),
-        ("+ radix sort of the voxel keys", _fast_radix, base),
-        ("+ occupancy grid instead of a sort (the package's path)", _fast, base),
+        ("+ radix sort of the voxel keys (the package's path)", _fast, base),
     ]
     depths = [{c: fr[c][1] for c in cams} for fr in frames]
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}

@@ -271,16 +271,10 @@ def test_raw_depth_from_the_message_is_a_view_and_gives_the_same_step():
         np.testing.assert_array_equal(a[key], b[key])
 
 
-@pytest.mark.parametrize("dense", [True, False], ids=["occupancy", "sorted"])
 @pytest.mark.parametrize("point_color", [False, True])
-def test_fuse_points_equals_voxel_grid_then_sampling(point_color, dense, monkeypatch):
-    """fuse_points averages only the voxels sampling reads: the same cloud, to the bit, as
-    averaging every voxel, thinning to the candidates and sampling; with the occupancy grid
-    (the grid's cells fit geometry.DENSE_VOXEL_CELLS) and with the sort (they do not)."""
-    from l1flow_ros.perception import geometry
-
-    if not dense:
-        monkeypatch.setattr(geometry, "DENSE_VOXEL_CELLS", 1000)
+def test_fuse_points_equals_voxel_grid_then_sampling(point_color):
+    """fuse_points averages only the voxels sampling reads: the same cloud as averaging every
+    voxel, thinning to the candidates and sampling."""
     rng = np.random.default_rng(7)
     parts = []
     for _ in range(2):
@@ -297,28 +291,6 @@ def test_fuse_points_equals_voxel_grid_then_sampling(point_color, dense, monkeyp
     if point_color:
         want = np.concatenate([want, vc[idx]], axis=1)
     np.testing.assert_array_equal(fuse_points(parts, cfg), want)
-
-
-@pytest.mark.parametrize("n,cands", [(200, 4), (60000, 1)], ids=["fewer-voxels-than-candidates", "every-voxel"])
-def test_occupancy_grid_equals_the_sort_without_thinning(n, cands, monkeypatch):
-    """Where sampling reads every voxel (fewer voxels than candidates; one candidate a point,
-    so no thinning, and more voxels than an int16 rank holds), the occupancy grid gives the
-    sorted path's cloud to the bit; the thread's buffers are left cleared for the next frame."""
-    from l1flow_ros.perception import geometry
-
-    rng = np.random.default_rng(9)
-    x, y = rng.uniform(-0.5, 0.5, (2, n)).astype(np.float32)
-    z = rng.uniform(0.0, 0.3, n).astype(np.float32)
-    parts = [(x, y, z, None)]
-    cfg = CloudConfig(64, WS, VOXEL, (0.05, 3.0), fps_candidates_per_point=cands)
-    dense = fuse_points(parts, cfg)
-    points, voxel, m = geometry._voxel_pick((x.copy(), y.copy(), z.copy()), VOXEL, 64 * cands, 64)
-    assert (m > 2**15) == (n > 2**15) and voxel.max() == m - 1 and points.shape == (n,)
-    for name in ("occupied", "rank16", "rank32"):
-        buf = getattr(geometry._dense, name, None)
-        assert buf is None or not buf.any(), name
-    monkeypatch.setattr(geometry, "DENSE_VOXEL_CELLS", 1000)
-    np.testing.assert_array_equal(dense, fuse_points(parts, cfg))
 
 
 def test_fpsample_is_exact_farthest_point_sampling():

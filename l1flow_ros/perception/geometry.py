@@ -33,7 +33,6 @@ A point ``p_cam`` of camera ``c`` is at ``T_c @ [p_cam, 1]`` in the base frame.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,10 +280,10 @@ def crop_mask(points: np.ndarray, workspace: Sequence[float]) -> np.ndarray:
     return _crop_soa(points[:, 0], points[:, 1], points[:, 2], workspace)
 
 
-def _voxel_keys(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float) -> tuple[np.ndarray, int]:
-    """(key (N,) int64, cells): each point's voxel as one integer, in key order (x-, then y-, then
-    z-major) of a grid anchored at the origin and shifted to the points' smallest voxel; keys are
-    below ``cells``, the grid's size over the points' extent."""
+def _voxel_sort(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points sorted by voxel: (order (N,) point indices, starts (M + 1,) where each voxel's
+    points begin in ``order``, then N). Voxels in key order (x-, then y-, then z-major) of a grid
+    anchored at the origin; within a voxel the points keep their input order."""
     inv = np.float32(1.0 / voxel_size)
     ks, dims = [], []
     for c in xyz:
@@ -301,19 +300,8 @@ def _voxel_keys(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: floa
     key += ks[1]
     key *= dims[2]
     key += ks[2]
-    return key, dims[0] * dims[1] * dims[2]
-
-
-def _voxel_sort(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """The points sorted by voxel: (order (N,) point indices, starts (M + 1,) where each voxel's
-    points begin in ``order``, then N). Voxels in key order (:func:`_voxel_keys`); within a voxel
-    the points keep their input order."""
-    return _voxel_sort_keys(*_voxel_keys(xyz, voxel_size))
-
-
-def _voxel_sort_keys(key: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
     n = key.shape[0]
-    key_bits = max(1, (cells - 1).bit_length())
+    key_bits = max(1, (dims[0] * dims[1] * dims[2] - 1).bit_length())
     if key_bits <= 48:
         order = _radix_order(key, key_bits)
     else:
@@ -324,60 +312,6 @@ def _voxel_sort_keys(key: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarra
     first[n:] = True
     np.not_equal(key[1:], key[:-1], out=first[1:n])
     return order, np.flatnonzero(first)
-
-
-# The voxel grid without a sort, where the grid over the points' extent has at most this many
-# cells: an occupancy array over every cell gives the occupied voxels in key order
-# (np.flatnonzero), a lookup array their ranks. Both are kept per thread between frames and
-# cleared where written, so a frame costs no allocation (1 + 2 bytes a cell: 12 MiB).
-DENSE_VOXEL_CELLS = 1 << 22
-_dense = threading.local()
-
-
-def _dense_buffer(name: str, size: int, dtype: type) -> np.ndarray:
-    """A zeroed array of ``size`` kept on this thread under ``name``; callers clear what they set."""
-    buf = getattr(_dense, name, None)
-    if buf is None or buf.shape[0] < size or buf.dtype != dtype:
-        buf = np.zeros(max(size, DENSE_VOXEL_CELLS), dtype=dtype)  # pages untouched until used
-        setattr(_dense, name, buf)
-    return buf[:size]
-
-
-def _voxel_pick(
-    xyz: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_size: float, max_cand: int, num_points: int,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The voxels sampling reads and the points in them: (points (K,) input indices, voxel (K,)
-    each one's voxel in 0..m-1, m). With more than ``max_cand`` occupied voxels (and ``max_cand``
-    above ``num_points``), ``max_cand`` of them evenly spaced in key order, else all, numbered in
-    key order. Points keep their input order, so per-voxel sums add in the order the sorted path
-    adds them: the same means to the bit."""
-    key, cells = _voxel_keys(xyz, voxel_size)
-    if cells > DENSE_VOXEL_CELLS:
-        order, starts = _voxel_sort_keys(key, cells)
-        m = starts.shape[0] - 1
-        if m > max_cand and max_cand > num_points:
-            c = np.linspace(0, m - 1, max_cand).astype(np.int64)
-            first, count = starts[c], starts[c + 1] - starts[c]
-            ends = np.cumsum(count)
-            pos = np.arange(int(ends[-1])) + np.repeat(first - (ends - count), count)  # sorted positions
-            return order[pos], np.repeat(np.arange(max_cand), count), max_cand
-        return order, np.repeat(np.arange(m), np.diff(starts)), m
-    occ = _dense_buffer("occupied", cells, np.bool_)
-    occ[key] = True
-    voxels = np.flatnonzero(occ)  # occupied cells, in key order
-    occ[voxels] = False
-    m = voxels.shape[0]
-    thin = m > max_cand and max_cand > num_points
-    if thin:
-        voxels, m = voxels[np.linspace(0, m - 1, max_cand).astype(np.int64)], max_cand
-    rank = _dense_buffer("rank16" if m < 2**15 else "rank32", cells, np.int16 if m < 2**15 else np.int32)
-    rank[voxels] = np.arange(1, m + 1, dtype=rank.dtype)  # 0: not a sampled voxel
-    v = rank[key]
-    rank[voxels] = 0
-    if thin:
-        points = np.flatnonzero(v)
-        return points, v[points].astype(np.intp) - 1, m
-    return np.arange(key.shape[0]), v.astype(np.intp) - 1, m
 
 
 def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
@@ -741,10 +675,20 @@ def fuse_points(parts: Sequence[Soa], cfg: CloudConfig) -> np.ndarray:
         raise PerceptionError("no points inside the workspace crop box")
     max_cand = cfg.num_points * cfg.fps_candidates_per_point
     if cfg.voxel_size > 0:
-        # Sampling reads max_cand voxels, evenly spaced in key order (as _fps_soa thins): only
-        # those voxels' points are gathered and averaged.
-        points, voxel, m = _voxel_pick((x, y, z), cfg.voxel_size, max_cand, cfg.num_points)
-        (x, y, z), cols = _voxel_means((x, y, z), cols, points, voxel, m)
+        order, starts = _voxel_sort((x, y, z), cfg.voxel_size)
+        m = starts.shape[0] - 1
+        if m > max_cand and max_cand > cfg.num_points:
+            # Sampling reads max_cand voxels, evenly spaced in key order (as _fps_soa thins):
+            # only those voxels' points are gathered and averaged.
+            c = np.linspace(0, m - 1, max_cand).astype(np.int64)
+            first, count = starts[c], starts[c + 1] - starts[c]
+            ends = np.cumsum(count)
+            pos = np.arange(int(ends[-1])) + np.repeat(first - (ends - count), count)  # sorted positions
+            order, m = order[pos], max_cand
+            voxel = np.repeat(np.arange(m), count)
+        else:
+            voxel = np.repeat(np.arange(m), np.diff(starts))
+        (x, y, z), cols = _voxel_means((x, y, z), cols, order, voxel, m)
     idx = _fps_soa((x, y, z), cfg.num_points, max_cand, cfg.fps)
     out = np.stack([x[idx], y[idx], z[idx]], axis=1)  # (num_points, 3)
     if cols is not None:
