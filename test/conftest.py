@@ -91,6 +91,7 @@ def _descendants(root: int) -> dict[int, str]:
 
 # Processes that belong to the test process itself and live as long as it does.
 _LONG_LIVED = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+_LONG_LIVED_THREADS = ("zarr_io", "asyncio_", "tqdm_monitor")  # idle library threads (zarr, tqdm)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,7 +111,8 @@ def nothing_left_running():
     while time.monotonic() < deadline:
         left = {p: c for p, c in _descendants(os.getpid()).items()
                 if p not in before and not any(k in c for k in _LONG_LIVED)}
-        threads = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        threads = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()
+                   and not t.name.startswith(_LONG_LIVED_THREADS)]
         if not left and not threads:
             return
         time.sleep(0.2)
