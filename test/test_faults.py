@@ -13,13 +13,17 @@ case but cpu_starvation to at most 1 per 10 s (none in hot_swap_streaming's swap
 A shared 2-core VM does not meet that on its own: the bare loop beside the executor (same
 deadlines, same SCHED_FIFO priority, a process of its own) misses ticks there too, and the
 executor, whose control thread shares a GIL with its callback thread, misses a few more
-(measured over whole suites: 1-7 in a 2-11 s case with the bare loop at 0). So here a case
-may exceed the rule by the bare loop's count plus TICK_SLACK, which still catches what the
-rule is for: the executor run without real-time scheduling missed 15-106 per case.
-The floor counts twice: a stall that makes the bare loop (one thread) miss k ticks can make
-the executor, whose tick needs its control thread and the GIL its callback thread may hold,
-miss up to about 2k (measured with one core kept busy: 60 against the bare loop's 43 in the
-same 2 s).
+(measured over whole suites: 1-7 in a 2-11 s case with the bare loop at 0; a C thread at a
+higher priority woke 2 ms late 28 times a minute per CPU on the idle VM, docs/RELIABILITY.md).
+So here a case may exceed the rule by FLOOR_FACTOR times the bare loop's count plus
+TICK_SLACK, which still catches what the rule is for: the executor run without real-time
+scheduling missed 15-106 per case on a machine whose bare loop missed none.
+The floor counts three times: a stall that makes the bare loop (one thread) miss k ticks can
+make the executor, whose tick needs its control thread and the GIL its callback thread may
+hold (two real-time threads a stall can catch, not one), miss about 2-3k. Measured with one
+core kept busy by another process: 60 against the bare loop's 43 in 2 s; hot_swap_streaming
+199 against 83 over the case (150 against 68 in its swap windows); a whole suite's fault
+cases 415 against 151 (2.75x). On the quiet machine the same cases gave 69 against 52.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import pytest
 
 from l1flow_ros.graph import faults
 
-TICK_SLACK = 10  # missed ticks a case may have beyond the rule and twice the bare loop's (module docstring)
-FLOOR_FACTOR = 2
+TICK_SLACK = 10  # missed ticks a case may have beyond the rule and three times the bare loop's (module docstring)
+FLOOR_FACTOR = 3
 
 
 @pytest.fixture(scope="module")

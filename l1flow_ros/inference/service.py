@@ -327,11 +327,11 @@ class InferenceService:
 
     # ------------------------------------------------------------------ diagnostics
 
-    def values(self, cfg: InferenceConfig, embeddings_overwritten: int = 0) -> dict[str, str]:
+    def values(self, cfg: InferenceConfig, embeddings_overwritten: int = 0, lifecycle_state: str = "") -> dict[str, str]:
         """Every /diagnostics key/value of the inference node: the loaded policy, its timing
         (ms), ``embeddings_overwritten`` (the node's mailbox: embeddings replaced by a newer one
-        before inference took them) and the counters. Keys: the inference_node table of
-        :mod:`l1flow_ros.nodes.diagnostics`."""
+        before inference took them), the counters and the node's ``lifecycle_state``. Keys: the
+        inference_node table of :mod:`l1flow_ros.nodes.diagnostics`."""
         active, pending = self.switcher.active, self.switcher.pending
         lat, age = self.latency.summary(), self.age.summary()
         return {
@@ -354,4 +354,5 @@ class InferenceService:
             "obs_to_chunk_ms_p99": f"{age['p99']:.3f}",
             "embeddings_overwritten": str(embeddings_overwritten),
             **{k: str(v) for k, v in self.counts.items()},
+            "lifecycle_state": lifecycle_state,
         }

@@ -87,6 +87,7 @@ inference_node (``inference/service.py`` ``InferenceService.values``)
 | ``invalid_tail`` | | executor tails that could not be used, ignored |
 | ``failed_inference`` | | embeddings whose inference raised |
 | ``swaps`` | | checkpoint swaps completed |
+| ``lifecycle_state`` | | the node's lifecycle state (unconfigured, inactive, active, ...), as get_state answers |
 
 perception_node (``perception/pipeline.py`` ``PerceptionEngine.values``)
 

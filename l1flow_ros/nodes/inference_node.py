@@ -289,7 +289,8 @@ class InferenceNode(LifecycleNode):
             level, message = OK, "inactive"
         else:
             level, message = OK, "publishing action chunks"
-        self._diag.publish(level, message, self.service.values(self.cfg, self._mailbox.dropped))
+        state = self._state_machine.current_state[1]  # as /inference_node/get_state answers
+        self._diag.publish(level, message, self.service.values(self.cfg, self._mailbox.dropped, state))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -264,7 +264,7 @@ def _hot_swap(c: CaseContext) -> None:
         while first is None and time.monotonic() < end:
             time.sleep(0.01)
             with w.lock:
-                first = min((rx for rx, _, fp in w.chunks[-50:] if rx >= t_set and fp == fps[k]), default=None)
+                first = min((pub for pub, _, fp in w.chunks[-50:] if pub >= t_set and fp == fps[k]), default=None)
         if first is None:
             c.res.failures.append(f"swap {i + 1}: no chunk of {fps[k]} within {SWAP_TIMEOUT_S:.0f} s of the set")
             break
@@ -282,10 +282,10 @@ def _hot_swap(c: CaseContext) -> None:
     c.tick_windows = (swap_missed, round(swap_s, 2), swap_floor)
     t0, t1 = c.onset, c.cleared_at
     with w.lock:
-        chunks = [(rx, t, fp) for rx, t, fp in w.chunks if t0 <= rx <= t1 and not fp.startswith("faults:")]
+        chunks = [(pub, t, fp) for pub, t, fp in w.chunks if t0 <= pub <= t1 and not fp.startswith("faults:")]
         emb = {t: fp for _, t, fp in w.embeddings if not fp.startswith("faults:")}
-    rx = np.sort(np.array([x[0] for x in chunks], dtype=np.int64))
-    gap = float(np.diff(rx).max() * 1e-9) if rx.size > 1 else float("inf")
+    pub = np.sort(np.array([x[0] for x in chunks], dtype=np.int64))  # when the inference node published them
+    gap = float(np.diff(pub).max() * 1e-9) if pub.size > 1 else float("inf")
     other = [(t, fp, emb[t]) for _, t, fp in chunks if t in emb and emb[t] != fp]
     unmatched = sum(t not in emb for _, t, _ in chunks)
     rep = w.controller.request(op="since", t=t0)

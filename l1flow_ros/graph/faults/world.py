@@ -63,7 +63,7 @@ class World:
         self.poisoned_stamps: set[int] = set()
         self.injected_stamps: set[int] = set()  # embeddings / chunks the harness sent itself
         self.frames_sent = 0
-        self.chunks: list[tuple[int, int, str]] = []  # (receive ns, t_obs ns, fingerprint)
+        self.chunks: list[tuple[int, int, str]] = []  # (published ns, t_obs ns, fingerprint)
         self.embeddings: list[tuple[int, int, str]] = []  # (receive ns, t_obs ns, fingerprint)
         self.diags: list[tuple[int, str, int, str]] = []  # (receive ns, node, level, message)
         # Per node: (receive ns, header stamp ns, key/values) of every status it published.
@@ -103,11 +103,14 @@ class World:
 
     # -- probes -------------------------------------------------------------------------------
 
-    def _on_chunk(self, msg: Any) -> None:
+    def _on_chunk(self, msg: Any, info: Any) -> None:
+        """Kept by when it was published (the writer's source timestamp, same clock as
+        time.time_ns()), not when this process got to it: a starved harness must not see gaps
+        that the inference node did not make."""
         from l1flow_ros.msgs.chunk_conv import stamp_to_ns
 
         with self.lock:
-            self.chunks.append((time.time_ns(), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
+            self.chunks.append((int(info["source_timestamp"]), stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_embedding(self, msg: Any) -> None:
         from l1flow_ros.msgs.chunk_conv import stamp_to_ns
