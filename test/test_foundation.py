@@ -16,7 +16,10 @@ VENV_BIN = Path(sys.executable).parent
 @pytest.mark.core
 def test_isolated_domain():
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    assert 0 < int(os.environ["ROS_DOMAIN_ID"]) <= 232
+    from l1flow_ros.graph.launcher import PRIVATE_DOMAINS, private_domain_id
+
+    assert int(os.environ["ROS_DOMAIN_ID"]) in PRIVATE_DOMAINS  # not in the ephemeral port range
+    assert {private_domain_id(pid) for pid in range(1000)} == set(PRIVATE_DOMAINS)
 
 
 @pytest.mark.node

@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Before rclpy is imported: the run talks only to itself, never to a robot on the network.
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100)
+    from l1flow_ros.graph.launcher import private_domain_id
+
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else private_domain_id(os.getpid()))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from l1flow_ros.graph import faults

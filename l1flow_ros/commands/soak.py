@@ -46,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Before rclpy is imported: the run talks only to itself.
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100)
+    from l1flow_ros.graph.launcher import private_domain_id
+
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else private_domain_id(os.getpid()))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     bad = [o for o in args.set if o.count(":") < 2 or ":=" not in o]
     if bad:

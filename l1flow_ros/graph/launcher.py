@@ -552,6 +552,19 @@ def _probe():
         yield node
 
 
+# Fast DDS listens on 7400 + 250 x domain (+ a few per participant). Above domain 101 those
+# ports fall in Linux's ephemeral range (32768-60999), where any socket may already hold one
+# (the middleware's own sending sockets included) and discovery then fails at random: ROS 2
+# advises domains 0-101 on Linux.
+PRIVATE_DOMAINS = range(1, 102)  # 0 left to the user's own graph
+
+
+def private_domain_id(seed: int) -> int:
+    """A ROS domain for a run that talks only to itself (tests, benchmarks, the fault suite,
+    the soak): one of PRIVATE_DOMAINS from ``seed`` (a process id)."""
+    return PRIVATE_DOMAINS[seed % len(PRIVATE_DOMAINS)]
+
+
 def network_env(domain_id: int | None = None, discovery_range: str | None = None) -> dict[str, str]:
     """The ROS domain and discovery range ``l1flow run`` uses, applied to this process's
     environment (the launcher's own node and every node inherit it): the arguments where
