@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))  # 1-101: launcher.PRIVATE_DOMAINS
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))  # launcher.PRIVATE_DOMAINS
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 

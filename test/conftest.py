@@ -15,9 +15,8 @@ how it knows that a node has handled something.
 
 import os
 
-# 1-101 (l1flow_ros.graph.launcher.PRIVATE_DOMAINS): above 101 Fast DDS's ports fall in the
-# ephemeral port range and discovery fails at random.
-os.environ["ROS_DOMAIN_ID"] = str(int(os.environ.get("L1FLOW_TEST_DOMAIN_ID", 1 + os.getpid() % 101)))
+# One of l1flow_ros.graph.launcher.PRIVATE_DOMAINS (100-199: see there).
+os.environ["ROS_DOMAIN_ID"] = str(int(os.environ.get("L1FLOW_TEST_DOMAIN_ID", 100 + os.getpid() % 100)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "osmesa")

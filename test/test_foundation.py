@@ -18,7 +18,7 @@ def test_isolated_domain():
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     from l1flow_ros.graph.launcher import PRIVATE_DOMAINS, private_domain_id
 
-    assert int(os.environ["ROS_DOMAIN_ID"]) in PRIVATE_DOMAINS  # not in the ephemeral port range
+    assert int(os.environ["ROS_DOMAIN_ID"]) in PRIVATE_DOMAINS
     assert {private_domain_id(pid) for pid in range(1000)} == set(PRIVATE_DOMAINS)
 
 
