@@ -48,7 +48,9 @@ import sys
 import threading
 import time
 
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))  # launcher.PRIVATE_DOMAINS
+from l1flow_ros.graph.launcher import private_domain_id  # no rclpy: the domain is set before it loads
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(private_domain_id(os.getpid())))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 

@@ -15,8 +15,9 @@ how it knows that a node has handled something.
 
 import os
 
-# One of l1flow_ros.graph.launcher.PRIVATE_DOMAINS (100-199: see there).
-os.environ["ROS_DOMAIN_ID"] = str(int(os.environ.get("L1FLOW_TEST_DOMAIN_ID", 100 + os.getpid() % 100)))
+from l1flow_ros.graph.launcher import private_domain_id  # no rclpy: the domain is set before it loads
+
+os.environ["ROS_DOMAIN_ID"] = str(int(os.environ.get("L1FLOW_TEST_DOMAIN_ID", private_domain_id(os.getpid()))))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
