@@ -63,6 +63,8 @@ class Graph:
         self.spinning = spin_nodes(self.sim, p)
         assert wait_for(lambda: matched(*self.subs, self.cmd, self.traj)), "discovery did not complete"
         assert wait_for(lambda: len(self.got["js"]) > 3)
+        # The latched success comes once the reader has matched, not with the match itself.
+        assert wait_for(lambda: self.got["success"]), "the latched /sim/success never came"
 
     def q(self):
         return np.array(self.got["js"][-1].position)

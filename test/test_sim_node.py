@@ -50,6 +50,8 @@ class Graph:
         self.spinning = spin_nodes(self.sim, p)
         # Every topic matched both ways before a test sends or counts anything.
         assert wait_for(lambda: matched(*self.subs, self.cmd, self.delta, self.traj)), "discovery did not complete"
+        # The latched success comes once the reader has matched, not with the match itself.
+        assert wait_for(lambda: self.got["success"]), "the latched /sim/success never came"
 
     def wait_steps(self, n):
         """Until the physics has run ``n`` more steps (80 Hz: simulated time, not wall time)."""
