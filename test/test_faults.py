@@ -144,7 +144,7 @@ def test_guard_rule_flags_a_leap_and_a_bound():
 
     g.lock = threading.Lock()
     g.arm = np.array(faults.HOME)
-    g.cmd_t, g.cmd_p, g.violations, g.lost = [], [], [], 0
+    g.cmd_t, g.cmd_p, g.cmd_seq, g.violations, g.lost = [], [], [], [], 0
     g._prev = (None, None, g.arm.copy())
     g._js_recent = collections.deque(maxlen=200)
 

@@ -80,6 +80,10 @@ def test_load_then_infer_is_the_runners_chunk_timed_and_counted(bundles):
     assert vals["fingerprint"] == runner.fingerprint and vals["pending_fingerprint"] == "-"
     assert vals["checkpoint"] == str(bundles["a"]) and vals["sampler"] == "l1flow:2" and vals["warm_start"] == "True"
     assert float(vals["inference_ms_p50"]) > 0
+    # A head retired (closed) while /diagnostics still holds it: its values, not an exception
+    # (a swap's promotion closed the old head under the diagnostics timer and the node died).
+    runner.close()
+    assert runner.policy is None and svc.values(cfg)["sampler"] == "l1flow:2"
     svc.close()
     assert svc.active is None and runner.policy is None  # freed
 

@@ -123,6 +123,22 @@ def schedule_middleware_threads(priority: int, prefix: str = "dds.") -> tuple[st
     return f"no {prefix}* threads (not Fast DDS): as started", True
 
 
+BACKGROUND_NICE = 10  # a background thread's nice value above its process's (weight ~1/10)
+
+
+def lower_this_thread(step: int = BACKGROUND_NICE) -> bool:
+    """The calling thread's nice value raised by ``step`` (a lower share of the CPU; needs no
+    privilege, and cannot be undone without one): for work that must not take CPU from the
+    hot path, such as opening and warming up a checkpoint being swapped in. Threads it starts
+    inherit it. Returns whether it took."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def set_switch_interval(seconds: float) -> bool:
     """``sys.setswitchinterval(seconds)`` when that shortens it (0 = leave it); returns whether it did."""
     if seconds > 0 and sys.getswitchinterval() > seconds:

@@ -81,6 +81,25 @@ def machine_cpu_s() -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
+def cpus_time_s(cpus: set[int] | None = None) -> tuple[float, float]:
+    """(all CPU seconds, idle seconds) since boot of ``cpus`` (default: those this process
+    may run on, ``sched_getaffinity``), from /proc/stat's per-CPU lines; (nan, nan) when
+    unreadable. Two readings give the share of those CPUs left idle in between."""
+    want = os.sched_getaffinity(0) if cpus is None else cpus
+    total = idle = 0.0
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in want:
+                    v = [int(x) for x in vals[:8]]
+                    total, idle = total + sum(v) / hz, idle + (v[3] + v[4]) / hz  # idle + iowait
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    return total, idle
+
+
 @dataclass
 class SoakWindow:
     index: int

@@ -73,6 +73,7 @@ class PolicyRunner:
         self.prefix_policy = prefix_policy
         self.encoder = encoder
         self.embed_dim = policy.cond_dim
+        self.sampler = policy.sampler  # kept after close(): /diagnostics may read a head retired under it
         self._rng = np.random.Generator(np.random.PCG64(seed))
         h, a = self.action_spec.horizon, self.action_spec.dim
         self._noise = np.empty(noise_shape(policy.sampler, h, a, 1), np.float32)  # (1, [K,] H, A)

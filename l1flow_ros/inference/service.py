@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from l1flow_ros.control.realtime import lower_this_thread
 from l1flow_ros.inference.checkpoint import validate_checkpoint
 from l1flow_ros.inference.config import InferenceConfig
 from l1flow_ros.inference.hotswap import HeadSwitcher
@@ -164,6 +165,12 @@ class InferenceService:
         t.start()
 
     def _swap_worker(self, path: str, cfg: InferenceConfig, gen: int) -> None:
+        # Opened and warmed up at a lower priority: on a machine with no core to spare, this
+        # work took the running head's CPU (a 0.43 s chunk gap with every process on one core).
+        # Only with one intra-op thread: a session's thread pool, started here, would inherit
+        # the priority and slow the new head down for good.
+        if cfg.threads == 1:
+            lower_this_thread()
         t0 = time.monotonic()
         try:
             runner = self._open(path, cfg)
@@ -339,7 +346,7 @@ class InferenceService:
             "checkpoint": active.path if active else "",
             "fingerprint": fingerprint_of(active),
             "pending_fingerprint": fingerprint_of(pending),
-            "sampler": f"{active.policy.sampler.kind}:{active.policy.sampler.steps}" if active else "",
+            "sampler": f"{active.sampler.kind}:{active.sampler.steps}" if active else "",
             "warm_start": str(bool(active and active.supports_warm_start and cfg.warm_start)),
             "prefix_conditioning": str(bool(active and active.supports_prefix and cfg.prefix_conditioning)),
             "n_action_steps": str(self.execution_horizon(active, cfg)) if active else "",

@@ -138,8 +138,8 @@ class InferenceNode(LifecycleNode):
         self._clear_error()
         self._publish_checkpoint(runner.path)
         self.get_logger().info(
-            f"loaded {runner.path} ({runner.fingerprint}, {runner.policy.sampler.kind} "
-            f"{runner.policy.sampler.steps} steps, backend {self.cfg.backend}, "
+            f"loaded {runner.path} ({runner.fingerprint}, {runner.sampler.kind} "
+            f"{runner.sampler.steps} steps, backend {self.cfg.backend}, "
             f"warm start {'on' if runner.supports_warm_start else 'off'})")
         return TransitionCallbackReturn.SUCCESS
 

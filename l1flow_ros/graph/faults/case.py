@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 FAULT_S = 1.6  # how long a fault lasts where the policy keeps running
 REST_S = 0.25  # "at rest": every command of the last REST_S within HOLD_TOL of each other
 SETTLE_MAX_S = 5.0  # the arm must come to rest within this after the fault starts
+GUARD_LAG_S = 5.0  # how far behind the stream the guard may be when the arm's rest is judged
 HOLD_S = 0.8  # then it must stay there this long (bad messages are injected meanwhile)
 HOLD_TOL = 1e-3  # "held": within this of the position at the start of the hold window
 # Chunks stamped this long after the fault began are made from faulty data: a camera frame
@@ -63,22 +64,26 @@ class CaseContext:
     def settle(self) -> None:
         """Wait until the arm is at rest (the executor's starvation rule: the running chunk
         ends, the command reaches its last waypoint within the limits and stops); the hold
-        window starts then. Not at rest within SETTLE_MAX_S: the window starts anyway."""
+        window starts then. Not at rest within SETTLE_MAX_S: the window starts anyway.
+
+        Judged on the commands as published (their source times), up to the last one the
+        guard has: a starved guard gets them late, and must not make the arm look moving
+        (or silent) when the executor was holding it."""
         self.no_valid_data = True
-        end = time.monotonic() + SETTLE_MAX_S
+        t_min, t_max = self.onset + int(MIN_SETTLE_S * 1e9), self.onset + int(SETTLE_MAX_S * 1e9)
+        end = time.monotonic() + SETTLE_MAX_S + GUARD_LAG_S
         while time.monotonic() < end:
             time.sleep(0.05)
-            now = time.time_ns()
-            if now - self.onset < MIN_SETTLE_S * 1e9:
+            rep = self.w.controller.request(op="recent", window=REST_S)
+            latest = int(rep["latest"])
+            if latest < t_min:
                 continue
-            rep = self.w.controller.request(op="since", t=now - int(REST_S * 1e9))
             t, p = np.asarray(rep["t"], dtype=np.int64), np.asarray(rep["p"]).reshape(-1, len(JOINTS))
-            if t.size and t[0] < now - int(0.8 * REST_S * 1e9) and np.ptp(p, axis=0).max() <= HOLD_TOL:
+            if t[0] <= latest - int(0.8 * REST_S * 1e9) and np.ptp(p, axis=0).max() <= HOLD_TOL:
                 self.hold_start = int(t[0])
                 return
-            if not t.size and self.expect_silence:
-                self.hold_start = now
-                return
+            if latest > t_max:
+                break
         self.res.notes.append(f"the arm was not at rest {SETTLE_MAX_S} s after the fault began")
         self.hold_start = time.time_ns()
 

@@ -59,6 +59,7 @@ class ArmGuard:
         self.js_on, self.js_names, self.js_offset = True, [*JOINTS, "right_j0"], 0
         self.cmd_t: list[int] = []  # middleware source time of each command, ns
         self.cmd_p: list[list[float]] = []
+        self.cmd_seq: list[int] = []  # publication sequence number of each (-1: not given)
         self.violations: list[tuple[int, str]] = []
         self.lost = 0  # commands that never arrived (sequence-number gaps)
         self.js_sent: list[tuple[int, int]] = []  # (publish ns, stamp) of every /joint_states published
@@ -128,6 +129,7 @@ class ArmGuard:
             if p.shape == (len(JOINTS),):
                 self.cmd_t.append(t)
                 self.cmd_p.append(p.tolist())
+                self.cmd_seq.append(-1 if seq is None else int(seq))
                 if np.isfinite(p).all():
                     self._prev = (t, None if seq is None else int(seq), p)
                     self.arm = np.clip(p, LOWER, UPPER)  # a real arm stops at its bounds
@@ -166,13 +168,17 @@ class ArmGuard:
             self.connect()
         elif op == "disconnect":
             self.disconnect()
-        elif op == "since":  # commands with source time >= t (the recent ones; cheap)
-            t0 = int(req["t"])
+        elif op in ("since", "recent"):  # commands with source time >= t, or in the last ``window`` s received
             with self.lock:
+                latest = self.cmd_t[-1] if self.cmd_t else 0
+                t0 = int(req["t"]) if op == "since" else latest - int(float(req["window"]) * 1e9)
                 k = len(self.cmd_t)
                 while k > 0 and self.cmd_t[k - 1] >= t0:
                     k -= 1
-                return {"t": self.cmd_t[k:], "p": self.cmd_p[k:]}
+                return {"t": self.cmd_t[k:], "p": self.cmd_p[k:], "seq": self.cmd_seq[k:], "latest": latest}
+        elif op == "latest":  # source time of the last command received (0: none yet)
+            with self.lock:
+                return {"latest": self.cmd_t[-1] if self.cmd_t else 0}
         elif op == "joint_states_sent":  # for the recording check
             with self.lock:
                 return {"js": list(self.js_sent)}
@@ -222,6 +228,16 @@ class Controller:
                                      env=dict(os.environ))
         if not self._read().get("ok"):
             raise RuntimeError("the arm / guard process did not start")
+
+    def caught_up(self, t_ns: int, timeout: float = 10.0) -> bool:
+        """Wait until the guard has a command published at or after ``t_ns`` (commands reach
+        a starved guard late): whether it came within ``timeout``."""
+        end = time.monotonic() + timeout
+        while self.request(op="latest")["latest"] < t_ns:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _read(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()

@@ -348,7 +348,9 @@ class Harness:
         res.nodes_alive = not problems
         res.notes += problems
         self._restart_exited(res)
-        time.sleep(0.05)  # commands still on their way to the guard
+        # Commands still on their way to the guard (a starved one gets them seconds late).
+        if not w.controller.caught_up(res.span_ns[1]):
+            res.notes.append("the guard got no command published after the case's end within 10 s")
         rep = w.controller.request(op="report", cmd=rep0["n_cmd"], viol=rep0["n_viol"])
         cmd_t = np.asarray(rep["t"], dtype=np.int64)
         cmd_p = np.asarray(rep["p"], dtype=np.float64).reshape(-1, len(JOINTS))
