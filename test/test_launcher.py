@@ -205,3 +205,22 @@ def test_one_node_restarts_while_the_rest_run(tmp_path):
         g.check()
     assert set(g.exit_codes) == {"executor_node", "teleop_node"}
     assert "[teleop_node]" in (tmp_path / "nodes.log").read_text()
+
+
+@pytest.mark.graph
+def test_a_lifecycle_node_whose_services_never_appear_is_reported_with_what_discovery_saw(tmp_path):
+    """Half the timeout without a change_state service: the launcher logs what discovery sees
+    of the node and makes its clients anew; at the timeout the error says it too. Here the
+    node is started with its services on another domain, so discovery never shows them."""
+    from l1flow_ros.graph.launcher import GraphError, ProcessGraph, private_domain_id
+
+    path = _params(tmp_path, {"inference_node": {"checkpoint": str(BUNDLE), "backend": "onnxruntime"}})
+    g = ProcessGraph(path, log_file=tmp_path / "nodes.log", lifecycle_timeout=6.0)
+    g.env["ROS_DOMAIN_ID"] = str(private_domain_id(os.getpid() + 1))  # the node's; not the launcher's
+    with pytest.raises(GraphError) as e:
+        g.start()
+    msg = str(e.value)
+    assert "inference_node: no change_state service within 6 s (to configure; not on the ROS graph" in msg, msg
+    log = (tmp_path / "nodes.log").read_text()
+    assert re.search(r"\[launcher\] inference_node: no change_state service after 3 s .*clients made anew", log), log
+    assert g.exited(), "the node outlived the failed start"

@@ -472,24 +472,26 @@ class ProcessGraph:
             for name in names:
                 # One pair of clients for both transitions: a client made later would
                 # have to discover the service again (seconds on a loaded machine).
-                clients = (node.create_client(ChangeState, f"/{name}/change_state"),
-                           node.create_client(GetState, f"/{name}/get_state"))
+                clients = [node.create_client(ChangeState, f"/{name}/change_state"),
+                           node.create_client(GetState, f"/{name}/get_state")]
                 try:
                     for tid, label in ((Transition.TRANSITION_CONFIGURE, "configure"),
                                        (Transition.TRANSITION_ACTIVATE, "activate")):
-                        self._transition(clients, name, tid, label)
+                        self._transition(node, clients, name, tid, label)
                 finally:
                     for c in clients:
                         node.destroy_client(c)
                 self._say(f"{name}: configured and active")
 
-    def _transition(self, clients, name: str, transition_id: int, label: str) -> None:
+    def _transition(self, node, clients: list, name: str, transition_id: int, label: str) -> None:
         """One transition; robust to a request lost on the way (a server matched too early).
 
         A request sent the moment discovery reports the service can be lost (services keep no
         history for late-matching servers). When no answer comes for a while, the node's
         ``get_state`` says where it is: at the goal (done), still at the start (re-sent), or in
-        the transition (keep waiting).
+        the transition (keep waiting). No service after half the timeout: what discovery sees
+        of the node is logged and the clients are made anew (matched afresh); the error at
+        the timeout says it too.
         """
         from lifecycle_msgs.msg import State
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -507,8 +509,16 @@ class ProcessGraph:
                 time.sleep(0.02)  # the probe's executor completes the futures
             return True
 
-        if not wait_until(change.service_is_ready, end):
-            raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s (to {label})")
+        if not wait_until(change.service_is_ready, time.monotonic() + self.lifecycle_timeout / 2):
+            self._say(f"{name}: no change_state service after {self.lifecycle_timeout / 2:.0f} s (to {label}; "
+                      f"{_discovery_report(node, name)}): clients made anew")
+            for i, c in enumerate(clients):
+                clients[i] = node.create_client(c.srv_type, c.srv_name)
+                node.destroy_client(c)
+            change, get = clients
+            if not wait_until(change.service_is_ready, end):
+                raise GraphError(f"{name}: no change_state service within {self.lifecycle_timeout:.0f} s (to {label}; "
+                                 f"{_discovery_report(node, name)}); its last output:\n{self.tail(name)}")
         req = ChangeState.Request()
         req.transition.id = transition_id
         futures = [change.call_async(req)]
@@ -534,6 +544,18 @@ class ProcessGraph:
         rc = self.procs[name].returncode()
         if rc is not None:
             raise GraphError(f"{name} exited with code {rc} {doing}; its last output:\n{self.tail(name)}")
+
+
+def _discovery_report(node, name: str) -> str:
+    """What the probe's discovery sees of node ``name``: on the graph or not, its services."""
+    seen = {n for n, _ in node.get_node_names_and_namespaces()}
+    if name not in seen:
+        return f"not on the ROS graph; nodes seen: {sorted(seen)}"
+    try:
+        services = sorted(s for s, _ in node.get_service_names_and_types_by_node(name, "/"))
+    except Exception as e:  # the node left the graph meanwhile
+        return f"on the ROS graph; its services unknown ({e})"
+    return f"on the ROS graph with {len(services)} services: {services[:8]}"
 
 
 @contextlib.contextmanager

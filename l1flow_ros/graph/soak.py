@@ -69,35 +69,29 @@ def proc_cpu_s(pid: int) -> float:
         return float("nan")
 
 
-def machine_cpu_s() -> tuple[float, float]:
-    """(all CPU seconds, stolen seconds) over every CPU since boot (/proc/stat): the steal is
-    the time the hypervisor ran something else while this machine's CPUs wanted to run."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-        return sum(vals[:8]) / hz, (vals[7] if len(vals) > 7 else 0) / hz
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-
-
-def cpus_time_s(cpus: set[int] | None = None) -> tuple[float, float]:
-    """(all CPU seconds, idle seconds) since boot of ``cpus`` (default: those this process
-    may run on, ``sched_getaffinity``), from /proc/stat's per-CPU lines; (nan, nan) when
-    unreadable. Two readings give the share of those CPUs left idle in between."""
-    want = os.sched_getaffinity(0) if cpus is None else cpus
-    total = idle = 0.0
+def cpu_seconds(cpus: set[int] | None = None) -> tuple[float, float, float]:
+    """(all, idle, stolen) CPU seconds since boot over ``cpus`` (None: every CPU), from
+    /proc/stat's per-CPU lines; nans when unreadable. Idle counts iowait; the steal is the time
+    the hypervisor ran something else while these CPUs wanted to run. Two readings give the
+    shares in between."""
+    total = idle = steal = 0.0
     try:
         hz = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             for line in f:
                 name, *vals = line.split()
-                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in want:
-                    v = [int(x) for x in vals[:8]]
-                    total, idle = total + sum(v) / hz, idle + (v[3] + v[4]) / hz  # idle + iowait
+                if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                    v = [int(x) for x in vals[:8]] + [0] * (8 - len(vals[:8]))
+                    total, idle, steal = total + sum(v) / hz, idle + (v[3] + v[4]) / hz, steal + v[7] / hz
     except (OSError, ValueError):
-        return float("nan"), float("nan")
-    return total, idle
+        return float("nan"), float("nan"), float("nan")
+    return total, idle, steal
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(all CPU seconds, stolen seconds) over every CPU since boot (:func:`cpu_seconds`)."""
+    total, _, steal = cpu_seconds()
+    return total, steal
 
 
 @dataclass

@@ -55,6 +55,14 @@ class CaseContext:
         # (executor missed ticks, seconds, bare loop missed ticks) over the windows the case
         # judges, where not the whole case (hot swap: the swaps' windows)
         self.tick_windows: tuple[int, float, int] | None = None
+        # (executor status, bare loop count) where the case's ticks start being counted, when
+        # not at its start: what came before was setting the case up (a node started again)
+        self.tick_mark: tuple[Any, tuple[int, int]] | None = None
+
+    def mark_ticks(self) -> None:
+        """Count the case's missed ticks from now: what the case did before (starting a node
+        process again, its encoder loaded and warmed) sets it up and is not the fault."""
+        self.tick_mark = (self.h.executor_state(), self.h.floor.read())
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:

@@ -16,7 +16,7 @@ import numpy as np
 from l1flow_ros.graph.faults.assets import JOINTS, MAX_VEL, OTHER_GPU, PERIOD_S
 from l1flow_ros.graph.faults.case import FAULT_S, HOLD_S, Case, CaseContext
 from l1flow_ros.graph.faults.harness import diag_value
-from l1flow_ros.graph.soak import cpus_time_s
+from l1flow_ros.graph.soak import cpu_seconds
 
 
 def _held(inject: Callable[[CaseContext], None] | None = None, **fault: Any) -> Callable[[CaseContext], None]:
@@ -54,6 +54,7 @@ def _camera_info_never(c: CaseContext) -> None:
     t = h.started_ns["perception_node"]
     if not h.wait(lambda: bool((h.last_values("perception_node", t) or {}).get("fingerprint")), 120.0):
         c.res.notes.append("perception reported no encoder 120 s after its start")
+    c.mark_ticks()  # a node's start (imports, encoder loaded and warmed) is not the fault
     c.fault(camera_info=False)
     c.settle()
     time.sleep(HOLD_S)
@@ -258,7 +259,7 @@ def _hot_swap(c: CaseContext) -> None:
     fps = [m.fingerprint for m in mans]
     plan_s = mans[0].action.n_action_steps * mans[0].action.dt
     c.fault()
-    cpu0 = cpus_time_s()
+    cpu0 = cpu_seconds(os.sched_getaffinity(0))  # the CPUs this graph may use
     per_swap: list[str] = []
     swap_missed, swap_floor, swap_s, first_s = 0, 0, 0.0, []
     windows: list[tuple[int, int]] = []  # (set, first chunk of the new head + SWAP_SETTLE_S), ns
@@ -291,7 +292,7 @@ def _hot_swap(c: CaseContext) -> None:
         windows.append((t_set, first + int(SWAP_SETTLE_S * 1e9)))
         time.sleep(SWAP_STREAM_S)
     c.cleared_at = time.time_ns()
-    cpu1 = cpus_time_s()
+    cpu1 = cpu_seconds(os.sched_getaffinity(0))
     idle = 100.0 * (cpu1[1] - cpu0[1]) / (cpu1[0] - cpu0[0]) if cpu1[0] > cpu0[0] else float("nan")
     c.tick_windows = (swap_missed, round(swap_s, 2), swap_floor)
     t0, t1 = c.onset, c.cleared_at
@@ -303,8 +304,9 @@ def _hot_swap(c: CaseContext) -> None:
     in_swap = np.zeros(gaps.size, bool)
     for a, b in windows:
         in_swap |= (gap_end >= a) & (gap_end <= b)
-    gap = float(gaps[in_swap].max()) if in_swap.any() else float("inf")
-    if in_swap.any():  # where the longest one lies: from the set, and from the new head's first chunk
+    gap = float("inf")
+    if in_swap.any():  # the longest, and where it lies: from the set, and from the new head's first chunk
+        gap = float(gaps[in_swap].max())
         end_ns = int(gap_end[in_swap][int(np.argmax(gaps[in_swap]))])
         a, b = next((a, b) for a, b in windows if a <= end_ns <= b)
         c.res.notes.append(f"longest gap in a swap ended {(end_ns - a) * 1e-9:.2f} s after the set, "

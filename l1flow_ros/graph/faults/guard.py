@@ -176,9 +176,6 @@ class ArmGuard:
                 while k > 0 and self.cmd_t[k - 1] >= t0:
                     k -= 1
                 return {"t": self.cmd_t[k:], "p": self.cmd_p[k:], "seq": self.cmd_seq[k:], "latest": latest}
-        elif op == "latest":  # source time of the last command received (0: none yet)
-            with self.lock:
-                return {"latest": self.cmd_t[-1] if self.cmd_t else 0}
         elif op == "joint_states_sent":  # for the recording check
             with self.lock:
                 return {"js": list(self.js_sent)}
@@ -233,7 +230,7 @@ class Controller:
         """Wait until the guard has a command published at or after ``t_ns`` (commands reach
         a starved guard late): whether it came within ``timeout``."""
         end = time.monotonic() + timeout
-        while self.request(op="latest")["latest"] < t_ns:
+        while self.request(op="recent", window=0.0)["latest"] < t_ns:
             if time.monotonic() > end:
                 return False
             time.sleep(0.02)

@@ -339,6 +339,9 @@ class Harness:
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
+        if ctx.tick_mark is not None and ctx.tick_mark[0] is not None:
+            res.notes.append("missed ticks counted from the fault's onset, not over the case's set-up")
+            st0, floor0 = ctx.tick_mark
         self._count_ticks(res, case, st0, floor0, t_start, cpu0)
         if ctx.tick_windows is not None:  # the case judges its own windows
             res.notes.append(f"over the whole case ({res.duration_s:.1f} s): {res.missed_ticks} missed ticks, bare "
