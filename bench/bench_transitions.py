@@ -50,11 +50,12 @@ TOY_METHODS = {
     "ensemble": ("plain", "ensemble", False),
     "prefix inpainting": ("plain", "replace", True),
     "prefix-trained": ("trained", "replace", True),
+    "prefix-trained, soft": ("soft", "replace", True),  # --prefix-soft: the whole overlap as input
 }
 
 
 def train_toy_bundles(out: Path, steps: int, seed: int = 0) -> dict[str, Path]:
-    """Plain and prefix-trained L1 Flow on the rolling toy, exported; their directories."""
+    """Plain, prefix-trained and soft-prefix-trained L1 Flow on the rolling toy, exported; their directories."""
     from l1flow_ros.inference.export import export_bundle
     from l1flow_ros.policy import methods, toy
     from l1flow_ros.policy.config import TrainConfig
@@ -64,8 +65,8 @@ def train_toy_bundles(out: Path, steps: int, seed: int = 0) -> dict[str, Path]:
 
     ds = toy.RollingToyDataset(2048, seed=seed)
     dirs = {}
-    for name, prefix in (("plain", False), ("trained", True)):
-        cfgs = ObjectiveConfigs(prefix=PrefixTrainConfig(enabled=prefix))
+    for name, prefix, soft in (("plain", False, False), ("trained", True, False), ("soft", True, True)):
+        cfgs = ObjectiveConfigs(prefix=PrefixTrainConfig(enabled=prefix, soft=soft))
         sampler = methods.get("l1flow").default_sampler(cfgs)
         model_cfg = dataclasses.replace(toy.ROLLING_MODEL, prediction=prediction_for(sampler.kind))
         cfg = TrainConfig(objective="l1flow", steps=steps, batch_size=256, lr=5e-3, warmup_steps=50,
@@ -187,7 +188,8 @@ def print_toy_table(results: dict, delays) -> None:
 
 # name -> (bundle, executor splice rule, inference prefix conditioning); the last one also
 # keeps the executor's default splice (cross-fade) under the prefix.
-GRAPH_METHODS = {**TOY_METHODS, "prefix-trained + crossfade": ("trained", "crossfade", True)}
+GRAPH_METHODS = {**{k: v for k, v in TOY_METHODS.items() if v[0] != "soft"},
+                 "prefix-trained + crossfade": ("trained", "crossfade", True)}
 
 
 def ensure_prefix_graph(bundle: Path, work: Path) -> Path:

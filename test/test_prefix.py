@@ -48,11 +48,29 @@ def test_random_prefix_masks_the_first_d_clean_actions():
     assert torch.equal(prefix, x1 * mask[:, :, None])
 
 
-def _train(objective: str, out, prefix: bool, teacher=None, steps: int = 2):
+def test_soft_random_prefix_carries_the_rtc_weights_over_a_random_overlap():
+    h = 8
+    x1 = torch.randn(512, h, 2)
+    prefix, mask = random_prefix(x1, 4, 0.2, torch.Generator().manual_seed(0), soft=True)
+    overlaps = set()
+    for i in range(x1.shape[0]):
+        d = int((mask[i] == 1).sum())
+        if d == 0:
+            assert torch.all(mask[i] == 0)
+            continue
+        e = int((mask[i] > 0).sum())
+        assert 1 <= d <= 4 and d <= e <= h
+        np.testing.assert_allclose(mask[i].numpy(), rtc_weights(h, d, e), rtol=1e-6, atol=1e-7)
+        overlaps.add(e - d)
+    assert overlaps >= {0, 1, 2, 3}  # the overlap beyond the frozen actions varies
+    assert torch.equal(prefix, x1 * (mask > 0).float()[:, :, None])
+
+
+def _train(objective: str, out, prefix: bool, teacher=None, steps: int = 2, soft: bool = False):
     from l1flow_ros.policy import methods
 
     ds = toy.ToyDataset(256)
-    cfgs = ObjectiveConfigs(prefix=PrefixTrainConfig(enabled=prefix))
+    cfgs = ObjectiveConfigs(prefix=PrefixTrainConfig(enabled=prefix, soft=soft))
     sampler = methods.get(objective).default_sampler(cfgs)
     model_cfg = dataclasses.replace(toy.TOY_MODEL, prediction=prediction_for(sampler.kind))
     cfg = TrainConfig(objective=objective, steps=steps, batch_size=16, warmup_steps=1, save_every=10**9,
@@ -62,11 +80,13 @@ def _train(objective: str, out, prefix: bool, teacher=None, steps: int = 2):
     return load_bundle(out)
 
 
-@pytest.mark.parametrize("objective", ["l1flow", "fm"])
-def test_prefix_trained_bundle_records_it_exports_and_keeps_the_prefix(objective, tmp_path):
-    manifest, model = _train(objective, tmp_path / objective, prefix=True)
+@pytest.mark.parametrize("objective,soft", [("l1flow", False), ("fm", False), ("l1flow", True)])
+def test_prefix_trained_bundle_records_it_exports_and_keeps_the_prefix(objective, soft, tmp_path):
+    manifest, model = _train(objective, tmp_path / objective, prefix=True, soft=soft)
     assert manifest.model.unet.prefix_input and model.prefix_mode == "trained"
+    assert manifest.model.unet.prefix_soft is soft
     assert manifest.train["objective"]["prefix"]["enabled"] is True
+    assert manifest.train["objective"]["prefix"]["soft"] is soft
     report = export_bundle(tmp_path / objective)
     assert "policy.prefix.onnx" in report.files
     h, a = toy.ACTION_SPEC.horizon, toy.ACTION_SPEC.dim
@@ -83,6 +103,30 @@ def test_prefix_trained_bundle_records_it_exports_and_keeps_the_prefix(objective
         np.testing.assert_allclose(out_t[i, :k], y[i, :k], atol=1e-6)
     # The trained network reads the prefix: another prefix changes the free actions.
     assert not np.allclose(p_t.run(cond, noise, -y, w)[1, 2:], out_t[1, 2:], atol=1e-5)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_trained_network_gets_the_frozen_prefix_or_with_soft_the_whole_weighted_overlap(soft):
+    from l1flow_ros.policy.samplers import prefix_net
+
+    h, a = 8, 2
+    seen = {}
+
+    def net(x, t, cond, prefix=None, mask=None):  # what the network is given
+        seen.update(prefix=prefix, mask=mask)
+        return x
+
+    y, noise = torch.randn(1, h, a), torch.randn(1, h, a)
+    w = torch.from_numpy(rtc_weights(h, 2, 6))[None]  # 2 frozen, the plan covers 6
+    prefix_net(net, noise, y, w, trained=True, soft=soft)(noise, torch.zeros(1), torch.zeros(1, 4))
+    if soft:
+        torch.testing.assert_close(seen["mask"], w)
+        torch.testing.assert_close(seen["prefix"][:, :6], y[:, :6])
+    else:
+        torch.testing.assert_close(seen["mask"], (w >= 1).float())
+        torch.testing.assert_close(seen["prefix"][:, :2], y[:, :2])
+        assert torch.all(seen["prefix"][:, 2:6] == 0)
+    assert torch.all(seen["prefix"][:, 6:] == 0)
 
 
 def test_imle_refuses_prefix_training_with_the_reason(tmp_path):

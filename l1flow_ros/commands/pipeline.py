@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--prefix-train", action="store_true",
                    help="train and distil with a prefix input (real-time chunking, see l1flow train --help)")
+    p.add_argument("--prefix-soft", action="store_true",
+                   help="--prefix-train with the prefix input over the whole overlap (l1flow train --help)")
     p.add_argument("--offline-record", action="store_true",
                    help="record by stepping the simulator directly (faster, no ROS) instead of the node graph")
     p.add_argument("--resume", action="store_true",
@@ -151,8 +153,8 @@ def _pipeline(args: argparse.Namespace, methods: list[str], out: Path) -> list[d
     common = ["--data", str(store), "--batch-size", "64", "--lr", "3e-4", "--no-progress", "--log-every", "100"]
     if resume:
         common.append("--resume")  # continues from OUT/train_state.pt; a finished run is only re-saved
-    if args.prefix_train:
-        common.append("--prefix-train")
+    if args.prefix_train or args.prefix_soft:
+        common.append("--prefix-soft" if args.prefix_soft else "--prefix-train")
     arch = ["--down-dims", args.down_dims, "--embed-dim", str(args.embed_dim)]
     warm = str(max(1, min(100, args.train_steps // 10)))
     by_name = registry.by_run_name()

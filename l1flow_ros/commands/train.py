@@ -35,6 +35,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prefix-max-steps", type=int, default=0,
                         help="longest trained prefix in chunk steps (0 = horizon - n_action_steps)")
+    parser.add_argument("--prefix-soft", action="store_true",
+                        help="--prefix-train, and the network also gets the running plan over the whole "
+                             "overlap, weighted as real-time chunking weighs it, not only the frozen actions")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay)
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip)
@@ -144,7 +147,8 @@ def prefix_config(args: argparse.Namespace):
     """The training-time prefix conditioning the arguments ask for."""
     from l1flow_ros.policy.prefix import PrefixTrainConfig
 
-    return PrefixTrainConfig(enabled=bool(args.prefix_train), max_steps=int(args.prefix_max_steps))
+    soft = bool(getattr(args, "prefix_soft", False))
+    return PrefixTrainConfig(enabled=bool(args.prefix_train) or soft, max_steps=int(args.prefix_max_steps), soft=soft)
 
 
 def run_training(args: argparse.Namespace, ds, normalizer, obs_spec, action_spec, method: str, **kw) -> int:

@@ -112,7 +112,7 @@ def _canonical(d: dict[str, Any]) -> bytes:
 
 # Fields added to the manifest after bundles were first written: left out of the hashed form
 # while at their default, so that a bundle written before them keeps its fingerprint.
-LATER_FIELDS = {("model", "unet", "prefix_input"): False}
+LATER_FIELDS = {("model", "unet", "prefix_input"): False, ("model", "unet", "prefix_soft"): False}
 
 
 def compute_fingerprint(bundle_dir: str | os.PathLike, manifest: Manifest) -> str:

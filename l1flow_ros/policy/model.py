@@ -180,7 +180,7 @@ class PolicyModel(nn.Module):
         if warm is not None or weights is None:
             raise ValueError("a prefix comes with its weights and without a warm start")
         trained = mode == "trained"
-        net = prefix_net(self.head, noise, prefix, weights, trained)
+        net = prefix_net(self.head, noise, prefix, weights, trained, soft=trained and self.cfg.unet.prefix_soft)
         return impose_prefix(kind.sample(net, cond, noise, self.sampler, self.cfg, None), prefix, weights)
 
     def forward(

@@ -48,6 +48,10 @@ class UnetConfig:
     # Two more inputs: a clean action prefix (B, H, A) and its mask (B, H), as 2A + 1 input
     # channels (training-time prefix conditioning, ``l1flow_ros.policy.prefix``).
     prefix_input: bool = False
+    # With prefix_input: the mask input carries real-time chunking's weights over the whole
+    # overlap with the running plan (1 on the frozen actions, decaying to 0 where the plan
+    # ends) and the prefix input the plan over that overlap, not only the frozen actions.
+    prefix_soft: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> UnetConfig:

@@ -42,11 +42,16 @@ class PrefixTrainConfig:
     Each training chunk gets a random prefix length ``d`` in ``[0, max_steps]`` (0 with
     probability ``none_share``): its first ``d`` clean actions and their mask are given to the
     network as extra input channels; the loss is the method's own, on the whole chunk.
+    ``soft``: the mask is :func:`rtc_weights` over a random overlap ``e`` in ``[d, H]`` (the
+    running plan's actions that the new chunk's times cover) and the prefix the clean actions
+    over it, as the inference node then gives them: the network also sees where the plan goes
+    beyond the frozen actions (with one frozen action, which mode the plan is in).
     """
 
     enabled: bool = False
     max_steps: int = 0  # longest prefix; 0 = horizon - n_action_steps
     none_share: float = 0.2  # share of chunks trained with no prefix (d = 0: the first chunk)
+    soft: bool = False  # the mask carries the overlap's weights, not only the frozen d
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or not 0.0 <= self.none_share <= 1.0:

@@ -34,20 +34,22 @@ def warm_start_point(noise: torch.Tensor, warm: torch.Tensor, t_w: float) -> tor
 
 
 
-def prefix_net(net, noise: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor, trained: bool):
+def prefix_net(net, noise: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor, trained: bool,
+               soft: bool = False):
     """``net`` with a running plan's prefix imposed (:mod:`l1flow_ros.policy.prefix`): prefix
     (B, H, A) normalised, weights (B, H) in [0, 1] (1: frozen).
 
     Inpainting: each input x at flow time t is pulled towards the prefix's point on the same
     noise path, ``x + W (t y + (1 - t) eps - x)``. Trained: the network (``prefix_input``)
-    also gets the frozen prefix and its mask as extra channels. Returns a callable with
+    also gets the frozen prefix and its mask as extra channels (``soft``, a network trained
+    so: the prefix over the whole overlap, with the weights as its mask). Returns a callable with
     ``net``'s signature; a pure function of its inputs (nothing is kept between calls).
     """
     w = weights[:, :, None]  # (B, H, 1)
     extra = {}
     if trained:
-        mask = (weights >= 1.0).to(prefix.dtype)  # (B, H)
-        extra = {"prefix": prefix * mask[:, :, None], "mask": mask}
+        mask = weights if soft else (weights >= 1.0).to(prefix.dtype)  # (B, H)
+        extra = {"prefix": prefix * (mask > 0).to(prefix.dtype)[:, :, None], "mask": mask}
 
     def conditioned(x, t, cond, *r):
         tt = t[:, None, None]

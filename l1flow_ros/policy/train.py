@@ -128,7 +128,7 @@ class LossModule(nn.Module):
         net, ema_head = self.model.head, ema.head if ema is not None else None
         if self.cfgs.prefix.enabled:  # the network and its EMA target see the same clean prefix
             prefix, mask = random_prefix(x1, self.cfgs.prefix.longest(x1.shape[1], self._shift),
-                                         self.cfgs.prefix.none_share)
+                                         self.cfgs.prefix.none_share, soft=self.cfgs.prefix.soft)
             net = functools.partial(net, prefix=prefix, mask=mask)
             if ema_head is not None:
                 ema_head = functools.partial(ema_head, prefix=prefix, mask=mask)
@@ -138,16 +138,27 @@ class LossModule(nn.Module):
         ))  # fmt: skip
 
 
-def random_prefix(x1: torch.Tensor, longest: int, none_share: float,
-                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_prefix(x1: torch.Tensor, longest: int, none_share: float, gen: torch.Generator | None = None,
+                  soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A random clean prefix per chunk of ``x1`` (B, H, A): its first d actions, d uniform in
-    [1, longest] (0 for a ``none_share`` of them): (prefix (B, H, A) zero beyond d, mask (B, H))."""
+    [1, longest] (0 for a ``none_share`` of them): (prefix (B, H, A) zero beyond d, mask (B, H)).
+    ``soft``: the mask is ``rtc_weights(H, d, e)`` with the overlap e uniform in [d, H] (all 0
+    where d = 0) and the prefix the clean actions where it is above 0."""
     b, h = x1.shape[0], x1.shape[1]
-    d = torch.randint(1, max(1, longest) + 1, (b,), generator=gen, device=x1.device)
+    dev = x1.device
+    d = torch.randint(1, max(1, longest) + 1, (b,), generator=gen, device=dev)
     if longest < 1:
         d = torch.zeros_like(d)
-    d = torch.where(torch.rand(b, generator=gen, device=x1.device) < none_share, torch.zeros_like(d), d)
-    mask = (torch.arange(h, device=x1.device)[None, :] < d[:, None]).to(x1.dtype)  # (B, H)
+    d = torch.where(torch.rand(b, generator=gen, device=dev) < none_share, torch.zeros_like(d), d)
+    i = torch.arange(h, device=dev)[None, :]
+    mask = (i < d[:, None]).to(x1.dtype)  # (B, H)
+    if soft:  # rtc_weights, per chunk: 1 before d, c (e^c - 1) / (e - 1) on [d, e), 0 from e
+        e = d + (torch.rand(b, generator=gen, device=dev) * (h - d + 1)).long().clamp(max=h - d)
+        e = torch.where(d > 0, e, torch.zeros_like(e))[:, None]
+        c = (e - i).to(x1.dtype) / (e - d[:, None] + 1).to(x1.dtype)
+        decay = c * torch.expm1(c) / (math.e - 1.0)
+        mask = torch.where(i < d[:, None], torch.ones_like(decay), torch.where(i < e, decay, torch.zeros_like(decay)))
+        return x1 * (mask > 0).to(x1.dtype)[:, :, None], mask
     return x1 * mask[:, :, None], mask
 
 
@@ -285,7 +296,8 @@ def train(
         if not method.prefix_training:
             raise ValueError(f"{method.label} cannot be trained with a prefix input (its teacher's samples "
                              "are not conditioned on it); draw it with prefix inpainting instead")
-        model_cfg = dataclasses.replace(model_cfg, unet=dataclasses.replace(model_cfg.unet, prefix_input=True))
+        model_cfg = dataclasses.replace(model_cfg, unet=dataclasses.replace(
+            model_cfg.unet, prefix_input=True, prefix_soft=cfgs.prefix.soft))
     model = PolicyModel(obs_spec, action_spec, sampler, model_cfg)
     if teacher is not None:
         init = method.student_init(cfgs, t_manifest.model.prediction)
