@@ -208,15 +208,18 @@ def test_one_node_restarts_while_the_rest_run(tmp_path):
 
 
 @pytest.mark.graph
-def test_a_lifecycle_node_whose_services_never_appear_is_reported_with_what_discovery_saw(tmp_path):
+def test_a_lifecycle_node_whose_services_never_appear_is_reported_with_what_discovery_saw(tmp_path, monkeypatch):
     """Half the timeout without a change_state service: the launcher logs what discovery sees
     of the node and makes its clients anew; at the timeout the error says it too. Here the
-    node is started with its services on another domain, so discovery never shows them."""
+    node is started with its services on another domain, so discovery never shows them. The
+    launcher gets a domain of its own too: on the tests' domain an inference node an earlier
+    test killed stays in discovery until its lease ends, services included."""
     from l1flow_ros.graph.launcher import GraphError, ProcessGraph, private_domain_id
 
     path = _params(tmp_path, {"inference_node": {"checkpoint": str(BUNDLE), "backend": "onnxruntime"}})
     g = ProcessGraph(path, log_file=tmp_path / "nodes.log", lifecycle_timeout=6.0)
-    g.env["ROS_DOMAIN_ID"] = str(private_domain_id(os.getpid() + 1))  # the node's; not the launcher's
+    g.env["ROS_DOMAIN_ID"] = str(private_domain_id(os.getpid() + 1))  # the node's
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(private_domain_id(os.getpid() + 2)))  # the launcher's probe
     with pytest.raises(GraphError) as e:
         g.start()
     msg = str(e.value)

@@ -3,6 +3,7 @@ marks, the world, the settle / reason / recovery waits, and the judging constant
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -55,14 +56,26 @@ class CaseContext:
         # (executor missed ticks, seconds, bare loop missed ticks) over the windows the case
         # judges, where not the whole case (hot swap: the swaps' windows)
         self.tick_windows: tuple[int, float, int] | None = None
-        # (executor status, bare loop count) where the case's ticks start being counted, when
-        # not at its start: what came before was setting the case up (a node started again)
-        self.tick_mark: tuple[Any, tuple[int, int]] | None = None
+        # (what, executor missed ticks, bare loop missed ticks, s) of the spans not judged
+        self.unjudged: list[tuple[str, int, int, float]] = []
 
-    def mark_ticks(self) -> None:
-        """Count the case's missed ticks from now: what the case did before (starting a node
-        process again, its encoder loaded and warmed) sets it up and is not the fault."""
-        self.tick_mark = (self.h.executor_state(), self.h.floor.read())
+    @contextlib.contextmanager
+    def ticks_not_judged(self, what: str):
+        """The executor's missed ticks while the block runs are reported, not judged: a node
+        process starting beside it (imports, sessions opened and warmed, discovery), which
+        the case needs but which is not the fault. The harness takes them out of the case's
+        count and names them in its notes."""
+        from l1flow_ros.graph.faults.harness import diag_value
+
+        st0, f0 = self.h.executor_state(), self.h.floor.read()
+        try:
+            yield
+        finally:
+            st1 = self.h.executor_state(after_ns=time.time_ns(), timeout=10.0)
+            f1 = self.h.floor.read()
+            if st0 is not None and st1 is not None:
+                m = int(diag_value(st1.values, "missed_ticks") - diag_value(st0.values, "missed_ticks"))
+                self.unjudged.append((what, m, f1[0] - f0[0], (st1.stamp_ns - st0.stamp_ns) * 1e-9))
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:

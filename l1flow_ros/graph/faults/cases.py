@@ -45,16 +45,16 @@ def _camera_info_never(c: CaseContext) -> None:
     h = c.h
     with c.w.lock:
         info_sent = c.w.info_sent_ns >= h.started_ns["perception_node"]
-    if info_sent:  # this perception process may have seen CameraInfo: start a new one, none sent
-        c.w.set_sensors(camera_info=False)
-        h.restart_node("perception_node")
-        c.res.notes.append("perception node process restarted (SIGINT, then started again)")
-    # The encoder loads once the inference node announces its bundle (seconds on a busy machine):
-    # perception's /diagnostics then name its fingerprint.
-    t = h.started_ns["perception_node"]
-    if not h.wait(lambda: bool((h.last_values("perception_node", t) or {}).get("fingerprint")), 120.0):
-        c.res.notes.append("perception reported no encoder 120 s after its start")
-    c.mark_ticks()  # a node's start (imports, encoder loaded and warmed) is not the fault
+    with c.ticks_not_judged("perception started (imports, encoder loaded and warmed)"):
+        if info_sent:  # this perception process may have seen CameraInfo: start a new one, none sent
+            c.w.set_sensors(camera_info=False)
+            h.restart_node("perception_node")
+            c.res.notes.append("perception node process restarted (SIGINT, then started again)")
+        # The encoder loads once the inference node announces its bundle (seconds on a busy
+        # machine): perception's /diagnostics then name its fingerprint.
+        t = h.started_ns["perception_node"]
+        if not h.wait(lambda: bool((h.last_values("perception_node", t) or {}).get("fingerprint")), 120.0):
+            c.res.notes.append("perception reported no encoder 120 s after its start")
     c.fault(camera_info=False)
     c.settle()
     time.sleep(HOLD_S)
@@ -147,7 +147,8 @@ def _inference_down(sig: int) -> Callable[[CaseContext], None]:
         finally:
             c.clear()
             t = time.monotonic()
-            h.restart_node("inference_node")
+            with c.ticks_not_judged("the new inference process started, configured and activated"):
+                h.restart_node("inference_node")
             c.res.notes.append(f"new inference node process configured and active {time.monotonic() - t:.1f} s "
                                "after its start")
         c.wait_recovered()

@@ -339,10 +339,13 @@ class Harness:
             res.not_run = f"harness error: {type(e).__name__}: {e}"
             w.clear_sensors()
             w.connect_controller()
-        if ctx.tick_mark is not None and ctx.tick_mark[0] is not None:
-            res.notes.append("missed ticks counted from the fault's onset, not over the case's set-up")
-            st0, floor0 = ctx.tick_mark
         self._count_ticks(res, case, st0, floor0, t_start, cpu0)
+        for what, m, f, s in ctx.unjudged:  # a node started beside the executor: reported, not judged
+            res.notes.append(f"{m} missed ticks (bare loop {f}) in {s:.1f} s while {what}: reported, not judged")
+            if res.missed_ticks >= 0:
+                res.missed_ticks = max(0, res.missed_ticks - m)
+                res.floor_missed = max(0, res.floor_missed - f) if res.floor_missed >= 0 else res.floor_missed
+                res.duration_s = round(max(0.0, res.duration_s - s), 2)
         if ctx.tick_windows is not None:  # the case judges its own windows
             res.notes.append(f"over the whole case ({res.duration_s:.1f} s): {res.missed_ticks} missed ticks, bare "
                              f"loop {res.floor_missed}")
