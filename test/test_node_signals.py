@@ -56,3 +56,34 @@ def test_every_node_stops_cleanly_on_sigint(tmp_path, twice):
     assert codes == dict.fromkeys(g.names, 0), (codes, log[-4000:])
     assert "Traceback" not in log, log[-4000:]
     assert "context is invalid" not in log, log[-4000:]
+
+
+STOPPED_AT_START = """
+import rclpy
+from rclpy.node import Node
+from l1flow_ros.nodes.composition import spin_node
+
+class StoppedAtStart(Node):
+    callback_threads = {threads}
+
+    def __init__(self):
+        super().__init__("stopped_at_start")
+        rclpy.get_default_context().try_shutdown()  # a stop signal right after the node is made
+
+spin_node(StoppedAtStart)
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_stop_signal_between_the_node_and_its_executor_is_a_clean_stop(threads):
+    """Under taskset -c 0 a SIGINT landed after a node had joined the graph and before its
+    executor was made: rclpy raised (no guard condition on a dead context) and the node exited
+    1 with a traceback. The same moment, made certain: exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", STOPPED_AT_START.format(threads=threads)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "returned" in out.stdout, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]

@@ -366,7 +366,9 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
     the terminal's and launch's own) only writes to the pipe, so it can never raise
     KeyboardInterrupt in the middle of the clean-up (in a destructor, say), and the exit code
     is 0 either way. Python resets its handlers to the default at interpreter exit, hence the
-    ignore after the ``with``.
+    ignore after the ``with``. A stop signal may come at any moment of the start or the spin:
+    whatever rclpy raises once the context is shut down (an executor made on a dead context,
+    a wait set built from handles destroyed under it) is that stop, not a failure.
     """
     own_signals = threading.current_thread() is threading.main_thread()
     signal_fd = realtime.stop_signals_to_pipe() if own_signals else -1
@@ -381,15 +383,18 @@ def spin_node(node_cls, args: list[str] | None = None, close_first: bool = False
                 if not rclpy.ok():  # stopped while starting (the context went away under it)
                     return
                 raise
-            cfg = getattr(node, "cfg", None)
-            if isinstance(node, LifecycleNode) and getattr(cfg, "autostart", False):
-                for step in (node.trigger_configure, node.trigger_activate):
-                    if step() != TransitionCallbackReturn.SUCCESS:
-                        node.get_logger().error(f"autostart: {step.__name__} failed")
-                        break
-            executor = executor_for(node)
             try:
-                executor.spin()
+                cfg = getattr(node, "cfg", None)
+                if isinstance(node, LifecycleNode) and getattr(cfg, "autostart", False):
+                    for step in (node.trigger_configure, node.trigger_activate):
+                        if step() != TransitionCallbackReturn.SUCCESS:
+                            node.get_logger().error(f"autostart: {step.__name__} failed")
+                            break
+                if rclpy.ok():  # not made on a dead context (rclpy's half-made executor then
+                    executor_for(node).spin()  # prints a traceback when collected)
+            except Exception:
+                if rclpy.ok():
+                    raise
             finally:
                 if close_first:
                     node.close()
