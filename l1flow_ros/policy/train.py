@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -40,7 +41,7 @@ from l1flow_ros.policy.methods.imle import ImleConfig
 from l1flow_ros.policy.methods.ofp import OfpConfig
 from l1flow_ros.policy.model import ModelConfig, PolicyModel, prediction_for
 from l1flow_ros.policy.normalizer import Normalizer
-from l1flow_ros.policy.prefix import PrefixTrainConfig
+from l1flow_ros.policy.prefix import PrefixTrainConfig, rtc_weights
 from l1flow_ros.spec import ActionSpec, ObservationSpec, SamplerSpec
 
 STATE_FILE = "train_state.pt"
@@ -138,6 +139,12 @@ class LossModule(nn.Module):
         ))  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def _rtc_table(h: int) -> torch.Tensor:
+    """(H + 1, H + 1, H): ``rtc_weights(h, d, e)`` at [d, e]."""
+    return torch.from_numpy(np.stack([np.stack([rtc_weights(h, d, e) for e in range(h + 1)]) for d in range(h + 1)]))
+
+
 def random_prefix(x1: torch.Tensor, longest: int, none_share: float, gen: torch.Generator | None = None,
                   soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A random clean prefix per chunk of ``x1`` (B, H, A): its first d actions, d uniform in
@@ -150,14 +157,11 @@ def random_prefix(x1: torch.Tensor, longest: int, none_share: float, gen: torch.
     if longest < 1:
         d = torch.zeros_like(d)
     d = torch.where(torch.rand(b, generator=gen, device=dev) < none_share, torch.zeros_like(d), d)
-    i = torch.arange(h, device=dev)[None, :]
-    mask = (i < d[:, None]).to(x1.dtype)  # (B, H)
-    if soft:  # rtc_weights, per chunk: 1 before d, c (e^c - 1) / (e - 1) on [d, e), 0 from e
+    mask = (torch.arange(h, device=dev)[None, :] < d[:, None]).to(x1.dtype)  # (B, H)
+    if soft:  # rtc_weights(H, d, e) per chunk, looked up in the table of every (d, e)
         e = d + (torch.rand(b, generator=gen, device=dev) * (h - d + 1)).long().clamp(max=h - d)
-        e = torch.where(d > 0, e, torch.zeros_like(e))[:, None]
-        c = (e - i).to(x1.dtype) / (e - d[:, None] + 1).to(x1.dtype)
-        decay = c * torch.expm1(c) / (math.e - 1.0)
-        mask = torch.where(i < d[:, None], torch.ones_like(decay), torch.where(i < e, decay, torch.zeros_like(decay)))
+        e = torch.where(d > 0, e, torch.zeros_like(e))
+        mask = _rtc_table(h).to(device=dev, dtype=x1.dtype)[d, e]  # (B, H)
         return x1 * (mask > 0).to(x1.dtype)[:, :, None], mask
     return x1 * mask[:, :, None], mask
 
