@@ -65,17 +65,30 @@ class CaseContext:
         process starting beside it (imports, sessions opened and warmed, discovery), which
         the case needs but which is not the fault. The harness takes them out of the case's
         count and names them in its notes."""
-        from l1flow_ros.graph.faults.harness import diag_value
-
-        st0, f0 = self.h.executor_state(), self.h.floor.read()
+        mark = self.tick_mark()
         try:
             yield
         finally:
-            st1 = self.h.executor_state(after_ns=time.time_ns(), timeout=10.0)
-            f1 = self.h.floor.read()
-            if st0 is not None and st1 is not None:
-                m = int(diag_value(st1.values, "missed_ticks") - diag_value(st0.values, "missed_ticks"))
-                self.unjudged.append((what, m, f1[0] - f0[0], (st1.stamp_ns - st0.stamp_ns) * 1e-9))
+            span = self.ticks_since(mark, time.time_ns())
+            if span is not None:
+                self.unjudged.append((what, *span))
+
+    def tick_mark(self) -> tuple[Any, tuple[int, int]]:
+        """The executor's latest status and the bare loop's count, to count ticks from."""
+        return self.h.executor_state(), self.h.floor.read()
+
+    def ticks_since(self, mark: tuple[Any, tuple[int, int]], after_ns: int) -> tuple[int, int, float] | None:
+        """(executor missed ticks, bare loop missed ticks, s) from ``mark`` to the executor's
+        first status stamped at or after ``after_ns``; None without both statuses."""
+        from l1flow_ros.graph.faults.harness import diag_value
+
+        st0, f0 = mark
+        st1 = self.h.executor_state(after_ns=after_ns, timeout=10.0)
+        f1 = self.h.floor.read()
+        if st0 is None or st1 is None:
+            return None
+        m = int(diag_value(st1.values, "missed_ticks") - diag_value(st0.values, "missed_ticks"))
+        return m, f1[0] - f0[0], (st1.stamp_ns - st0.stamp_ns) * 1e-9
 
     def fault(self, **sensor_changes: Any) -> None:
         if sensor_changes:

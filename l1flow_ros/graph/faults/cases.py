@@ -266,7 +266,7 @@ def _hot_swap(c: CaseContext) -> None:
     windows: list[tuple[int, int]] = []  # (set, first chunk of the new head + SWAP_SETTLE_S), ns
     for i in range(SWAPS):
         k = (i + 1) % 2  # to B, back to A, ...: the suite goes on with A
-        st0, f0 = h.executor_state(), h.floor.read()
+        mark = c.tick_mark()
         t_set = time.time_ns()
         ans = _set_checkpoint(c, paths[k])
         if not ans.successful:
@@ -281,14 +281,11 @@ def _hot_swap(c: CaseContext) -> None:
         if first is None:
             c.res.failures.append(f"swap {i + 1}: no chunk of {fps[k]} within {SWAP_TIMEOUT_S:.0f} s of the set")
             break
-        st1 = h.executor_state(after_ns=first + int(SWAP_SETTLE_S * 1e9), timeout=10.0)
-        f1 = h.floor.read()
-        if st0 is not None and st1 is not None:
-            m = int(diag_value(st1.values, "missed_ticks") - diag_value(st0.values, "missed_ticks"))
-            swap_missed += m
-            swap_floor += f1[0] - f0[0]
-            swap_s += (st1.stamp_ns - st0.stamp_ns) * 1e-9
-            per_swap.append(f"{m}/{f1[0] - f0[0]}")
+        span = c.ticks_since(mark, first + int(SWAP_SETTLE_S * 1e9))
+        if span is not None:
+            m, f, s = span
+            swap_missed, swap_floor, swap_s = swap_missed + m, swap_floor + f, swap_s + s
+            per_swap.append(f"{m}/{f}")
         first_s.append((first - t_set) * 1e-9)
         windows.append((t_set, first + int(SWAP_SETTLE_S * 1e9)))
         time.sleep(SWAP_STREAM_S)
